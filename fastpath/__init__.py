@@ -1,0 +1,36 @@
+"""The data plane's per-packet code: the compiled ``_fastpath`` or, failing that, the reference.
+
+``Codec`` is ``fastpath._fastpath.Codec`` when the extension is built and importable, else
+``vxlan.wire.Codec`` (same API, same bytes, slower). ``VXLAN_PURE_PYTHON=1`` forces the
+reference, for comparison and debugging. ``IMPLEMENTATION`` says which one is in use and
+``FALLBACK_REASON`` why, when it is the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from vxlan import wire
+
+log = logging.getLogger(__name__)
+
+FALLBACK_REASON: str | None = None
+
+if os.environ.get("VXLAN_PURE_PYTHON", "") not in ("", "0"):
+    FALLBACK_REASON = "VXLAN_PURE_PYTHON is set"
+else:
+    try:
+        from fastpath._fastpath import Codec as _CompiledCodec
+    except ImportError as exc:  # not built, or built for another Python
+        FALLBACK_REASON = f"compiled extension unavailable ({exc}); run 'pip install -e .'"
+
+if FALLBACK_REASON is None:
+    Codec = _CompiledCodec
+    IMPLEMENTATION = "cython"
+else:
+    Codec = wire.Codec  # type: ignore[misc,assignment]
+    IMPLEMENTATION = "python"
+    log.warning("fastpath: using the pure-Python reference: %s", FALLBACK_REASON)
+
+__all__ = ["Codec", "IMPLEMENTATION", "FALLBACK_REASON"]

@@ -1,0 +1,143 @@
+"""Command lines: ``vxland`` (the daemon, flanneld's flag names) and ``vxlanctl`` (tools).
+
+The only module that parses arguments. Like flanneld (coreos/pkg flagutil.SetFlagsFromEnv),
+every vxland flag can also come from ``FLANNELD_<FLAG>`` in the environment, upper case with
+``-`` as ``_``; a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+import vxlan
+
+
+def _env(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get("FLANNELD_" + flag.upper().replace("-", "_"), default)
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range 0..65535")
+    return value
+
+
+def vxland_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vxland",
+        description="Userspace VXLAN data plane for flannel overlays (no kernel vxlan module needed).",
+        epilog="Every flag can also be set as FLANNELD_<FLAG> in the environment (flag wins).",
+    )
+    flannel = p.add_argument_group("flanneld flags")
+    flannel.add_argument("--iface", default=_env("iface"),
+                         help="underlay interface, by name or IPv4 address (default: the interface "
+                              "of the default route)")
+    flannel.add_argument("--public-ip", type=_ipv4, default=_env("public-ip"),
+                         help="IP other nodes reach this one at; picks our lease (default: --iface's address)")
+    flannel.add_argument("--healthz-ip", type=_ipv4, default=_env("healthz-ip", "0.0.0.0"),
+                         help="address for /healthz and /metrics (default 0.0.0.0)")
+    flannel.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
+                         help="port for /healthz and /metrics; 0 disables them (default 0)")
+    flannel.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1,
+                         default=int(_env("v", "0") or 0), help="log verbosity; 1 or more logs debug lines")
+    extra = p.add_argument_group("vxland flags")
+    extra.add_argument("--registry-file", type=Path, default=_env("registry-file"),
+                       help="static registry: flannel config plus a \"subnets\" map of leases (JSON); "
+                            "re-read when it changes")
+    extra.add_argument("--tun-name", default=_env("tun-name"),
+                       help="TUN device name (default flannel.<VNI>)")
+    p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
+    return p
+
+
+def setup_logging(verbosity: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbosity > 0 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def vxland_main(argv: list[str] | None = None) -> int:
+    args = vxland_parser().parse_args(argv)
+    setup_logging(args.verbosity)
+    if args.registry_file is None:
+        print("vxland: no registry: give --registry-file PATH (see README, static mode)", file=sys.stderr)
+        return 2
+    import uvloop  # imported late: --help and flag errors should not need it
+
+    from vxlan.daemon import Daemon, Options, StartupError
+
+    opts = Options(registry_file=args.registry_file, iface=args.iface, public_ip=args.public_ip,
+                   tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port)
+    try:
+        return uvloop.run(Daemon(opts).run())
+    except StartupError as exc:
+        logging.getLogger("vxland").error("%s", exc)
+        return 1
+
+
+def vxlanctl_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vxlanctl", description="Tools around vxland.")
+    sub = p.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="build a 3-host lab (2 vxland, 1 kernel vxlan), ping and iperf3, tear down")
+    demo.add_argument("--vni", type=int, default=1)
+    demo.add_argument("--port", type=_port, default=8472)
+    demo.add_argument("--seconds", type=int, default=5, help="iperf3 duration per pair (default 5)")
+    check = sub.add_parser("check", help="validate a registry file and print what it holds")
+    check.add_argument("file", type=Path)
+    lab = sub.add_parser("lab", help="lab housekeeping")
+    lab.add_argument("action", choices=["clean"],
+                     help="clean: delete namespaces left by labs whose process is gone")
+    return p
+
+
+def vxlanctl_main(argv: list[str] | None = None) -> int:
+    args = vxlanctl_parser().parse_args(argv)
+    setup_logging(0)
+    if args.command == "check":
+        from vxlan.config import ConfigError
+        from vxlan.registry.file import load_registry
+
+        try:
+            snap = load_registry(args.file)
+        except ConfigError as exc:
+            print(f"invalid: {exc}", file=sys.stderr)
+            return 1
+        cfg = snap.config
+        print(f"Network {cfg.network}, SubnetLen {cfg.subnet_len}, VNI {cfg.backend.vni}, port {cfg.backend.port}")
+        for lease in sorted(snap.leases.values(), key=lambda lease: lease.subnet):
+            mac = ":".join(f"{b:02x}" for b in lease.vtep_mac) if lease.vtep_mac else "-"
+            print(f"  {lease.key:<20} {lease.public_ip:<16} {lease.backend_type:<8} {mac}")
+        return 0
+    if args.command == "lab":
+        from vxlan import lab
+
+        for name in lab.clean_stale():
+            print(f"deleted namespace {name}")
+        return 0
+    if args.command == "demo":
+        from vxlan import demo
+
+        return demo.run(vni=args.vni, port=args.port, seconds=args.seconds)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(vxland_main())

@@ -1,0 +1,88 @@
+"""``/healthz`` and ``/metrics`` on ``--healthz-ip:--healthz-port`` (aiohttp, prometheus-client).
+
+The counters live in the data plane and the codec; a custom collector reads them at scrape
+time, so nothing on the packet path knows about Prometheus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from vxlan.wire import DropReason
+
+
+@dataclass
+class MetricsSource:
+    """What /metrics reads; callables so the numbers are read at scrape time."""
+
+    dataplane: object  # vxlan.dataplane.DataPlane (tx/rx packets and bytes)
+    codec: object  # drop_counts(), peer_count()
+    lease_expiry_s: Callable[[], float]  # seconds until our lease expires (inf: never)
+    info: dict[str, str]
+
+
+class _Collector:
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self):
+        dp = self.source.dataplane
+        packets = CounterMetricFamily(
+            "vxland_packets", "Inner packets forwarded: tx = TUN to tunnel, rx = tunnel to TUN",
+            labels=["direction"])
+        packets.add_metric(["tx"], dp.tx_packets)
+        packets.add_metric(["rx"], dp.rx_packets)
+        yield packets
+        octets = CounterMetricFamily(
+            "vxland_bytes", "Inner IP bytes forwarded, by direction", labels=["direction"])
+        octets.add_metric(["tx"], dp.tx_bytes)
+        octets.add_metric(["rx"], dp.rx_bytes)
+        yield octets
+        drops = CounterMetricFamily("vxland_drops", "Packets dropped, by reason", labels=["reason"])
+        counts = self.source.codec.drop_counts()
+        for reason in DropReason:
+            if reason is not DropReason.OK:
+                drops.add_metric([reason.label], counts[reason])
+        yield drops
+        yield GaugeMetricFamily("vxland_peers", "Remote VTEPs in the peer table",
+                                value=self.source.codec.peer_count())
+        expiry = self.source.lease_expiry_s()
+        yield GaugeMetricFamily("vxland_lease_expiry_seconds",
+                                "Seconds until our subnet lease expires (+Inf: a static lease)",
+                                value=expiry if not math.isnan(expiry) else math.inf)
+        info = GaugeMetricFamily("vxland_info", "Static facts about this node",
+                                 labels=sorted(self.source.info))
+        info.add_metric([self.source.info[k] for k in sorted(self.source.info)], 1)
+        yield info
+
+
+def make_app(source: MetricsSource) -> web.Application:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(source))
+
+    async def healthz(_request: web.Request) -> web.Response:
+        # flanneld's body text (main.go:mustRunHealthz), so existing probes keep matching.
+        return web.Response(text="flanneld is running")
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app = web.Application()
+    app.router.add_route("*", "/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start_health_server(source: MetricsSource, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(source), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner

@@ -1,0 +1,340 @@
+"""Namespace labs: hosts on an underlay bridge, a pod behind each, vxland or kernel vxlan nodes.
+
+Used by ``vxlanctl demo``, the integration tests and ``bench/``. Topology::
+
+    ns <lab>-ul:  bridge br0 ── veth ── ns <lab>-h1: eth0 198.18.0.1/24, TUN or flannel.<VNI>
+                              └─ veth ── ns <lab>-h2: eth0 198.18.0.2/24 ...
+    each host: veth "pod" S.1/24 ── ns <lab>-p1: eth0 S.2/24, default via S.1 (MTU 1450)
+
+Every link, address and route lives inside namespaces the lab created; nothing is added to
+the root namespace. Names carry the creating PID (``vxl-<pid>-<n>-h1``), so ``clean_stale()``
+can delete the leftovers of a lab whose process died, and never touches a live one.
+Addresses: underlay 198.18.0.0/24 (RFC 2544 benchmarking range), overlay 172.7.0.0/16.
+
+A host is ``vxland`` (our daemon, started from the generated registry file), ``kernel`` (a
+Linux vxlan device programmed exactly as flanneld >= 0.9 does, flannel-spec §3.2) or
+``plain`` (an underlay address and a lease, no tunnel: a source of crafted datagrams).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vxlan import wire
+
+_counter = itertools.count(1)
+_NAME_RE = re.compile(r"^vxl-(\d+)-\d+-")
+UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+HEALTHZ_PORT = 2401
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def sh(cmd: list[str], ns: str | None = None, check: bool = True, timeout: float = 60,
+       input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command (inside ``ns`` if given); LabError with its output if it fails."""
+    if ns is not None:
+        cmd = ["ip", "netns", "exec", ns, *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def can_run() -> str | None:
+    """Why a lab cannot be built here, or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, TUN devices)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    for tool in ("ip", "bridge", "ethtool", "ping"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (make install)"
+    return None
+
+
+def kernel_vxlan_missing() -> str | None:
+    """Why this kernel cannot make vxlan devices, or None if it can (tried in a scratch netns)."""
+    ns = f"vxl-{os.getpid()}-{next(_counter)}-probe"
+    sh(["ip", "netns", "add", ns])
+    try:
+        proc = sh(["ip", "link", "add", "vxprobe", "type", "vxlan", "id", "1", "dstport", "8472"],
+                  ns=ns, check=False)
+        if proc.returncode != 0:
+            return f"the kernel cannot create vxlan devices: {proc.stderr.strip()}"
+        return None
+    finally:
+        sh(["ip", "netns", "del", ns], check=False)
+
+
+def clean_stale() -> list[str]:
+    """Delete namespaces of labs whose creating process no longer runs; return their names."""
+    out = sh(["ip", "netns", "list"], check=False).stdout
+    deleted = []
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = _NAME_RE.match(name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            sh(["ip", "netns", "del", name], check=False)
+            deleted.append(name)
+    return deleted
+
+
+@dataclass
+class Host:
+    index: int
+    kind: str  # "vxland", "kernel" or "plain"
+    ns: str
+    pod_ns: str
+    public_ip: str
+    subnet: ipaddress.IPv4Network
+    vtep_mac: bytes
+    registered: bool = True  # has a lease in the registry file
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def gateway_ip(self) -> str:  # host side of the pod link, FLANNEL_SUBNET's .1
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def pod_ip(self) -> str:
+        return str(self.subnet.network_address + 2)
+
+    @property
+    def tun_ip(self) -> str:  # the tunnel device's /32
+        return str(self.subnet.network_address)
+
+    def lease_json(self, vni: int) -> dict:
+        return {"PublicIP": self.public_ip, "PublicIPv6": None, "BackendType": "vxlan",
+                "BackendData": {"VNI": vni, "VtepMAC": wire.mac_to_str(self.vtep_mac)}}
+
+
+class Lab:
+    """A lab of ``kinds`` hosts (e.g. ``["vxland", "vxland", "kernel"]``); use as a context manager."""
+
+    def __init__(self, kinds: list[str], vni: int = 1, port: int = 8472, network: str = "172.7.0.0/16",
+                 subnet_len: int = 24, mtu: int = 1500, healthz_port: int = HEALTHZ_PORT,
+                 pure_python: bool = False, keep_workdir: bool = False) -> None:
+        self.prefix = f"vxl-{os.getpid()}-{next(_counter)}"
+        self.vni = vni
+        self.port = port
+        self.network = ipaddress.IPv4Network(network)
+        self.subnet_len = subnet_len
+        self.mtu = mtu
+        self.healthz_port = healthz_port
+        self.pure_python = pure_python
+        self.keep_workdir = keep_workdir
+        self.underlay_ns = f"{self.prefix}-ul"
+        self.workdir = Path(tempfile.mkdtemp(prefix="vxlan-lab-"))
+        self.registry_path = self.workdir / "registry.json"
+        self.namespaces: list[str] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        subnets = self.network.subnets(new_prefix=subnet_len)
+        next(subnets)  # flannel skips the first subnet (SubnetMin = Network + 1 subnet)
+        self.hosts = [
+            Host(index=i, kind=kind, ns=f"{self.prefix}-h{i}", pod_ns=f"{self.prefix}-p{i}",
+                 public_ip=str(UNDERLAY.network_address + i), subnet=next(subnets),
+                 vtep_mac=wire.random_vtep_mac())
+            for i, kind in enumerate(kinds, start=1)
+        ]
+        for host in self.hosts:
+            if host.kind not in ("vxland", "kernel", "plain"):
+                raise ValueError(f"unknown host kind {host.kind!r}")
+        self._torn_down = False
+
+    # -- life cycle -----------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        atexit.register(self.teardown)
+        try:
+            self.build()
+            self.start()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def build(self) -> None:
+        """Namespaces, underlay bridge, host and pod links; no daemons yet."""
+        self._add_ns(self.underlay_ns)
+        sh(["ip", "-n", self.underlay_ns, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", self.underlay_ns, "link", "set", "br0", "up"])
+        for host in self.hosts:
+            self._build_host(host)
+        self.write_registry()
+
+    def _add_ns(self, name: str) -> None:
+        sh(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        sh(["ip", "-n", name, "link", "set", "lo", "up"])
+
+    def _build_host(self, host: Host) -> None:
+        ul, ns = self.underlay_ns, host.ns
+        self._add_ns(ns)
+        sh(["ip", "-n", ul, "link", "add", f"h{host.index}", "type", "veth", "peer", "name", "eth0", "netns", ns])
+        sh(["ip", "-n", ul, "link", "set", f"h{host.index}", "master", "br0", "up"])
+        sh(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(self.mtu), "up"])
+        sh(["ip", "-n", ul, "link", "set", f"h{host.index}", "mtu", str(self.mtu)])
+        sh(["ip", "-n", ns, "addr", "add", f"{host.public_ip}/{UNDERLAY.prefixlen}", "dev", "eth0"])
+        sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=ns)
+        # The pod: a namespace behind a veth, MTU = FLANNEL_MTU as the CNI plugin would set.
+        pod_mtu = str(self.mtu - wire.ENCAP_OVERHEAD)
+        self._add_ns(host.pod_ns)
+        sh(["ip", "-n", ns, "link", "add", "pod", "type", "veth", "peer", "name", "eth0", "netns", host.pod_ns])
+        sh(["ip", "-n", ns, "addr", "add", f"{host.gateway_ip}/{self.subnet_len}", "dev", "pod"])
+        sh(["ip", "-n", ns, "link", "set", "pod", "mtu", pod_mtu, "up"])
+        sh(["ip", "-n", host.pod_ns, "addr", "add", f"{host.pod_ip}/{self.subnet_len}", "dev", "eth0"])
+        sh(["ip", "-n", host.pod_ns, "link", "set", "eth0", "mtu", pod_mtu, "up"])
+        sh(["ip", "-n", host.pod_ns, "route", "add", "default", "via", host.gateway_ip])
+        if host.kind == "kernel":
+            # veth has no checksum hardware: a kernel vxlan device sending into it would leave
+            # inner TCP checksums unfinished, which a userspace receiver cannot fix.
+            for dev, where in (("eth0", ns), ("eth0", host.pod_ns), ("pod", ns)):
+                sh(["ethtool", "-K", dev, "tx", "off"], ns=where)
+
+    def start(self) -> None:
+        for host in self.hosts:
+            if host.kind == "kernel":
+                self._program_kernel_node(host)
+        for host in self.hosts:
+            if host.kind == "vxland":
+                self.start_vxland(host)
+
+    def teardown(self) -> None:
+        if self._torn_down:
+            return
+        self._torn_down = True
+        for proc in reversed(self.processes):
+            _stop(proc)
+        for name in reversed(self.namespaces):
+            sh(["ip", "netns", "del", name], check=False)
+        if not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        atexit.unregister(self.teardown)
+
+    # -- registry -------------------------------------------------------------------------
+    def registry_doc(self) -> dict:
+        return {
+            "config": {"Network": str(self.network), "SubnetLen": self.subnet_len,
+                       "Backend": {"Type": "vxlan", "VNI": self.vni, "Port": self.port}},
+            "subnets": {f"{h.subnet.network_address}-{h.subnet.prefixlen}": h.lease_json(self.vni)
+                        for h in self.hosts if h.registered},
+        }
+
+    def write_registry(self, doc: dict | None = None) -> None:
+        """Replace the registry file atomically (as an operator's editor or config tool would)."""
+        tmp = self.registry_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc if doc is not None else self.registry_doc(), indent=1))
+        os.replace(tmp, self.registry_path)
+
+    # -- nodes ----------------------------------------------------------------------------
+    def start_vxland(self, host: Host, wait_s: float = 15.0) -> None:
+        host.log_path = self.workdir / f"{host.ns}.log"
+        cmd = ["ip", "netns", "exec", host.ns, sys.executable, "-m", "vxlan",
+               "--registry-file", str(self.registry_path), "--iface", "eth0",
+               "--healthz-port", str(self.healthz_port), *host.extra_args]
+        env = dict(os.environ)
+        if self.pure_python:
+            env["VXLAN_PURE_PYTHON"] = "1"
+        with open(host.log_path, "ab") as log:
+            host.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL)
+        self.processes.append(host.proc)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if "vxland started" in host.log_path.read_text(errors="replace"):
+                return
+            if host.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise LabError(f"vxland on {host.ns} did not start:\n{self.log(host)}")
+
+    def stop_vxland(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        """Signal the daemon and wait; returns its exit status."""
+        assert host.proc is not None
+        host.proc.send_signal(sig)
+        rc = host.proc.wait(timeout)
+        return rc
+
+    def log(self, host: Host) -> str:
+        return host.log_path.read_text(errors="replace") if host.log_path else ""
+
+    def _program_kernel_node(self, host: Host) -> None:
+        """flannel.<VNI> as flanneld >= 0.9 programs it (flannel-spec §3.1, §3.2)."""
+        dev = f"flannel.{self.vni}"
+        mac = wire.mac_to_str(host.vtep_mac)
+        sh(["ip", "link", "add", dev, "address", mac, "type", "vxlan", "id", str(self.vni),
+            "local", host.public_ip, "dev", "eth0", "dstport", str(self.port), "nolearning"], ns=host.ns)
+        sh(["ip", "link", "set", dev, "mtu", str(self.mtu - wire.ENCAP_OVERHEAD)], ns=host.ns)
+        sh(["ip", "addr", "add", f"{host.tun_ip}/32", "dev", dev], ns=host.ns)
+        sh(["ip", "link", "set", dev, "up"], ns=host.ns)
+        sh(["ethtool", "-K", dev, "tx", "off"], ns=host.ns)
+        for peer in self.hosts:
+            if peer is host or not peer.registered:
+                continue
+            peer_mac = wire.mac_to_str(peer.vtep_mac)
+            # Order as vxlan_network.go:handleSubnetEvents: neighbour, fdb, then the route.
+            sh(["ip", "neigh", "replace", peer.tun_ip, "lladdr", peer_mac, "dev", dev, "nud", "permanent"],
+               ns=host.ns)
+            sh(["bridge", "fdb", "replace", peer_mac, "dev", dev, "dst", peer.public_ip, "self", "permanent"],
+               ns=host.ns)
+            sh(["ip", "route", "replace", str(peer.subnet), "via", peer.tun_ip, "dev", dev, "onlink"],
+               ns=host.ns)
+
+    # -- helpers for tests, demo and bench ------------------------------------------------
+    def popen(self, ns: str, cmd: list[str], **kwargs) -> subprocess.Popen:
+        """Start a process in ``ns`` that teardown ends (by PID) if the caller does not."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def ping(self, src: Host, dst: Host, count: int = 3, size: int = 56, interval: float = 0.2,
+             dont_fragment: bool = False, timeout_s: int = 2) -> subprocess.CompletedProcess[str]:
+        cmd = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(timeout_s), "-s", str(size)]
+        if dont_fragment:
+            cmd += ["-M", "do"]
+        return sh([*cmd, dst.pod_ip], ns=src.pod_ns, check=False, timeout=count * interval + timeout_s + 10)
+
+    def http_get(self, host: Host, path: str) -> str:
+        code = ("import sys, urllib.request; "
+                "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
+        return sh([sys.executable, "-c", code, f"http://127.0.0.1:{self.healthz_port}{path}"], ns=host.ns).stdout
+
+    def metrics(self, host: Host) -> dict[str, float]:
+        """``/metrics`` of a vxland host as ``{"name{labels}": value}``."""
+        values = {}
+        for line in self.http_get(host, "/metrics").splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(3)

@@ -1,0 +1,93 @@
+"""Subnet leases: keys like ``10.5.34.0-24`` and the lease JSON, exactly as flannel has them.
+
+Key format: ``pkg/subnet/subnet.go:MakeSubnetKey`` / ``ParseSubnetKey`` (flannel-spec §1.1).
+Value: ``pkg/lease/lease.go:LeaseAttrs`` marshalled in field order (flannel-spec §1.2), e.g.
+``{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",
+"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}``. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from vxlan import wire
+from vxlan.config import ConfigError, get_ci
+
+# subnet.go:ParseSubnetKey (>= 0.17, anchored, with the optional dual-stack part).
+_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+
+
+def parse_subnet_key(key: str) -> ipaddress.IPv4Network | None:
+    """``"10.5.34.0-24"`` (or the dual-stack ``...&fc00::-64``) -> IPv4Network; None if it is not one."""
+    match = _KEY_RE.search(key)
+    if match is None:
+        return None
+    try:
+        return ipaddress.IPv4Network(f"{match.group(1)}/{match.group(2)}")
+    except ValueError:
+        return None
+
+
+def make_subnet_key(subnet: ipaddress.IPv4Network) -> str:
+    return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    subnet: ipaddress.IPv4Network
+    public_ip: str
+    backend_type: str
+    vtep_mac: bytes | None = None  # vxlan only
+    vni: int | None = None  # absent in leases of flannel <= 0.13
+
+    @property
+    def key(self) -> str:
+        return make_subnet_key(self.subnet)
+
+    def to_json(self) -> str:
+        """The value flanneld writes (field order of LeaseAttrs, compact like Go's Marshal)."""
+        attrs: dict[str, Any] = {"PublicIP": self.public_ip, "PublicIPv6": None}
+        if self.backend_type:
+            attrs["BackendType"] = self.backend_type
+        if self.backend_type == "vxlan" and self.vtep_mac is not None:
+            attrs["BackendData"] = {"VNI": self.vni if self.vni is not None else 1,
+                                    "VtepMAC": wire.mac_to_str(self.vtep_mac)}
+        return json.dumps(attrs, separators=(",", ":"))
+
+
+def lease_from_attrs(subnet: ipaddress.IPv4Network, attrs: Any, path: str) -> Lease:
+    """Decode a lease value; ``path`` prefixes the field name in errors."""
+    if not isinstance(attrs, dict):
+        raise ConfigError(path, f"lease must be a JSON object, got {json.dumps(attrs)}")
+    public_ip = get_ci(attrs, "PublicIP")
+    try:
+        ipaddress.IPv4Address(public_ip)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path}.PublicIP", f"{json.dumps(public_ip)} is not an IPv4 address") from None
+    backend_type = get_ci(attrs, "BackendType", "")
+    if not isinstance(backend_type, str):
+        raise ConfigError(f"{path}.BackendType", f"must be a string, got {json.dumps(backend_type)}")
+    if backend_type != "vxlan":
+        # Other backends' leases are kept (they hold subnets) but never become peers
+        # (vxlan_network.go:handleSubnetEvents compares BackendType exactly).
+        return Lease(subnet=subnet, public_ip=public_ip, backend_type=backend_type)
+    data = get_ci(attrs, "BackendData")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}.BackendData", 'a vxlan lease needs {"VtepMAC": "..."}')
+    mac_text = get_ci(data, "VtepMAC")
+    if not isinstance(mac_text, str):
+        raise ConfigError(f"{path}.BackendData.VtepMAC", f"missing or not a string: {json.dumps(mac_text)}")
+    try:
+        mac = wire.mac_to_bytes(mac_text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}.BackendData.VtepMAC", str(exc)) from None
+    if mac[0] & 1:
+        raise ConfigError(f"{path}.BackendData.VtepMAC", f"{mac_text} is a multicast address, not a VTEP")
+    vni = get_ci(data, "VNI")
+    if vni is not None and (isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= wire.MAX_VNI):
+        raise ConfigError(f"{path}.BackendData.VNI", f"{json.dumps(vni)} is not a VNI (0..{wire.MAX_VNI})")
+    return Lease(subnet=subnet, public_ip=public_ip, backend_type="vxlan", vtep_mac=mac, vni=vni)

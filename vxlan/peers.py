@@ -1,0 +1,89 @@
+"""PeerTable: which remote VTEP serves which subnet, fed by lease events. Pure: no I/O.
+
+Mirrors flannel's ``pkg/lease/lease.go:LeaseWatcher`` (flannel-spec §1.5): our own subnet is
+never a peer; ``reset(snapshot)`` reports new and changed leases as added and vanished ones as
+removed, unchanged ones not at all; a removal carries the stored lease so the data plane knows
+what to unprogram. Leases of other backends are ignored as ``vxlan_network.go`` does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from vxlan.lease import Lease
+
+
+@dataclass(frozen=True)
+class PeerAdded:
+    lease: Lease  # new, or replacing a lease for the same subnet
+
+
+@dataclass(frozen=True)
+class PeerRemoved:
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class PeerSkipped:
+    lease: Lease
+    reason: str
+
+
+PeerEvent = PeerAdded | PeerRemoved | PeerSkipped
+
+
+class PeerTable:
+    def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int) -> None:
+        self.own_subnet = own_subnet
+        self.subnet_len = subnet_len
+        self._peers: dict[ipaddress.IPv4Network, Lease] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def peers(self) -> list[Lease]:
+        return sorted(self._peers.values(), key=lambda lease: lease.subnet)
+
+    def lookup(self, dst: ipaddress.IPv4Address) -> Lease | None:
+        net = ipaddress.IPv4Network(f"{dst}/{self.subnet_len}", strict=False)
+        return self._peers.get(net)
+
+    def _admit(self, lease: Lease) -> str | None:
+        """Why ``lease`` is no peer of ours, or None if it is one."""
+        if lease.backend_type != "vxlan":
+            return f"backend type {lease.backend_type or '(none)'} is not vxlan"
+        if lease.subnet.prefixlen != self.subnet_len:
+            return f"prefix length /{lease.subnet.prefixlen} differs from SubnetLen /{self.subnet_len}"
+        return None
+
+    def update(self, lease: Lease) -> list[PeerEvent]:
+        """A lease was written (created or renewed)."""
+        if lease.subnet == self.own_subnet:
+            return []
+        reason = self._admit(lease)
+        if reason is not None:
+            events: list[PeerEvent] = [PeerSkipped(lease, reason)]
+            old = self._peers.pop(lease.subnet, None)
+            if old is not None:
+                events.insert(0, PeerRemoved(old))
+            return events
+        if self._peers.get(lease.subnet) == lease:
+            return []  # a renewal with the same attributes changes nothing on the data plane
+        self._peers[lease.subnet] = lease
+        return [PeerAdded(lease)]
+
+    def remove(self, subnet: ipaddress.IPv4Network) -> list[PeerEvent]:
+        old = self._peers.pop(subnet, None)
+        return [PeerRemoved(old)] if old is not None else []
+
+    def reset(self, snapshot: Iterable[Lease]) -> list[PeerEvent]:
+        """Make the table equal ``snapshot``; return what changed."""
+        leases = {lease.subnet: lease for lease in snapshot}
+        events: list[PeerEvent] = []
+        for subnet in [s for s in self._peers if s not in leases]:
+            events += self.remove(subnet)
+        for lease in leases.values():
+            events += self.update(lease)
+        return events

@@ -1,0 +1,118 @@
+"""Static registry: flannel's config plus a ``subnets`` map of lease JSON in one file.
+
+Format (DESIGN.md)::
+
+    {"config": {"Network": "172.7.0.0/16", "Backend": {"Type": "vxlan"}},
+     "subnets": {"172.7.1.0-24": {"PublicIP": "198.18.0.1", "BackendType": "vxlan",
+                                  "BackendData": {"VNI": 1, "VtepMAC": "0a:..."}}}}
+
+The file is polled (stat every ``poll_s``) rather than watched with inotify: editors replace
+files by rename, bind mounts and network file systems drop inotify events, and a stat a half
+second costs nothing. A file that stops parsing is reported and the last good snapshot stays
+in force, so a typo never tears down a running overlay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from vxlan.config import ConfigError, parse_config
+from vxlan.lease import Lease, lease_from_attrs, parse_subnet_key
+from vxlan.registry import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+def parse_registry(raw: Any) -> Snapshot:
+    """Validate a decoded registry document; raises ConfigError naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError("(top level)", 'must be an object with "config" and "subnets"')
+    if "config" not in raw:
+        raise ConfigError("config", "missing: the flannel network config object")
+    try:
+        config = parse_config(raw["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"config.{exc.field}", exc.reason) from None
+    subnets = raw.get("subnets")
+    if not isinstance(subnets, dict):
+        raise ConfigError("subnets", 'missing or not an object mapping "10.5.1.0-24" to lease JSON')
+    leases: dict[ipaddress.IPv4Network, Lease] = {}
+    owners: dict[str, str] = {}
+    for key, attrs in subnets.items():
+        path = f"subnets[{json.dumps(key)}]"
+        subnet = parse_subnet_key(key)
+        if subnet is None or not key.startswith(str(subnet.network_address)):
+            raise ConfigError(path, "key is not a subnet key like 10.5.34.0-24 (network address, '-', prefix)")
+        if not subnet.subnet_of(config.network):
+            raise ConfigError(path, f"subnet {subnet} is not inside Network {config.network}")
+        for other in leases:
+            if subnet.overlaps(other):
+                raise ConfigError(path, f"subnet {subnet} overlaps {other}")
+        lease = lease_from_attrs(subnet, attrs, path)
+        if lease.backend_type == "vxlan":
+            if lease.public_ip in owners:
+                raise ConfigError(
+                    f"{path}.PublicIP",
+                    f"{lease.public_ip} already holds {owners[lease.public_ip]}; one lease per node",
+                )
+            owners[lease.public_ip] = key
+        leases[subnet] = lease
+    return Snapshot(config=config, leases=leases)
+
+
+def load_registry(path: Path) -> Snapshot:
+    """Read and validate the file; ConfigError names the file, the field and the reason."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(str(path), f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    try:
+        return parse_registry(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.field}", exc.reason) from None
+
+
+class FileRegistry:
+    def __init__(self, path: Path, poll_s: float = 0.5) -> None:
+        self.path = path
+        self.poll_s = poll_s
+        self._stamp: tuple[int, int, int] | None = None
+        self.reload_errors = 0
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    async def start(self) -> Snapshot:
+        self._stamp = self._stat()
+        return load_registry(self.path)
+
+    async def watch(self) -> AsyncIterator[Snapshot]:
+        """Yield a new snapshot each time the file changes and still parses."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            stamp = self._stat()
+            if stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                snapshot = load_registry(self.path)
+            except ConfigError as exc:
+                self.reload_errors += 1
+                log.error("registry file changed but is invalid, keeping the previous peers: %s", exc)
+                continue
+            yield snapshot

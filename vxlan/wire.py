@@ -1,0 +1,311 @@
+"""VXLAN wire format: the readable reference encap/decap and the drop reasons.
+
+This module is the specification of the data plane. ``fastpath._fastpath`` is its compiled
+twin and must give byte-identical results for every input (tests/unit/test_fastpath_equiv.py
+holds the two side by side). Nothing here does I/O.
+
+On the wire (RFC 7348 §5, and what a Linux ``flannel.<VNI>`` device emits, flannel-spec §3.3)
+the UDP payload is::
+
+    VXLAN header (8)   flags 0x08 (I bit), 3 reserved, 24-bit VNI, 1 reserved
+    Ethernet II (14)   dst = receiver's VtepMAC, src = sender's VtepMAC, type 0x0800/0x86DD
+    inner IP packet    unchanged
+
+Packets live in caller-owned buffers with ``HEADROOM`` free bytes in front of the inner IP
+packet, so encapsulation writes the 22 header bytes in place and never copies the payload
+(wireguard-go's ``Read(bufs, sizes, offset)`` pattern). Every call is batch-shaped: lists of
+buffers and lengths in, per-packet verdicts out, so the later C loop is a drop-in.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from collections.abc import Sequence
+from typing import Any
+
+VXLAN_HEADER_LEN = 8
+ETHERNET_HEADER_LEN = 14
+HEADROOM = VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN  # 22 bytes written in front of a packet
+# Outer IPv4 (20) + UDP (8) + HEADROOM: what the tunnel costs per packet. flannel calls the
+# same number encapOverhead = 50 (pkg/backend/vxlan/vxlan_network.go) and sets MTU = ext - 50.
+ENCAP_OVERHEAD = 20 + 8 + HEADROOM
+
+VXLAN_FLAG_I = 0x08  # RFC 7348 §5: "I flag MUST be set to 1 for a valid VXLAN Network ID"
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_ARP = 0x0806
+
+DEFAULT_PORT = 8472  # Linux's vxlan default; flannel's Port 0 leaves it to the kernel
+IANA_PORT = 4789
+MAX_VNI = (1 << 24) - 1
+
+
+class DropReason(enum.IntEnum):
+    """Why a packet was not forwarded. ``OK`` (0) is the verdict of a forwarded packet.
+
+    The metric label is the member name in snake case (``vxland_drops_total{reason=...}``).
+    """
+
+    OK = 0
+    # wire -> TUN (decapsulation)
+    TOO_SHORT = 1  # shorter than the VXLAN header plus the inner Ethernet header
+    NO_I_FLAG = 2  # RFC 7348 §5: the I flag must be set
+    WRONG_VNI = 3  # not our VNI
+    UNKNOWN_SENDER = 4  # outer source address is no known peer's PublicIP
+    DST_MAC_MISMATCH = 5  # unicast frame for another VTEP (kernel: PACKET_OTHERHOST)
+    DST_MAC_BROADCAST = 6  # broadcast or multicast frame; flannel >= 0.9 never sends one
+    ARP = 7  # ARP frame; flannel >= 0.9 programs static neighbours, no ARP crosses the wire
+    BAD_ETHERTYPE = 8  # neither IPv4, IPv6 nor ARP
+    BAD_INNER_IP = 9  # inner IP header malformed (version, header length, total length)
+    TOO_BIG = 10  # inner packet larger than the TUN MTU
+    # TUN -> wire (encapsulation)
+    NO_ROUTE = 11  # destination in no peer's subnet
+    NOT_IP = 12  # TUN handed us something that is no IPv4/IPv6 packet
+    # I/O, counted by the data plane rather than the codec
+    SEND_FAILED = 13  # sendto() on the UDP socket failed
+    TUN_WRITE_FAILED = 14  # write() to the TUN failed
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+N_REASONS = len(DropReason)
+
+
+def mac_to_bytes(mac: str) -> bytes:
+    """``"aa:bb:cc:dd:ee:ff"`` -> 6 bytes; ValueError with the offending text otherwise."""
+    parts = mac.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"{mac!r} is not a MAC address (want six hex pairs like 0a:1b:2c:3d:4e:5f)")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"{mac!r} is not a MAC address (not hexadecimal)") from None
+
+
+def random_vtep_mac() -> bytes:
+    """A random locally administered unicast MAC, as flannel's pkg/mac/mac.go:NewHardwareAddr."""
+    mac = bytearray(os.urandom(6))
+    mac[0] = (mac[0] & 0xFE) | 0x02
+    return bytes(mac)
+
+
+def mac_to_str(mac: bytes) -> str:
+    """6 bytes -> lower-case colon form, as Go's net.HardwareAddr.String() writes it."""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def vxlan_header(vni: int) -> bytes:
+    """The 8-byte VXLAN header: I flag, reserved bytes zero (RFC 7348 §5)."""
+    if not 0 <= vni <= MAX_VNI:
+        raise ValueError(f"VNI {vni} is out of range 0..{MAX_VNI}")
+    return bytes((VXLAN_FLAG_I, 0, 0, 0)) + vni.to_bytes(3, "big") + b"\x00"
+
+
+def encap_template(vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
+    """The 22 bytes written in front of an IPv4 packet for one peer; IPv6 patches the type."""
+    if len(dst_mac) != 6 or len(src_mac) != 6:
+        raise ValueError("MAC addresses are 6 bytes")
+    return vxlan_header(vni) + dst_mac + src_mac + ETH_P_IP.to_bytes(2, "big")
+
+
+def ipv4_to_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+class Codec:
+    """Encapsulates TUN packets for their peer and checks and strips received datagrams.
+
+    Owns the peer table the hot path reads (subnet -> header template and UDP address) and
+    the drop counters by reason. ``set_peer``/``remove_peer`` are the narrow, idempotent
+    interface the control plane drives; everything else is per batch.
+    """
+
+    def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, tun_mtu: int, port: int) -> None:
+        if not 0 < subnet_len <= 32:
+            raise ValueError(f"subnet_len {subnet_len} is out of range 1..32")
+        self._header_prefix = vxlan_header(vni)
+        self._vni_bytes = self._header_prefix[4:7]
+        self._vtep_mac = bytes(vtep_mac)
+        if len(self._vtep_mac) != 6:
+            raise ValueError("vtep_mac is 6 bytes")
+        self._mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
+        self._tun_mtu = tun_mtu
+        self._port = port
+        self._vni = vni
+        # subnet network address (int) -> (22-byte template, (public_ip, port))
+        self._peers: dict[int, tuple[bytes, tuple[str, int]]] = {}
+        self._senders: dict[str, int] = {}  # PublicIP -> number of subnets it serves
+        self._drops = [0] * N_REASONS
+
+    # -- control plane ------------------------------------------------------------------
+    def set_peer(self, subnet: int, vtep_mac: bytes, public_ip: str) -> None:
+        """Add or replace the peer for ``subnet`` (network address as an int)."""
+        if subnet & ~self._mask & 0xFFFFFFFF:
+            raise ValueError(f"{ipaddress.IPv4Address(subnet)} is not a subnet address for this SubnetLen")
+        ipaddress.IPv4Address(public_ip)  # validate: raises ValueError
+        self.remove_peer(subnet)
+        template = encap_template(self._vni, bytes(vtep_mac), self._vtep_mac)
+        self._peers[subnet] = (template, (public_ip, self._port))
+        self._senders[public_ip] = self._senders.get(public_ip, 0) + 1
+
+    def remove_peer(self, subnet: int) -> None:
+        old = self._peers.pop(subnet, None)
+        if old is not None:
+            ip = old[1][0]
+            left = self._senders[ip] - 1
+            if left:
+                self._senders[ip] = left
+            else:
+                del self._senders[ip]
+
+    def peer_count(self) -> int:
+        return len(self._peers)
+
+    def drop_counts(self) -> list[int]:
+        """Drops by ``DropReason`` value (index 0, OK, stays 0)."""
+        return list(self._drops)
+
+    def count_drop(self, reason: int, n: int = 1) -> None:
+        """Count drops decided outside the codec (I/O errors)."""
+        self._drops[reason] += n
+
+    # -- data plane ---------------------------------------------------------------------
+    def encap_batch(
+        self,
+        bufs: Sequence[Any],
+        lengths: Sequence[int],
+        count: int,
+        verdicts: list[int],
+        dests: list[Any],
+    ) -> int:
+        """Write the headers in front of ``count`` packets read from the TUN.
+
+        Packet ``i`` is ``bufs[i][HEADROOM:HEADROOM + lengths[i]]``. On return
+        ``verdicts[i]`` is ``DropReason.OK`` (the datagram is ``bufs[i][:HEADROOM +
+        lengths[i]]``, to be sent to ``dests[i]``) or the reason it was dropped. Returns the
+        number of packets to send.
+        """
+        ok = 0
+        peers = self._peers
+        mask = self._mask
+        drops = self._drops
+        for i in range(count):
+            buf = bufs[i]
+            n = lengths[i]
+            if n < 0 or HEADROOM + n > len(buf):
+                raise ValueError(f"length {n} of packet {i} does not fit its buffer")
+            if n < 1:
+                verdict = DropReason.NOT_IP
+            else:
+                version = buf[HEADROOM] >> 4
+                if version == 4:
+                    if n < 20:
+                        verdict = DropReason.NOT_IP
+                    else:
+                        dst = int.from_bytes(buf[HEADROOM + 16 : HEADROOM + 20], "big")
+                        peer = peers.get(dst & mask)
+                        if peer is None:
+                            verdict = DropReason.NO_ROUTE
+                        else:
+                            buf[0:HEADROOM] = peer[0]
+                            dests[i] = peer[1]
+                            verdict = DropReason.OK
+                elif version == 6:
+                    # IPv6 overlays (flannel-v6.<VNI>, BackendV6Data) are not carried yet.
+                    verdict = DropReason.NO_ROUTE
+                else:
+                    verdict = DropReason.NOT_IP
+            verdicts[i] = verdict
+            if verdict:
+                drops[verdict] += 1
+            else:
+                ok += 1
+        return ok
+
+    def decap_batch(
+        self,
+        bufs: Sequence[Any],
+        lengths: Sequence[int],
+        senders: Sequence[str],
+        count: int,
+        verdicts: list[int],
+        inner_lengths: list[int],
+    ) -> int:
+        """Check ``count`` received datagrams (``bufs[i][:lengths[i]]`` from ``senders[i]``).
+
+        On return ``verdicts[i]`` is ``OK`` and the inner packet is
+        ``bufs[i][HEADROOM:HEADROOM + inner_lengths[i]]`` (Ethernet padding after the IP
+        total length is cut off), or the reason the datagram was dropped. Returns the number
+        of inner packets to write to the TUN.
+        """
+        ok = 0
+        drops = self._drops
+        for i in range(count):
+            n = lengths[i]
+            if n < 0 or n > len(bufs[i]):
+                raise ValueError(f"length {n} of datagram {i} does not fit its buffer")
+            verdict, inner = self._check(bufs[i], n, senders[i])
+            verdicts[i] = verdict
+            inner_lengths[i] = inner
+            if verdict:
+                drops[verdict] += 1
+            else:
+                ok += 1
+        return ok
+
+    def _check(self, buf: Any, n: int, sender: str) -> tuple[int, int]:
+        if n < HEADROOM:
+            return DropReason.TOO_SHORT, 0
+        if not buf[0] & VXLAN_FLAG_I:
+            return DropReason.NO_I_FLAG, 0
+        # Reserved bits (flags other than I, bytes 1-3 and 7) are ignored on receipt (RFC 7348 §5).
+        if bytes(buf[4:7]) != self._vni_bytes:
+            return DropReason.WRONG_VNI, 0
+        if sender not in self._senders:
+            return DropReason.UNKNOWN_SENDER, 0
+        if bytes(buf[8:14]) != self._vtep_mac:
+            if buf[8] & 1:  # group bit: broadcast and multicast
+                return DropReason.DST_MAC_BROADCAST, 0
+            return DropReason.DST_MAC_MISMATCH, 0
+        ethertype = (buf[20] << 8) | buf[21]
+        avail = n - HEADROOM
+        if ethertype == ETH_P_IP:
+            if avail < 20 or buf[HEADROOM] >> 4 != 4:
+                return DropReason.BAD_INNER_IP, 0
+            header_len = (buf[HEADROOM] & 0x0F) * 4
+            total = (buf[HEADROOM + 2] << 8) | buf[HEADROOM + 3]
+            if header_len < 20 or total < header_len or total > avail:
+                return DropReason.BAD_INNER_IP, 0
+        elif ethertype == ETH_P_IPV6:
+            if avail < 40 or buf[HEADROOM] >> 4 != 6:
+                return DropReason.BAD_INNER_IP, 0
+            total = 40 + ((buf[HEADROOM + 4] << 8) | buf[HEADROOM + 5])
+            if total > avail:
+                return DropReason.BAD_INNER_IP, 0
+        elif ethertype == ETH_P_ARP:
+            return DropReason.ARP, 0
+        else:
+            return DropReason.BAD_ETHERTYPE, 0
+        if total > self._tun_mtu:
+            return DropReason.TOO_BIG, 0
+        return DropReason.OK, total
+
+    # -- one packet at a time, for tests and tools (allocates; never on the hot path) ----
+    def encap(self, packet: bytes) -> tuple[bytes, tuple[str, int]] | DropReason:
+        buf = bytearray(HEADROOM) + packet
+        verdicts, dests = [0], [None]
+        self.encap_batch([buf], [len(packet)], 1, verdicts, dests)
+        if verdicts[0]:
+            return DropReason(verdicts[0])
+        return bytes(buf), dests[0]  # type: ignore[return-value]
+
+    def decap(self, datagram: bytes, sender: str) -> bytes | DropReason:
+        verdicts, inner = [0], [0]
+        self.decap_batch([bytearray(datagram)], [len(datagram)], [sender], 1, verdicts, inner)
+        if verdicts[0]:
+            return DropReason(verdicts[0])
+        return bytes(datagram[HEADROOM : HEADROOM + inner[0]])
