@@ -122,8 +122,10 @@ def _ip_field(obj: dict[str, Any], key: str) -> ipaddress.IPv4Address | None:
     if value is None or value == "0.0.0.0":  # flannel: zero value means unset
         return None
     try:
+        if not isinstance(value, str):  # IPv4Address() would take an int
+            raise ValueError
         return ipaddress.IPv4Address(value)
-    except (ValueError, TypeError):
+    except ValueError:
         raise ConfigError(key, f"{json.dumps(value)} is not an IPv4 address") from None
 
 

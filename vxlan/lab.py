@@ -224,7 +224,7 @@ class Lab:
             return
         self._torn_down = True
         for proc in reversed(self.processes):
-            _stop(proc)
+            stop_process(proc)
         for name in reversed(self.namespaces):
             sh(["ip", "netns", "del", name], check=False)
         if not self.keep_workdir:
@@ -329,7 +329,7 @@ class Lab:
         return values
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
     proc.terminate()

@@ -65,8 +65,10 @@ def lease_from_attrs(subnet: ipaddress.IPv4Network, attrs: Any, path: str) -> Le
         raise ConfigError(path, f"lease must be a JSON object, got {json.dumps(attrs)}")
     public_ip = get_ci(attrs, "PublicIP")
     try:
+        if not isinstance(public_ip, str):  # IPv4Address() would take an int
+            raise ValueError
         ipaddress.IPv4Address(public_ip)
-    except (ValueError, TypeError):
+    except ValueError:
         raise ConfigError(f"{path}.PublicIP", f"{json.dumps(public_ip)} is not an IPv4 address") from None
     backend_type = get_ci(attrs, "BackendType", "")
     if not isinstance(backend_type, str):

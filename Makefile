@@ -1,0 +1,50 @@
+# vxland: the two commands a user needs are `make demo` and `make test`.
+PYTHON ?= python3
+APT_PACKAGES := iproute2 iperf3 ethtool iputils-ping tshark tcpdump
+# command -> Debian package, to install only what is missing
+NEEDED_COMMANDS := ip:iproute2 bridge:iproute2 iperf3:iperf3 ethtool:ethtool ping:iputils-ping tshark:tshark tcpdump:tcpdump
+
+.PHONY: install system-deps python-deps test unit integration demo lint clean
+
+install: system-deps python-deps
+
+system-deps:
+	@missing=""; for pair in $(NEEDED_COMMANDS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing (run as root to install them)"; exit 0; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o DPkg::Lock::Timeout=600 $$missing >/dev/null; \
+	fi
+
+python-deps:
+	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+
+# Unit tier (no root), then the integration tier (root: namespaces, TUN, kernel vxlan peers).
+test: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest tests/unit
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(PYTHON) -m pytest tests/integration; \
+	else \
+	  echo "*** NOT ROOT: integration tests (namespaces, TUN, kernel vxlan) NOT RUN ***"; exit 1; \
+	fi
+
+unit: python-deps
+	$(PYTHON) -m pytest tests/unit
+
+integration: install
+	$(PYTHON) -m pytest tests/integration
+
+demo: install
+	$(PYTHON) -m vxlan.ctl demo
+
+lint:
+	$(PYTHON) -m ruff check .
+
+clean:
+	$(PYTHON) -m vxlan.ctl lab clean || true
+	rm -rf build *.egg-info fastpath/_fastpath.c fastpath/*.so .pytest_cache
