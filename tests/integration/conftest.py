@@ -1,0 +1,35 @@
+"""Integration tier: real namespaces, real TUN devices, real kernel vxlan peers. Needs root."""
+
+from __future__ import annotations
+
+import pytest
+
+from vxlan import lab as labmod
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = labmod.can_run()
+    for item in items:
+        item.add_marker(pytest.mark.root)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def kernel_vxlan():
+    """Skip (with the kernel's reason) tests that need a kernel vxlan peer."""
+    missing = labmod.kernel_vxlan_missing()
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers():
+    """Clean namespaces of crashed earlier runs first; after the session, none of ours remain."""
+    if labmod.can_run() is None:
+        labmod.clean_stale()
+    yield
+    if labmod.can_run() is None:
+        out = labmod.sh(["ip", "netns", "list"], check=False).stdout
+        mine = [line for line in out.splitlines() if line.startswith(f"vxl-{labmod.os.getpid()}-")]
+        assert not mine, f"namespaces left behind: {mine}"

@@ -1,0 +1,151 @@
+"""The running daemon: crafted bad datagrams, registry edits, health, signals, pure-Python mode."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+
+from vxlan import wire
+from vxlan.lab import Lab, sh
+
+# Sends hex-encoded datagrams from a bound address; runs inside a lab namespace.
+SEND = """
+import socket, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+for hexdata in sys.argv[4:]:
+    s.sendto(bytes.fromhex(hexdata), (dst, port))
+"""
+
+
+@pytest.fixture(scope="module")
+def trio():
+    """Two vxland hosts and a plain host that holds a lease (a known VTEP) but runs no tunnel."""
+    with Lab(["vxland", "vxland", "plain"]) as lab:
+        yield lab
+
+
+def test_healthz(trio):
+    assert trio.http_get(trio.hosts[0], "/healthz") == "flanneld is running"
+
+
+def crafted(lab, target, sender):
+    """One datagram per DropReason case, built by scapy with explicit MACs."""
+    own, peer = wire.mac_to_str(target.vtep_mac), wire.mac_to_str(sender.vtep_mac)
+    ip = IP(src=sender.pod_ip, dst=target.pod_ip) / ICMP()
+
+    def vx(inner, dst=own, vni=lab.vni, flags=0x08, ethertype=0x0800):
+        return bytes(VXLAN(flags=flags, vni=vni) / Ether(dst=dst, src=peer, type=ethertype) / inner)
+
+    good = vx(ip)
+    return {
+        "too_short": good[:15],
+        "no_i_flag": vx(ip, flags=0x00),
+        "wrong_vni": vx(ip, vni=lab.vni + 1),
+        "dst_mac_mismatch": vx(ip, dst="02:11:22:33:44:55"),
+        "dst_mac_broadcast": vx(ip, dst="ff:ff:ff:ff:ff:ff"),
+        "arp": vx(ARP(op=1, psrc=sender.tun_ip, pdst=target.tun_ip, hwsrc=peer), ethertype=0x0806),
+        "bad_ethertype": vx(b"\x00" * 46, ethertype=0x88CC),
+        "bad_inner_ip": vx(bytes(ip)[:10]),
+        "too_big": vx(IP(src=sender.pod_ip, dst=target.pod_ip) / ICMP() / (b"x" * 1500)),
+    }
+
+
+def send(lab, host, src_ip, dst, datagrams):
+    sh([sys.executable, "-c", SEND, src_ip, dst.public_ip, str(lab.port), *(d.hex() for d in datagrams)], ns=host.ns)
+
+
+def test_every_drop_reason_is_counted(trio):
+    v1, v2, plain = trio.hosts
+    before = trio.metrics(v1)
+    cases = crafted(trio, v1, plain)
+    for datagram in cases.values():  # one at a time: each case must land in its own counter
+        send(trio, plain, plain.public_ip, v1, [datagram])
+    # An address that holds no lease: every datagram from it is an unknown sender.
+    sh(["ip", "addr", "add", "198.18.0.200/24", "dev", "eth0"], ns=plain.ns)
+    # Checked after the VXLAN header itself, before the inner frame (wire.Codec._check's order).
+    send(trio, plain, "198.18.0.200", v1, [cases["dst_mac_mismatch"], cases["arp"]])
+    time.sleep(0.3)
+    after = trio.metrics(v1)
+    expected = {reason: 1 for reason in cases} | {"unknown_sender": 2}
+    for reason, n in expected.items():
+        key = f'vxland_drops_total{{reason="{reason}"}}'
+        assert after[key] - before[key] == n, reason
+    assert v1.proc.poll() is None, "the daemon died"
+    proc = trio.ping(v1, v2, count=3)  # and it still forwards
+    assert proc.returncode == 0 and "3 received" in proc.stdout
+
+
+def test_no_route_is_counted(trio):
+    v1 = trio.hosts[0]
+    before = trio.metrics(v1)['vxland_drops_total{reason="no_route"}']
+    sh(["ping", "-c", "1", "-W", "1", "172.7.200.1"], ns=v1.pod_ns, check=False)
+    assert trio.metrics(v1)['vxland_drops_total{reason="no_route"}'] == before + 1
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_registry_edit_adds_and_removes_a_peer_without_loss():
+    with Lab(["vxland", "vxland", "vxland"]) as lab:
+        v1, v2, v3 = lab.hosts
+        steady = lab.popen(v1.pod_ns, ["ping", "-n", "-i", "0.05", "-c", "100", "-W", "1", v2.pod_ip],
+                           stdout=subprocess.PIPE, text=True)
+        assert lab.ping(v1, v3, count=1).returncode == 0
+        v3.registered = False
+        lab.write_registry()
+        assert wait_for(lambda: lab.metrics(v1)["vxland_peers"] == 1), lab.log(v1)
+        assert lab.ping(v1, v3, count=1, timeout_s=1).returncode != 0
+        assert "peer 172.7.3.0/24 via 198.18.0.3 removed" in lab.log(v1)
+        v3.registered = True
+        lab.write_registry()
+        assert wait_for(lambda: lab.metrics(v1)["vxland_peers"] == 2), lab.log(v1)
+        assert lab.ping(v1, v3, count=2).returncode == 0
+        out, _ = steady.communicate(timeout=20)
+        assert re.search(r"100 packets transmitted, 100 received", out), out
+        assert "still forwarding" in lab.log(v3)  # v3 was told its own lease vanished, and kept going
+
+
+def test_invalid_edit_keeps_the_peers():
+    with Lab(["vxland", "vxland"]) as lab:
+        v1, v2 = lab.hosts
+        lab.registry_path.write_text('{"config": {}, "subnets": ')
+        assert wait_for(lambda: "registry file changed but is invalid" in lab.log(v1))
+        assert lab.ping(v1, v2, count=2).returncode == 0
+        assert v1.proc.poll() is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_removes_tun_and_route(sig):
+    with Lab(["vxland", "vxland"]) as lab:
+        v1 = lab.hosts[0]
+        assert "172.7.0.0/16 dev flannel.1" in sh(["ip", "route"], ns=v1.ns).stdout
+        start = time.monotonic()
+        rc = lab.stop_vxland(v1, sig)
+        elapsed = time.monotonic() - start
+        assert rc == 0
+        assert elapsed < 2.0, f"took {elapsed:.2f} s"
+        assert sh(["ip", "link", "show", "flannel.1"], ns=v1.ns, check=False).returncode != 0
+        assert "172.7.0.0/16" not in sh(["ip", "route"], ns=v1.ns).stdout
+
+
+def test_pure_python_mode_forwards():
+    with Lab(["vxland", "vxland"], pure_python=True) as lab:
+        v1, v2 = lab.hosts
+        assert "fastpath python" in lab.log(v1)
+        assert lab.ping(v1, v2, count=2, size=1422, dont_fragment=True).returncode == 0

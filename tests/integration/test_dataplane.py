@@ -1,0 +1,99 @@
+"""vxland <-> vxland and vxland <-> kernel vxlan, both directions, at VNI 1/8472 and 42/4789."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vxlan.lab import Lab, sh
+
+RECEIVER = """
+import hashlib, socket, sys
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+conn, _ = srv.accept()
+h, n = hashlib.sha256(), 0
+while chunk := conn.recv(1 << 16):
+    h.update(chunk); n += len(chunk)
+print(n, h.hexdigest(), flush=True)
+"""
+
+SENDER = """
+import hashlib, random, socket, sys
+rng, h = random.Random(int(sys.argv[4])), hashlib.sha256()
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
+    left = int(sys.argv[3])
+    while left:
+        chunk = rng.randbytes(min(left, 1 << 16)); h.update(chunk); s.sendall(chunk); left -= len(chunk)
+print(int(sys.argv[3]), h.hexdigest(), flush=True)
+"""
+
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module", params=[(1, 8472), (42, 4789)], ids=["vni1-8472", "vni42-4789"])
+def mixed(request, kernel_vxlan):
+    vni, port = request.param
+    with Lab(["vxland", "vxland", "kernel"], vni=vni, port=port) as lab:
+        yield lab
+
+
+def pairs(lab):
+    v1, v2, k = lab.hosts
+    return [(v1, v2), (v2, v1), (v1, k), (k, v1)]
+
+
+def test_started_on_the_right_port_and_vni(mixed):
+    for host in mixed.hosts[:2]:
+        log = mixed.log(host)
+        assert f"VNI {mixed.vni}, port {mixed.port}, MTU 1450" in log
+        assert "2 peers" in log
+        info = [k for k in mixed.metrics(host) if k.startswith("vxland_info")][0]
+        assert f'vni="{mixed.vni}"' in info and f'port="{mixed.port}"' in info
+
+
+def test_full_size_df_ping(mixed):
+    for src, dst in pairs(mixed):
+        proc = mixed.ping(src, dst, count=2, size=1422, dont_fragment=True)  # 1450-byte IP packets
+        assert proc.returncode == 0, f"h{src.index}->h{dst.index}: {proc.stdout}{proc.stderr}"
+        assert "2 received" in proc.stdout
+
+
+def test_oversize_df_ping_is_an_error(mixed):
+    for src, dst in pairs(mixed):
+        proc = mixed.ping(src, dst, count=1, size=1423, dont_fragment=True)  # 1451 bytes
+        assert proc.returncode != 0
+        assert "message too long" in proc.stdout + proc.stderr and "mtu=1450" in proc.stdout + proc.stderr
+    # From the host itself the TUN's own MTU is what refuses it.
+    v1, v2, _ = mixed.hosts
+    proc = sh(["ping", "-n", "-c", "1", "-M", "do", "-s", "1423", v2.pod_ip], ns=v1.ns, check=False)
+    assert proc.returncode != 0 and "mtu=1450" in proc.stdout + proc.stderr
+
+
+def transfer(lab, src, dst, nbytes, seed=7, port=5001):
+    receiver = lab.popen(dst.pod_ns, [sys.executable, "-c", RECEIVER, dst.pod_ip, str(port)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout.readline().strip() == "listening"
+        sent = sh([sys.executable, "-c", SENDER, dst.pod_ip, str(port), str(nbytes), str(seed)],
+                  ns=src.pod_ns, timeout=120).stdout.split()
+        received = receiver.stdout.readline().split()
+        receiver.wait(30)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    return sent, received
+
+
+def test_tcp_50mb_sha256(mixed):
+    for i, (src, dst) in enumerate(pairs(mixed)):
+        sent, received = transfer(mixed, src, dst, 50 * MB, seed=i)
+        assert sent[0] == str(50 * MB)
+        assert received == sent, f"h{src.index}->h{dst.index}"
+    for host in mixed.hosts[:2]:
+        metrics = mixed.metrics(host)
+        assert metrics['vxland_bytes_total{direction="rx"}'] > 50 * MB
+        assert metrics['vxland_drops_total{reason="bad_inner_ip"}'] == 0
