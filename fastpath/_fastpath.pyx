@@ -14,7 +14,6 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from vxlan import wire
 from vxlan.wire import DropReason
 
-import ipaddress
 
 cdef enum:
     HEADROOM = 22
@@ -42,58 +41,38 @@ assert wire.N_REASONS <= N_REASONS_MAX
 
 
 cdef class Codec:
+    cdef object _map
     cdef bytes _vni_bytes
     cdef bytes _vtep_mac
     cdef uint8_t _vni_raw[3]
     cdef uint8_t _mac_raw[6]
     cdef uint32_t _mask
     cdef int _tun_mtu
-    cdef int _port
-    cdef int _vni
     cdef dict _peers
     cdef dict _senders
     cdef uint64_t _drops[N_REASONS_MAX]
     cdef int _n_reasons
 
     def __init__(self, int vni, vtep_mac, int subnet_len, int tun_mtu, int port):
-        if not 0 < subnet_len <= 32:
-            raise ValueError(f"subnet_len {subnet_len} is out of range 1..32")
-        header = wire.vxlan_header(vni)
-        self._vni_bytes = header[4:7]
-        self._vtep_mac = bytes(vtep_mac)
-        if len(self._vtep_mac) != 6:
-            raise ValueError("vtep_mac is 6 bytes")
+        self._map = wire.PeerMap(vni, vtep_mac, subnet_len, port)
+        self._vni_bytes = wire.vxlan_header(vni)[4:7]
+        self._vtep_mac = self._map.vtep_mac
         memcpy(self._vni_raw, <const char*>self._vni_bytes, 3)
         memcpy(self._mac_raw, <const char*>self._vtep_mac, 6)
-        self._mask = <uint32_t>((0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF)
+        self._mask = <uint32_t>self._map.mask
         self._tun_mtu = tun_mtu
-        self._port = port
-        self._vni = vni
-        self._peers = {}
-        self._senders = {}
+        self._peers = self._map.entries
+        self._senders = self._map.senders
         self._n_reasons = wire.N_REASONS
         for i in range(N_REASONS_MAX):
             self._drops[i] = 0
 
-    # -- control plane ------------------------------------------------------------------
+    # -- control plane: shared with the reference (wire.PeerMap) ---------------------------
     def set_peer(self, subnet, vtep_mac, str public_ip):
-        if int(subnet) & ~self._mask & 0xFFFFFFFF:
-            raise ValueError(f"{ipaddress.IPv4Address(subnet)} is not a subnet address for this SubnetLen")
-        ipaddress.IPv4Address(public_ip)
-        self.remove_peer(subnet)
-        template = wire.encap_template(self._vni, bytes(vtep_mac), self._vtep_mac)
-        self._peers[int(subnet)] = (template, (public_ip, self._port))
-        self._senders[public_ip] = self._senders.get(public_ip, 0) + 1
+        self._map.set(int(subnet), vtep_mac, public_ip)
 
     def remove_peer(self, subnet):
-        old = self._peers.pop(int(subnet), None)
-        if old is not None:
-            ip = old[1][0]
-            left = self._senders[ip] - 1
-            if left:
-                self._senders[ip] = left
-            else:
-                del self._senders[ip]
+        self._map.remove(int(subnet))
 
     def peer_count(self):
         return len(self._peers)
@@ -205,19 +184,3 @@ cdef class Codec:
             return TOO_BIG
         inner[0] = total
         return OK
-
-    # -- one packet at a time, for tests and tools ----------------------------------------
-    def encap(self, packet):
-        buf = bytearray(HEADROOM) + packet
-        verdicts, dests = [0], [None]
-        self.encap_batch([buf], [len(packet)], 1, verdicts, dests)
-        if verdicts[0]:
-            return DropReason(verdicts[0])
-        return bytes(buf), dests[0]
-
-    def decap(self, datagram, str sender):
-        verdicts, inner = [0], [0]
-        self.decap_batch([bytearray(datagram)], [len(datagram)], [sender], 1, verdicts, inner)
-        if verdicts[0]:
-            return DropReason(verdicts[0])
-        return bytes(datagram[HEADROOM : HEADROOM + inner[0]])

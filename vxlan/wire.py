@@ -116,51 +116,72 @@ def ipv4_to_int(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
 
 
+class PeerMap:
+    """What the hot path reads about peers, kept by the control plane; both codecs share it.
+
+    ``entries`` maps a subnet's network address (int) to its 22-byte header template and the
+    ``(public_ip, port)`` to send to; ``senders`` counts the subnets each PublicIP serves (the
+    known VTEPs a datagram may come from). Both dicts are changed in place, between batches.
+    """
+
+    def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, port: int) -> None:
+        if not 0 < subnet_len <= 32:
+            raise ValueError(f"subnet_len {subnet_len} is out of range 1..32")
+        if len(vtep_mac) != 6:
+            raise ValueError("vtep_mac is 6 bytes")
+        self.vni = vni
+        self.vtep_mac = bytes(vtep_mac)
+        self.mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
+        self.port = port
+        self.entries: dict[int, tuple[bytes, tuple[str, int]]] = {}
+        self.senders: dict[str, int] = {}
+
+    def set(self, subnet: int, vtep_mac: bytes, public_ip: str) -> None:
+        """Add or replace the peer for ``subnet`` (network address as an int)."""
+        if subnet & ~self.mask & 0xFFFFFFFF:
+            raise ValueError(f"{ipaddress.IPv4Address(subnet)} is not a subnet address for this SubnetLen")
+        ipaddress.IPv4Address(public_ip)  # validate: raises ValueError
+        template = encap_template(self.vni, bytes(vtep_mac), self.vtep_mac)
+        self.remove(subnet)
+        self.entries[subnet] = (template, (public_ip, self.port))
+        self.senders[public_ip] = self.senders.get(public_ip, 0) + 1
+
+    def remove(self, subnet: int) -> None:
+        old = self.entries.pop(subnet, None)
+        if old is not None:
+            ip = old[1][0]
+            left = self.senders[ip] - 1
+            if left:
+                self.senders[ip] = left
+            else:
+                del self.senders[ip]
+
+
 class Codec:
     """Encapsulates TUN packets for their peer and checks and strips received datagrams.
 
-    Owns the peer table the hot path reads (subnet -> header template and UDP address) and
-    the drop counters by reason. ``set_peer``/``remove_peer`` are the narrow, idempotent
-    interface the control plane drives; everything else is per batch.
+    Reads the peer table (``PeerMap``) and keeps the drop counters by reason.
+    ``set_peer``/``remove_peer`` are the narrow, idempotent interface the control plane
+    drives; everything else is per batch.
     """
 
     def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, tun_mtu: int, port: int) -> None:
-        if not 0 < subnet_len <= 32:
-            raise ValueError(f"subnet_len {subnet_len} is out of range 1..32")
-        self._header_prefix = vxlan_header(vni)
-        self._vni_bytes = self._header_prefix[4:7]
-        self._vtep_mac = bytes(vtep_mac)
-        if len(self._vtep_mac) != 6:
-            raise ValueError("vtep_mac is 6 bytes")
-        self._mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
+        self._map = PeerMap(vni, vtep_mac, subnet_len, port)
+        self._vni_bytes = vxlan_header(vni)[4:7]
+        self._vtep_mac = self._map.vtep_mac
+        self._mask = self._map.mask
         self._tun_mtu = tun_mtu
-        self._port = port
-        self._vni = vni
-        # subnet network address (int) -> (22-byte template, (public_ip, port))
-        self._peers: dict[int, tuple[bytes, tuple[str, int]]] = {}
-        self._senders: dict[str, int] = {}  # PublicIP -> number of subnets it serves
+        self._peers = self._map.entries
+        self._senders = self._map.senders
         self._drops = [0] * N_REASONS
 
     # -- control plane ------------------------------------------------------------------
     def set_peer(self, subnet: int, vtep_mac: bytes, public_ip: str) -> None:
         """Add or replace the peer for ``subnet`` (network address as an int)."""
-        if subnet & ~self._mask & 0xFFFFFFFF:
-            raise ValueError(f"{ipaddress.IPv4Address(subnet)} is not a subnet address for this SubnetLen")
-        ipaddress.IPv4Address(public_ip)  # validate: raises ValueError
-        self.remove_peer(subnet)
-        template = encap_template(self._vni, bytes(vtep_mac), self._vtep_mac)
-        self._peers[subnet] = (template, (public_ip, self._port))
-        self._senders[public_ip] = self._senders.get(public_ip, 0) + 1
+        self._map.set(subnet, vtep_mac, public_ip)
 
     def remove_peer(self, subnet: int) -> None:
-        old = self._peers.pop(subnet, None)
-        if old is not None:
-            ip = old[1][0]
-            left = self._senders[ip] - 1
-            if left:
-                self._senders[ip] = left
-            else:
-                del self._senders[ip]
+        self._map.remove(subnet)
 
     def peer_count(self) -> int:
         return len(self._peers)
@@ -294,18 +315,22 @@ class Codec:
             return DropReason.TOO_BIG, 0
         return DropReason.OK, total
 
-    # -- one packet at a time, for tests and tools (allocates; never on the hot path) ----
-    def encap(self, packet: bytes) -> tuple[bytes, tuple[str, int]] | DropReason:
-        buf = bytearray(HEADROOM) + packet
-        verdicts, dests = [0], [None]
-        self.encap_batch([buf], [len(packet)], 1, verdicts, dests)
-        if verdicts[0]:
-            return DropReason(verdicts[0])
-        return bytes(buf), dests[0]  # type: ignore[return-value]
 
-    def decap(self, datagram: bytes, sender: str) -> bytes | DropReason:
-        verdicts, inner = [0], [0]
-        self.decap_batch([bytearray(datagram)], [len(datagram)], [sender], 1, verdicts, inner)
-        if verdicts[0]:
-            return DropReason(verdicts[0])
-        return bytes(datagram[HEADROOM : HEADROOM + inner[0]])
+# -- one packet at a time, for tests and tools (allocates; never on the hot path) -------------
+def encap_one(codec: Any, packet: bytes) -> tuple[bytes, tuple[str, int]] | DropReason:
+    """Encapsulate one packet with either codec: (datagram, destination) or the drop reason."""
+    buf = bytearray(HEADROOM) + packet
+    verdicts, dests = [0], [None]
+    codec.encap_batch([buf], [len(packet)], 1, verdicts, dests)
+    if verdicts[0]:
+        return DropReason(verdicts[0])
+    return bytes(buf), dests[0]  # type: ignore[return-value]
+
+
+def decap_one(codec: Any, datagram: bytes, sender: str) -> bytes | DropReason:
+    """Check and strip one datagram with either codec: the inner packet or the drop reason."""
+    verdicts, inner = [0], [0]
+    codec.decap_batch([bytearray(datagram)], [len(datagram)], [sender], 1, verdicts, inner)
+    if verdicts[0]:
+        return DropReason(verdicts[0])
+    return bytes(datagram[HEADROOM : HEADROOM + inner[0]])

@@ -43,7 +43,7 @@ def inbound(vni=1, dst=OWN_MAC, src=PEER_MAC, flags=0x08, payload=None):
 def test_encap_matches_scapy(codec_cls, vni, port):
     codec = make(codec_cls, vni=vni, port=port)
     inner = IP(src="10.5.1.2", dst="10.5.2.7", flags="DF") / TCP(sport=1234, dport=80, flags="S") / b"hello"
-    result = codec.encap(bytes(inner))
+    result = wire.encap_one(codec, bytes(inner))
     assert not isinstance(result, DropReason)
     datagram, dest = result
     expected = bytes(VXLAN(flags=0x08, vni=vni) / Ether(dst=PEER_MAC, src=OWN_MAC, type=0x0800) / inner)
@@ -54,20 +54,20 @@ def test_encap_matches_scapy(codec_cls, vni, port):
 def test_decap_gives_inner_packet(codec_cls):
     codec = make(codec_cls)
     inner = bytes(IP(src="10.5.2.2", dst="10.5.1.2") / UDP(sport=5, dport=6) / b"payload")
-    assert codec.decap(inbound(payload=inner), PEER_IP) == inner
+    assert wire.decap_one(codec, inbound(payload=inner), PEER_IP) == inner
 
 
 def test_decap_ipv6_inner(codec_cls):
     codec = make(codec_cls)
     inner = bytes(IPv6(src="fd00::2", dst="fd00::1") / UDP(sport=5, dport=6) / b"six")
-    assert codec.decap(inbound(payload=inner), PEER_IP) == inner
+    assert wire.decap_one(codec, inbound(payload=inner), PEER_IP) == inner
 
 
 def test_decap_cuts_ethernet_padding(codec_cls):
     """Hardware VTEPs pad inner frames to 60 bytes; the IP total length says what is real."""
     codec = make(codec_cls)
     inner = bytes(IP(src="10.5.2.2", dst="10.5.1.2") / ICMP())
-    assert codec.decap(inbound(payload=inner + b"\x00" * 18), PEER_IP) == inner
+    assert wire.decap_one(codec, inbound(payload=inner + b"\x00" * 18), PEER_IP) == inner
 
 
 def test_reserved_bits_are_ignored(codec_cls):
@@ -77,7 +77,7 @@ def test_reserved_bits_are_ignored(codec_cls):
     datagram[0] |= 0xF7  # every flag bit but I... and I stays set
     datagram[1:4] = b"\xff\xff\xff"
     datagram[7] = 0xFF
-    assert isinstance(codec.decap(bytes(datagram), PEER_IP), bytes)
+    assert isinstance(wire.decap_one(codec, bytes(datagram), PEER_IP), bytes)
 
 
 def test_inbound_drop_reasons(codec_cls):
@@ -96,9 +96,9 @@ def test_inbound_drop_reasons(codec_cls):
         DropReason.TOO_BIG: (inbound(payload=ip / (b"x" * 1500)), PEER_IP),
     }
     for reason, (datagram, sender) in cases.items():
-        assert codec.decap(datagram, sender) == reason, reason.name
+        assert wire.decap_one(codec, datagram, sender) == reason, reason.name
     multicast = inbound(dst="01:00:5e:00:00:01")
-    assert codec.decap(multicast, PEER_IP) == DropReason.DST_MAC_BROADCAST
+    assert wire.decap_one(codec, multicast, PEER_IP) == DropReason.DST_MAC_BROADCAST
     counts = codec.drop_counts()
     for reason in cases:
         expected = 2 if reason == DropReason.DST_MAC_BROADCAST else 1
@@ -114,23 +114,23 @@ def test_inbound_drop_reasons(codec_cls):
 ])
 def test_malformed_inner_ip(codec_cls, mutate):
     codec = make(codec_cls)
-    assert codec.decap(mutate(inbound()), PEER_IP) == DropReason.BAD_INNER_IP
+    assert wire.decap_one(codec, mutate(inbound()), PEER_IP) == DropReason.BAD_INNER_IP
 
 
 def test_mtu_boundary(codec_cls):
     codec = make(codec_cls, mtu=1450)
     ip = IP(src="10.5.2.2", dst="10.5.1.2")
     exact = inbound(payload=ip / (b"x" * (1450 - 20)))
-    assert isinstance(codec.decap(exact, PEER_IP), bytes)
-    assert codec.decap(inbound(payload=ip / (b"x" * (1451 - 20))), PEER_IP) == DropReason.TOO_BIG
+    assert isinstance(wire.decap_one(codec, exact, PEER_IP), bytes)
+    assert wire.decap_one(codec, inbound(payload=ip / (b"x" * (1451 - 20))), PEER_IP) == DropReason.TOO_BIG
 
 
 def test_outbound_drop_reasons(codec_cls):
     codec = make(codec_cls)
-    assert codec.encap(bytes(IP(dst="10.5.9.1") / ICMP())) == DropReason.NO_ROUTE
-    assert codec.encap(bytes(IPv6(dst="fd00::1"))) == DropReason.NO_ROUTE
-    assert codec.encap(b"\x10" * 30) == DropReason.NOT_IP
-    assert codec.encap(b"") == DropReason.NOT_IP
+    assert wire.encap_one(codec, bytes(IP(dst="10.5.9.1") / ICMP())) == DropReason.NO_ROUTE
+    assert wire.encap_one(codec, bytes(IPv6(dst="fd00::1"))) == DropReason.NO_ROUTE
+    assert wire.encap_one(codec, b"\x10" * 30) == DropReason.NOT_IP
+    assert wire.encap_one(codec, b"") == DropReason.NOT_IP
     assert codec.drop_counts()[DropReason.NO_ROUTE] == 2
 
 
@@ -138,12 +138,12 @@ def test_peer_table_updates(codec_cls):
     codec = make(codec_cls)
     packet = bytes(IP(dst="10.5.2.9") / ICMP())
     codec.set_peer(wire.ipv4_to_int("10.5.2.0"), wire.mac_to_bytes("02:00:00:00:00:0a"), "198.18.0.10")
-    datagram, dest = codec.encap(packet)
+    datagram, dest = wire.encap_one(codec, packet)
     assert dest == ("198.18.0.10", 8472) and datagram[8:14] == wire.mac_to_bytes("02:00:00:00:00:0a")
-    assert codec.decap(inbound(), PEER_IP) == DropReason.UNKNOWN_SENDER  # the old VTEP is gone
+    assert wire.decap_one(codec, inbound(), PEER_IP) == DropReason.UNKNOWN_SENDER  # the old VTEP is gone
     codec.remove_peer(wire.ipv4_to_int("10.5.2.0"))
     codec.remove_peer(wire.ipv4_to_int("10.5.2.0"))  # idempotent
-    assert codec.encap(packet) == DropReason.NO_ROUTE
+    assert wire.encap_one(codec, packet) == DropReason.NO_ROUTE
     assert codec.peer_count() == 0
     with pytest.raises(ValueError):
         codec.set_peer(wire.ipv4_to_int("10.5.2.1"), wire.mac_to_bytes(PEER_MAC), PEER_IP)
@@ -188,9 +188,9 @@ def test_kernel_frames(codec_cls, entry, frame):
         codec.set_peer(int(subnet.network_address), wire.mac_to_bytes(peer["vtep_mac"]), peer["public_ip"])
         return codec
 
-    inner = codec_for(receiver, sender).decap(payload, sender["public_ip"])
+    inner = wire.decap_one(codec_for(receiver, sender), payload, sender["public_ip"])
     assert inner == payload[HEADROOM:]
-    datagram, dest = codec_for(sender, receiver).encap(inner)
+    datagram, dest = wire.encap_one(codec_for(sender, receiver), inner)
     assert datagram == payload
     assert dest == (receiver["public_ip"], entry["udp_port"])
 
