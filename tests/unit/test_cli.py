@@ -62,3 +62,14 @@ def test_vxlanctl_check(tmp_path):
                                                             "BackendData": {"VtepMAC": "02:00:00:00:00:01"}}}}))
     proc = subprocess.run([sys.executable, "-m", "vxlan.ctl", "check", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0 and "VNI 42, port 8472" in proc.stdout and "02:00:00:00:00:01" in proc.stdout
+
+
+def test_pure_python_fallback_is_logged():
+    code = "import fastpath; print(fastpath.IMPLEMENTATION, fastpath.Codec.__module__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "VXLAN_PURE_PYTHON": "1"})
+    assert proc.stdout.split() == ["python", "vxlan.wire"]
+    assert "VXLAN_PURE_PYTHON is set" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "VXLAN_PURE_PYTHON"})
+    assert proc.stdout.split() == ["cython", "fastpath._fastpath"]
