@@ -16,6 +16,8 @@ from pathlib import Path
 
 import vxlan
 
+DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+
 
 def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get("FLANNELD_" + flag.upper().replace("-", "_"), default)
@@ -38,18 +40,40 @@ def _port(text: str) -> int:
     return value
 
 
+def _minutes(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+
+
 def vxland_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vxland",
-        description="Userspace VXLAN data plane for flannel overlays (no kernel vxlan module needed).",
+        description="Userspace VXLAN data plane for flannel overlays (no kernel vxlan module needed). "
+                    "Joins the flannel network in etcd, or a static registry file.",
         epilog="Every flag can also be set as FLANNELD_<FLAG> in the environment (flag wins).",
     )
     flannel = p.add_argument_group("flanneld flags")
+    flannel.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS),
+                         help=f"comma-separated etcd endpoints (default {DEFAULT_ENDPOINTS})")
+    flannel.add_argument("--etcd-prefix", default=_env("etcd-prefix", "/coreos.com/network"),
+                         help="etcd prefix of the network config and leases (default /coreos.com/network)")
+    flannel.add_argument("--etcd-keyfile", default=_env("etcd-keyfile"), help="TLS key for etcd")
+    flannel.add_argument("--etcd-certfile", default=_env("etcd-certfile"), help="TLS certificate for etcd")
+    flannel.add_argument("--etcd-cafile", default=_env("etcd-cafile"), help="CA to verify etcd's certificate")
+    flannel.add_argument("--etcd-username", default=_env("etcd-username"), help="etcd user")
+    flannel.add_argument("--etcd-password", default=_env("etcd-password"), help="etcd password")
+    flannel.add_argument("--subnet-file", type=Path, default=Path(_env("subnet-file", "/run/flannel/subnet.env")),
+                         help="where to write the subnet.env (default /run/flannel/subnet.env)")
+    flannel.add_argument("--subnet-lease-renew-margin", type=_minutes,
+                         default=_env("subnet-lease-renew-margin", "60"),
+                         help="renew the lease this many minutes before it expires (1..1439, default 60)")
     flannel.add_argument("--iface", default=_env("iface"),
                          help="underlay interface, by name or IPv4 address (default: the interface "
                               "of the default route)")
     flannel.add_argument("--public-ip", type=_ipv4, default=_env("public-ip"),
-                         help="IP other nodes reach this one at; picks our lease (default: --iface's address)")
+                         help="IP other nodes reach this one at; goes into our lease (default: --iface's address)")
     flannel.add_argument("--healthz-ip", type=_ipv4, default=_env("healthz-ip", "0.0.0.0"),
                          help="address for /healthz and /metrics (default 0.0.0.0)")
     flannel.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
@@ -58,7 +82,7 @@ def vxland_parser() -> argparse.ArgumentParser:
                          default=int(_env("v", "0") or 0), help="log verbosity; 1 or more logs debug lines")
     extra = p.add_argument_group("vxland flags")
     extra.add_argument("--registry-file", type=Path, default=_env("registry-file"),
-                       help="static registry: flannel config plus a \"subnets\" map of leases (JSON); "
+                       help="static mode: read the config and leases from this JSON file instead of etcd; "
                             "re-read when it changes")
     extra.add_argument("--tun-name", default=_env("tun-name"),
                        help="TUN device name (default flannel.<VNI>)")
@@ -74,22 +98,57 @@ def setup_logging(verbosity: int) -> None:
     )
 
 
+def make_registry(args: argparse.Namespace):
+    """The static file registry, or etcd as flanneld would use it; ValueError on bad flags."""
+    if args.registry_file is not None:
+        from vxlan.registry.file import FileRegistry
+
+        return FileRegistry(args.registry_file)
+    from vxlan import subnetenv
+    from vxlan.registry.etcd import EtcdRegistry
+    from vxlan.registry.etcd_client import EtcdClient, TLSFiles, parse_endpoints
+
+    endpoints = parse_endpoints(args.etcd_endpoints)
+    tls = None
+    if args.etcd_keyfile and args.etcd_certfile:
+        tls = TLSFiles(args.etcd_keyfile, args.etcd_certfile, args.etcd_cafile)
+        for flag, path in (("--etcd-keyfile", tls.keyfile), ("--etcd-certfile", tls.certfile),
+                           ("--etcd-cafile", tls.cafile)):
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{flag} {path}: not readable")
+    elif args.etcd_keyfile or args.etcd_certfile:
+        # flannel registry.go:newTlsConfig: TLS only with both; otherwise plain, with a warning.
+        logging.getLogger("vxland").warning("--etcd-keyfile and --etcd-certfile go together; using plain HTTP")
+    if (args.etcd_username is None) != (args.etcd_password is None):
+        raise ValueError("--etcd-username and --etcd-password go together")
+    client = EtcdClient(endpoints, tls=tls, username=args.etcd_username, password=args.etcd_password)
+    return EtcdRegistry(client, prefix=args.etcd_prefix,
+                        previous_subnet=subnetenv.previous_subnet(args.subnet_file),
+                        renew_margin_s=args.subnet_lease_renew_margin * 60)
+
+
 def vxland_main(argv: list[str] | None = None) -> int:
     args = vxland_parser().parse_args(argv)
     setup_logging(args.verbosity)
-    if args.registry_file is None:
-        print("vxland: no registry: give --registry-file PATH (see README, static mode)", file=sys.stderr)
-        return 2
+    log = logging.getLogger("vxland")
     import uvloop  # imported late: --help and flag errors should not need it
 
     from vxlan.daemon import Daemon, Options, StartupError
 
-    opts = Options(registry_file=args.registry_file, iface=args.iface, public_ip=args.public_ip,
+    if not 0 < args.subnet_lease_renew_margin < 24 * 60:
+        log.error("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
+        return 1  # as flanneld (main.go)
+    try:
+        registry = make_registry(args)
+    except (ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    opts = Options(subnet_file=args.subnet_file, iface=args.iface, public_ip=args.public_ip,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port)
     try:
-        return uvloop.run(Daemon(opts).run())
+        return uvloop.run(Daemon(opts, registry).run())
     except StartupError as exc:
-        logging.getLogger("vxland").error("%s", exc)
+        log.error("%s", exc)
         return 1
 
 

@@ -1,28 +1,27 @@
 """vxland's life cycle: start in flanneld's order, follow the registry, stop cleanly.
 
 Order as flanneld's ``main.go:main`` (flannel-spec §7): network config -> external interface ->
-device and lease -> (rules, subnet.env: later) -> watch leases. The packet work is in
-``dataplane``; this module only wires things together and keeps the control loop.
+lease -> device -> subnet.env -> watch leases and renew ours. flanneld creates its kernel
+device before the lease so the VtepMAC can go into it; a TUN has no MAC, so vxland takes the
+lease first (reusing the VtepMAC of a lease it already holds) and then makes the device.
+The packet work is in ``dataplane``; this module only wires things together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import fastpath
-from vxlan import netconf, wire
+from vxlan import netconf, subnetenv, wire
 from vxlan.config import ConfigError
 from vxlan.dataplane import DataPlane, open_udp_socket
 from vxlan.health import MetricsSource, start_health_server
-from vxlan.lease import Lease
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
-from vxlan.registry import Snapshot
-from vxlan.registry.file import FileRegistry
+from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Registry, Reset
 from vxlan.tun import Tun
 
 log = logging.getLogger("vxland")
@@ -34,7 +33,7 @@ class StartupError(RuntimeError):
 
 @dataclass(frozen=True)
 class Options:
-    registry_file: Path
+    subnet_file: Path = Path("/run/flannel/subnet.env")
     iface: str | None = None
     public_ip: str | None = None
     tun_name: str | None = None
@@ -42,25 +41,10 @@ class Options:
     healthz_port: int = 0
 
 
-def find_own_lease(snapshot: Snapshot, public_ip: str) -> Lease:
-    """flannel's reuse rule (local_manager.go:tryAcquireLease): the lease with our PublicIP."""
-    for lease in snapshot.leases.values():
-        if lease.public_ip == public_ip:
-            if lease.backend_type != "vxlan":
-                raise StartupError(f"the lease {lease.key} for PublicIP {public_ip} has BackendType "
-                                   f"{lease.backend_type!r}; vxland needs a vxlan lease")
-            if not snapshot.config.contains_subnet(lease.subnet):
-                raise StartupError(f"our lease {lease.key} is outside SubnetMin..SubnetMax or not "
-                                   f"/{snapshot.config.subnet_len} (flannel's isSubnetConfigCompat)")
-            return lease
-    raise StartupError(f"no lease in the registry has PublicIP {public_ip}: add one for this node "
-                       "under \"subnets\", or pass the right --public-ip")
-
-
 class Daemon:
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, registry: Registry) -> None:
         self.opts = opts
-        self.registry = FileRegistry(opts.registry_file)
+        self.registry = registry
         self._stop = asyncio.Event()
         self._cleanups: list = []
 
@@ -68,39 +52,51 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        tasks: list[asyncio.Task] = []
         try:
-            await self._start(loop)
-            watch = asyncio.create_task(self._follow_registry())
+            start = asyncio.create_task(self._start(loop))
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([start, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():  # a signal while waiting for etcd or the config
+                start.cancel()
+                log.info("signal received before start-up finished, exiting")
+                return 0
+            stop.cancel()
+            start.result()
+            tasks = [asyncio.create_task(self._follow_registry()),
+                     asyncio.create_task(self.registry.keep_lease())]
             await self._stop.wait()
-            log.info("signal received, shutting down")
-            watch.cancel()
+            log.info("shutting down")
         finally:
+            for task in tasks:
+                task.cancel()
             await self._cleanup()
         return 0
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._cleanups.append(self.registry.close)
         try:
-            snapshot = await self.registry.start()
+            config = await self.registry.get_config()
         except ConfigError as exc:
-            raise StartupError(f"invalid registry file {exc}") from None
-        config = snapshot.config
-        self.config = config
+            raise StartupError(f"invalid network config: {exc}") from None
         try:
             iface = await asyncio.to_thread(netconf.find_iface, self.opts.iface, self.opts.public_ip)
         except netconf.NetconfError as exc:
             raise StartupError(str(exc)) from None
         public_ip = self.opts.public_ip or iface.address
-        own = find_own_lease(snapshot, public_ip)
-        self.own = own
-        vtep_mac = own.vtep_mac or wire.random_vtep_mac()
+        try:
+            own, others = await self.registry.acquire(config, public_ip, wire.random_vtep_mac())
+        except AcquireError as exc:
+            raise StartupError(str(exc)) from None
+        assert own.vtep_mac is not None
         backend = config.backend
         tun_mtu = config.tun_mtu(iface.mtu)
         if own.vni is not None and own.vni != backend.vni:
             log.warning("our lease says VNI %d but the config says %d; using the config's", own.vni, backend.vni)
 
-        self.codec = fastpath.Codec(backend.vni, vtep_mac, config.subnet_len, tun_mtu, backend.port)
+        self.codec = fastpath.Codec(backend.vni, own.vtep_mac, config.subnet_len, tun_mtu, backend.port)
         self.peers = PeerTable(own.subnet, config.subnet_len)
-        self._apply(self.peers.reset(snapshot.leases.values()))
+        self._apply(self.peers.reset(others))
 
         bind_ip = iface.address or public_ip
         try:
@@ -127,11 +123,16 @@ class Daemon:
         self.dataplane.start(loop)
         self._cleanups.append(self.dataplane.stop)
 
+        try:
+            subnetenv.write(self.opts.subnet_file, config.network, own.subnet, tun_mtu)
+        except OSError as exc:
+            raise StartupError(f"cannot write --subnet-file {self.opts.subnet_file}: {exc.strerror}") from None
+
         if self.opts.healthz_port:
             source = MetricsSource(
-                dataplane=self.dataplane, codec=self.codec, lease_expiry_s=lambda: math.inf,
+                dataplane=self.dataplane, codec=self.codec, registry=self.registry.metrics,
                 info={"vni": str(backend.vni), "port": str(backend.port), "subnet": str(own.subnet),
-                      "vtep_mac": wire.mac_to_str(vtep_mac), "fastpath": fastpath.IMPLEMENTATION})
+                      "vtep_mac": wire.mac_to_str(own.vtep_mac), "fastpath": fastpath.IMPLEMENTATION})
             try:
                 runner = await start_health_server(source, self.opts.healthz_ip, self.opts.healthz_port)
             except OSError as exc:
@@ -141,7 +142,7 @@ class Daemon:
 
         log.info("vxland started: VNI %d, port %d, MTU %d, subnet %s, VtepMAC %s, %d peers "
                  "(underlay %s %s, public IP %s, TUN %s, fastpath %s)",
-                 backend.vni, backend.port, tun_mtu, own.subnet, wire.mac_to_str(vtep_mac),
+                 backend.vni, backend.port, tun_mtu, own.subnet, wire.mac_to_str(own.vtep_mac),
                  len(self.peers), iface.name, bind_ip, public_ip, tun_name, fastpath.IMPLEMENTATION)
 
     def _apply(self, events: list[PeerEvent]) -> None:
@@ -159,21 +160,21 @@ class Daemon:
             elif isinstance(event, PeerSkipped):
                 log.warning("lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
 
-    def _check_unchanged(self, snapshot: Snapshot) -> None:
-        """What a running node cannot change: its config and its own lease (flanneld reads
-        both once at start). Say so instead of half-applying it."""
-        if snapshot.config != self.config:
-            log.warning("the network config in the registry changed; restart vxland to apply it")
-        own = snapshot.leases.get(self.own.subnet)
-        if own is None:
-            log.warning("our own lease %s is gone from the registry; still forwarding with it", self.own.key)
-        elif own != self.own:
-            log.warning("our own lease %s changed; restart vxland to apply it", self.own.key)
+    def _on_change(self, change: Change) -> None:
+        if isinstance(change, Reset):
+            self._apply(self.peers.reset(change.leases))
+        elif isinstance(change, Put):
+            self._apply(self.peers.update(change.lease))
+        elif isinstance(change, Deleted):
+            self._apply(self.peers.remove(change.subnet))
+        elif isinstance(change, OwnLeaseLost):
+            # flanneld: "Lease has been revoked. Shutting down daemon." and exit 0 (main.go).
+            log.warning("%s Shutting down daemon.", change.reason)
+            self._stop.set()
 
     async def _follow_registry(self) -> None:
-        async for snapshot in self.registry.watch():
-            self._check_unchanged(snapshot)
-            self._apply(self.peers.reset(snapshot.leases.values()))
+        async for change in self.registry.changes():
+            self._on_change(change)
 
     async def _cleanup(self) -> None:
         for cleanup in reversed(self._cleanups):

@@ -6,7 +6,6 @@ time, so nothing on the packet path knows about Prometheus.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,8 +22,18 @@ class MetricsSource:
 
     dataplane: object  # vxlan.dataplane.DataPlane (tx/rx packets and bytes)
     codec: object  # drop_counts(), peer_count()
-    lease_expiry_s: Callable[[], float]  # seconds until our lease expires (inf: never)
+    registry: Callable[[], dict[str, float]]  # Registry.metrics: lease expiry, etcd state...
     info: dict[str, str]
+
+
+# Registry metrics by the name Registry.metrics() gives them: (type, help).
+REGISTRY_METRICS = {
+    "lease_expiry_seconds": ("gauge", "Seconds until our subnet lease expires (+Inf: a static lease)"),
+    "etcd_connected": ("gauge", "1 while the etcd watch is connected, 0 while vxland is reconnecting"),
+    "registry_skipped_total": ("counter", "Registry keys or values that did not parse and were skipped"),
+    "registry_reload_errors": ("gauge", "Times the registry file changed but did not parse"),
+    "lease_renewals_total": ("counter", "Successful renewals of our subnet lease"),
+}
 
 
 class _Collector:
@@ -52,10 +61,12 @@ class _Collector:
         yield drops
         yield GaugeMetricFamily("vxland_peers", "Remote VTEPs in the peer table",
                                 value=self.source.codec.peer_count())
-        expiry = self.source.lease_expiry_s()
-        yield GaugeMetricFamily("vxland_lease_expiry_seconds",
-                                "Seconds until our subnet lease expires (+Inf: a static lease)",
-                                value=expiry if not math.isnan(expiry) else math.inf)
+        for name, value in self.source.registry().items():
+            kind, help_text = REGISTRY_METRICS.get(name, ("gauge", name))
+            if kind == "counter":
+                yield CounterMetricFamily(f"vxland_{name.removesuffix('_total')}", help_text, value=value)
+            else:
+                yield GaugeMetricFamily(f"vxland_{name}", help_text, value=value)
         info = GaugeMetricFamily("vxland_info", "Static facts about this node",
                                  labels=sorted(self.source.info))
         info.add_metric([self.source.info[k] for k in sorted(self.source.info)], 1)

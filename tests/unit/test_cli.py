@@ -32,9 +32,17 @@ def test_missing_registry_file(tmp_path):
     assert proc.returncode == 1 and "cannot read: No such file or directory" in proc.stderr
 
 
-def test_no_registry_at_all():
-    proc = vxland()
-    assert proc.returncode == 2 and "--registry-file" in proc.stderr
+@pytest.mark.parametrize("args,rc,text", [
+    (["--etcd-endpoints", "ftp://x:1"], 2, "is not an etcd endpoint"),
+    (["--etcd-endpoints", "http://127.0.0.1:99999"], 2, "invalid port"),
+    (["--etcd-username", "root"], 2, "--etcd-username and --etcd-password go together"),
+    (["--etcd-keyfile", "/nonexistent/k", "--etcd-certfile", "/nonexistent/c"], 2, "not readable"),
+    (["--subnet-lease-renew-margin", "1440"], 1, "subnet-lease-renew-margin option, out of acceptable range"),
+    (["--subnet-lease-renew-margin", "0"], 1, "out of acceptable range"),
+])
+def test_bad_etcd_flags(args, rc, text):
+    proc = vxland(*args)
+    assert proc.returncode == rc and text in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args,text", [

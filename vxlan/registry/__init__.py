@@ -1,8 +1,9 @@
-"""Where leases live. ``file.FileRegistry`` (static JSON) now; etcd v3 next, same protocol.
+"""Where leases live: ``file.FileRegistry`` (static JSON) or ``etcd.EtcdRegistry`` (etcd v3).
 
-A registry gives the network config and our own lease once (``start``), then a stream of
-lease snapshots (``watch``) that ``peers.PeerTable.reset`` turns into peer events. Registries
-never import the data plane.
+Both give the daemon the same things in flanneld's order: the network config
+(``get_config``), our own lease plus everyone else's (``acquire``), then a stream of
+``Change``s that ``peers.PeerTable`` turns into peer events. Registries never import the data
+plane; the daemon moves changes from one to the other.
 """
 
 from __future__ import annotations
@@ -17,12 +18,51 @@ from vxlan.lease import Lease
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    config: NetworkConfig
-    leases: dict[ipaddress.IPv4Network, Lease]
+class Reset:
+    """The complete set of other nodes' leases (after start, a reconnect or a compaction)."""
+
+    leases: list[Lease]
+
+
+@dataclass(frozen=True)
+class Put:
+    lease: Lease  # created or renewed
+
+
+@dataclass(frozen=True)
+class Deleted:
+    subnet: ipaddress.IPv4Network  # deleted or expired
+
+
+@dataclass(frozen=True)
+class OwnLeaseLost:
+    """Our own lease was deleted: flanneld logs it and exits 0 (main.go, flannel-spec §1.5)."""
+
+    reason: str
+
+
+Change = Reset | Put | Deleted | OwnLeaseLost
+
+
+class AcquireError(RuntimeError):
+    """No lease for this node; the message says why and what to do."""
 
 
 class Registry(Protocol):
-    async def start(self) -> Snapshot: ...
+    async def get_config(self) -> NetworkConfig: ...
 
-    def watch(self) -> AsyncIterator[Snapshot]: ...
+    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:
+        """Our lease (reused or new) and the other leases known at that moment."""
+        ...
+
+    def changes(self) -> AsyncIterator[Change]: ...
+
+    async def keep_lease(self) -> None:
+        """Renew our lease for as long as the daemon runs (returns only if nothing to do)."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Registry state for /metrics: name -> value (lease expiry, connection state...)."""
+        ...
+
+    async def close(self) -> None: ...

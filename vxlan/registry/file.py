@@ -18,16 +18,24 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vxlan.config import ConfigError, parse_config
+from vxlan.config import ConfigError, NetworkConfig, parse_config
 from vxlan.lease import Lease, lease_from_attrs, parse_subnet_key
-from vxlan.registry import Snapshot
+from vxlan.registry import AcquireError, Change, Reset
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: NetworkConfig
+    leases: dict[ipaddress.IPv4Network, Lease]
 
 
 def parse_registry(raw: Any) -> Snapshot:
@@ -88,6 +96,8 @@ class FileRegistry:
         self.path = path
         self.poll_s = poll_s
         self._stamp: tuple[int, int, int] | None = None
+        self._snapshot: Snapshot | None = None
+        self._own: Lease | None = None
         self.reload_errors = 0
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -97,12 +107,31 @@ class FileRegistry:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    async def start(self) -> Snapshot:
+    async def get_config(self) -> NetworkConfig:
         self._stamp = self._stat()
-        return load_registry(self.path)
+        self._snapshot = load_registry(self.path)
+        return self._snapshot.config
 
-    async def watch(self) -> AsyncIterator[Snapshot]:
-        """Yield a new snapshot each time the file changes and still parses."""
+    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:
+        """flannel's reuse rule (local_manager.go:tryAcquireLease): the lease with our PublicIP.
+        A static file is not written to, so there is no lease to create."""
+        assert self._snapshot is not None, "get_config first"
+        for lease in self._snapshot.leases.values():
+            if lease.public_ip != public_ip:
+                continue
+            if lease.backend_type != "vxlan":
+                raise AcquireError(f"the lease {lease.key} for PublicIP {public_ip} has BackendType "
+                                   f"{lease.backend_type!r}; vxland needs a vxlan lease")
+            if not config.contains_subnet(lease.subnet):
+                raise AcquireError(f"our lease {lease.key} is outside SubnetMin..SubnetMax or not "
+                                   f"/{config.subnet_len} (flannel's isSubnetConfigCompat)")
+            self._own = lease
+            return lease, [other for other in self._snapshot.leases.values() if other is not lease]
+        raise AcquireError(f"no lease in {self.path} has PublicIP {public_ip}: add one for this node under "
+                           "\"subnets\", or pass the right --public-ip")
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """A Reset each time the file changes and still parses."""
         while True:
             await asyncio.sleep(self.poll_s)
             stamp = self._stat()
@@ -115,4 +144,27 @@ class FileRegistry:
                 self.reload_errors += 1
                 log.error("registry file changed but is invalid, keeping the previous peers: %s", exc)
                 continue
-            yield snapshot
+            self._warn_fixed_parts(snapshot)
+            own = self._own.subnet if self._own else None
+            yield Reset([lease for subnet, lease in snapshot.leases.items() if subnet != own])
+
+    def _warn_fixed_parts(self, snapshot: Snapshot) -> None:
+        """What a running node cannot change: its config and its own lease (flanneld reads both
+        once at start). Say so instead of half-applying it."""
+        assert self._snapshot is not None and self._own is not None
+        if snapshot.config != self._snapshot.config:
+            log.warning("the network config in the registry changed; restart vxland to apply it")
+        own = snapshot.leases.get(self._own.subnet)
+        if own is None:
+            log.warning("our own lease %s is gone from the registry; still forwarding with it", self._own.key)
+        elif own != self._own:
+            log.warning("our own lease %s changed; restart vxland to apply it", self._own.key)
+
+    async def keep_lease(self) -> None:
+        return None  # a static lease never expires
+
+    def metrics(self) -> dict[str, float]:
+        return {"lease_expiry_seconds": math.inf, "registry_reload_errors": self.reload_errors}
+
+    async def close(self) -> None:
+        return None

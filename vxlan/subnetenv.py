@@ -1,0 +1,63 @@
+"""subnet.env, written as flanneld writes it (``pkg/subnet/subnet.go:WriteSubnetFile``).
+
+Order and format are flannel's, since CNI plugins and ``mk-docker-opts.sh`` read it:
+``FLANNEL_NETWORK``, ``FLANNEL_SUBNET`` (lease subnet + 1, lease prefix), ``FLANNEL_MTU``,
+``FLANNEL_IPMASQ`` (Go's %t). Written atomically (temp file + rename, mode 0644, directory
+created 0755), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+from pathlib import Path
+
+
+def render(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int, ip_masq: bool) -> str:
+    return (f"FLANNEL_NETWORK={network}\n"
+            f"FLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n"
+            f"FLANNEL_MTU={mtu}\n"
+            f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n")
+
+
+def write(path: Path, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int,
+          ip_masq: bool = False) -> None:
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(render(network, subnet, mtu, ip_masq))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_values(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (godotenv-like: comments and blank lines skipped); {} if unreadable."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def previous_subnet(path: Path) -> ipaddress.IPv4Network | None:
+    """FLANNEL_SUBNET of a previous run as a network (10.5.72.1/24 -> 10.5.72.0/24), as
+    flannel's ReadCIDRFromSubnetFile with net.ParseCIDR; None if absent or unparsable."""
+    value = read_values(path).get("FLANNEL_SUBNET")
+    if not value:
+        return None
+    try:
+        return ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        return None
