@@ -166,7 +166,8 @@ class Lab:
     def __init__(self, kinds: list[str], vni: int = 1, port: int = 8472, network: str = "172.7.0.0/16",
                  subnet_len: int = 24, mtu: int = 1500, healthz_port: int = HEALTHZ_PORT,
                  pure_python: bool = False, keep_workdir: bool = False, registry: str = "file",
-                 etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None) -> None:
+                 etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None,
+                 defer: tuple[int, ...] = ()) -> None:
         if registry not in ("file", "etcd"):
             raise ValueError(f"registry must be file or etcd, not {registry!r}")
         self.prefix = f"vxl-{os.getpid()}-{next(_counter)}"
@@ -181,6 +182,7 @@ class Lab:
         self.registry = registry
         self.seed_config = seed_config
         self.env = env or {}
+        self.defer = set(defer)  # host indices that start() leaves for the caller to start
         self.underlay_ns = f"{self.prefix}-ul"
         self.workdir = Path(tempfile.mkdtemp(prefix="vxlan-lab-"))
         self.registry_path = self.workdir / "registry.json"
@@ -274,13 +276,15 @@ class Lab:
 
     def start(self) -> None:
         for host in self.hosts:
+            if host.index in self.defer:
+                continue
             if host.kind == "kernel":
                 if self.registry == "file":
                     self._program_kernel_node(host)
                 else:
                     self.start_node(host)
         for host in self.hosts:
-            if host.kind == "vxland":
+            if host.kind == "vxland" and host.index not in self.defer:
                 self.start_node(host)
 
     def teardown(self) -> None:

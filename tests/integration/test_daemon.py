@@ -13,6 +13,7 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
+from tests.integration.helpers import wait_for
 from vxlan import wire
 from vxlan.lab import Lab, sh
 
@@ -90,15 +91,6 @@ def test_no_route_is_counted(trio):
     before = trio.metrics(v1)['vxland_drops_total{reason="no_route"}']
     sh(["ping", "-c", "1", "-W", "1", "172.7.200.1"], ns=v1.pod_ns, check=False)
     assert trio.metrics(v1)['vxland_drops_total{reason="no_route"}'] == before + 1
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_registry_edit_adds_and_removes_a_peer_without_loss():

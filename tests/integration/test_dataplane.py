@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from tests.integration.helpers import MB, transfer
 from vxlan.lab import Lab, sh
-
-RECEIVER = """
-import hashlib, socket, sys
-srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
-print("listening", flush=True)
-conn, _ = srv.accept()
-h, n = hashlib.sha256(), 0
-while chunk := conn.recv(1 << 16):
-    h.update(chunk); n += len(chunk)
-print(n, h.hexdigest(), flush=True)
-"""
-
-SENDER = """
-import hashlib, random, socket, sys
-rng, h = random.Random(int(sys.argv[4])), hashlib.sha256()
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
-    left = int(sys.argv[3])
-    while left:
-        chunk = rng.randbytes(min(left, 1 << 16)); h.update(chunk); s.sendall(chunk); left -= len(chunk)
-print(int(sys.argv[3]), h.hexdigest(), flush=True)
-"""
-
-MB = 1 << 20
 
 
 @pytest.fixture(scope="module", params=[(1, 8472), (42, 4789)], ids=["vni1-8472", "vni42-4789"])
@@ -70,22 +45,6 @@ def test_oversize_df_ping_is_an_error(mixed):
     v1, v2, _ = mixed.hosts
     proc = sh(["ping", "-n", "-c", "1", "-M", "do", "-s", "1423", v2.pod_ip], ns=v1.ns, check=False)
     assert proc.returncode != 0 and "mtu=1450" in proc.stdout + proc.stderr
-
-
-def transfer(lab, src, dst, nbytes, seed=7, port=5001):
-    receiver = lab.popen(dst.pod_ns, [sys.executable, "-c", RECEIVER, dst.pod_ip, str(port)],
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        assert receiver.stdout.readline().strip() == "listening"
-        sent = sh([sys.executable, "-c", SENDER, dst.pod_ip, str(port), str(nbytes), str(seed)],
-                  ns=src.pod_ns, timeout=120).stdout.split()
-        received = receiver.stdout.readline().split()
-        receiver.wait(30)
-    finally:
-        if receiver.poll() is None:
-            receiver.kill()
-            receiver.wait()
-    return sent, received
 
 
 def test_tcp_50mb_sha256(mixed):

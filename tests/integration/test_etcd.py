@@ -1,0 +1,335 @@
+"""The etcd control plane against a real etcd: flannel's keys and JSON, acquisition races,
+restarts, the watch, outages, member failover and scale."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import MB, transfer, wait_for
+from vxlan import wire
+from vxlan.config import ConfigError, parse_config
+from vxlan.lab import Lab, sh, stop_process
+from vxlan.registry import AcquireError
+from vxlan.registry.etcd import EtcdRegistry
+from vxlan.registry.etcd_client import EtcdClient, parse_endpoints
+
+CONFIG = {"Network": "172.7.0.0/16", "Backend": {"Type": "vxlan"}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_etcd():
+    """A real etcd on loopback (control-plane tests need no namespaces)."""
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed (make install)")
+    workdir = Path(tempfile.mkdtemp(prefix="vxlan-etcd-"))
+    client, peer = free_port(), free_port()
+    url = f"http://127.0.0.1:{client}"
+    proc = subprocess.Popen(["etcd", "--data-dir", str(workdir / "data"), "--listen-client-urls", url,
+                             "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-cluster", f"default=http://127.0.0.1:{peer}",
+                             "--heartbeat-interval", "10", "--election-timeout", "100"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ok = wait_for(lambda: subprocess.run(["etcdctl", "--endpoints", url, "endpoint", "health"],
+                                             capture_output=True).returncode == 0, timeout=20)
+        assert ok is not None, "etcd did not start"
+        yield url
+    finally:
+        stop_process(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def etcdctl(url, *args, check=True):
+    return subprocess.run(["etcdctl", "--endpoints", url, *args], capture_output=True, text=True, check=check)
+
+
+def registry(url, **kw) -> EtcdRegistry:
+    return EtcdRegistry(EtcdClient(parse_endpoints(url)), **kw)
+
+
+def test_lease_key_and_json_are_flanneld_s(local_etcd):
+    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+
+    async def go():
+        reg = registry(local_etcd)
+        config = await reg.get_config()
+        own, others = await reg.acquire(config, "198.18.0.7", bytes.fromhex("c6d2326f8f44"))
+        await reg.close()
+        return own, others
+    own, others = asyncio.run(go())
+    assert others == []
+    out = etcdctl(local_etcd, "get", "--prefix", "/coreos.com/network/subnets/").stdout.splitlines()
+    assert re.fullmatch(r"/coreos\.com/network/subnets/172\.7\.\d+\.0-24", out[0])
+    value = json.loads(out[1])
+    # flannel-spec §1.2 / Documentation/reservations.md, field order included
+    assert list(value) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData"]
+    assert value == {"PublicIP": "198.18.0.7", "PublicIPv6": None, "BackendType": "vxlan",
+                     "BackendData": {"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}}
+    assert list(value["BackendData"]) == ["VNI", "VtepMAC"]
+    assert out[1] == own.to_json()
+    # attached to a 24 h etcd lease (local_manager.go subnetTTL)
+    kv = json.loads(etcdctl(local_etcd, "get", out[0], "-w", "json").stdout)["kvs"][0]
+    ttl = etcdctl(local_etcd, "lease", "timetolive", format(kv["lease"], "x")).stdout
+    granted = int(re.search(r"granted with TTL\((\d+)s\)", ttl).group(1))
+    assert granted == 86400
+
+
+def test_twenty_nodes_race_for_subnets(local_etcd):
+    """20 nodes acquiring at once from the same 100 candidates collide and pick again:
+    never two nodes on one subnet."""
+    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+
+    async def one(i):
+        reg = registry(local_etcd)
+        try:
+            config = await reg.get_config()
+            own, _ = await reg.acquire(config, f"198.18.1.{i}", wire.random_vtep_mac())
+            return own
+        finally:
+            await reg.close()
+
+    async def go():
+        return await asyncio.gather(*(one(i) for i in range(1, 21)))
+    leases = asyncio.run(go())
+    assert len({lease.subnet for lease in leases}) == 20
+    keys = etcdctl(local_etcd, "get", "--prefix", "--keys-only", "/coreos.com/network/subnets/").stdout.split()
+    assert len(keys) == 20
+
+
+def test_restart_keeps_subnet_and_mac_and_previous_subnet_is_reused(local_etcd, tmp_path):
+    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+
+    async def acquire(ip, **kw):
+        reg = registry(local_etcd, **kw)
+        try:
+            return (await reg.acquire(await reg.get_config(), ip, wire.random_vtep_mac()))[0]
+        finally:
+            await reg.close()
+    first = asyncio.run(acquire("198.18.0.1"))
+    again = asyncio.run(acquire("198.18.0.1"))
+    assert (again.subnet, again.vtep_mac) == (first.subnet, first.vtep_mac)
+    # With the lease gone, subnet.env's FLANNEL_SUBNET brings the same subnet back.
+    etcdctl(local_etcd, "del", f"/coreos.com/network/subnets/{first.key}")
+    back = asyncio.run(acquire("198.18.0.1", previous_subnet=first.subnet))
+    assert back.subnet == first.subnet
+
+
+def test_out_of_subnets_and_bad_config(local_etcd):
+    etcdctl(local_etcd, "put", "/coreos.com/network/config",
+            json.dumps({"Network": "10.9.0.0/28", "SubnetLen": 30, "Backend": {"Type": "vxlan"}}))
+
+    async def acquire_all():
+        results = []
+        for i in range(4):
+            reg = registry(local_etcd)
+            try:
+                results.append(await reg.acquire(await reg.get_config(), f"198.18.2.{i}", wire.random_vtep_mac()))
+            except AcquireError as exc:
+                results.append(exc)
+            finally:
+                await reg.close()
+        return results
+    results = asyncio.run(acquire_all())
+    assert all(not isinstance(r, Exception) for r in results[:3])
+    assert isinstance(results[3], AcquireError) and "out of subnets" in str(results[3])
+
+    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps({"Network": "10.9.0.0/16", "SubnetLen": 31,
+                                                                          "Backend": {"Type": "vxlan"}}))
+    with pytest.raises(ConfigError, match="SubnetLen must be less than /31"):
+        asyncio.run(registry(local_etcd).get_config())
+
+
+def test_missing_config_is_waited_for(local_etcd, caplog):
+    async def go():
+        reg = registry(local_etcd)
+        task = asyncio.create_task(reg.get_config())
+        await asyncio.sleep(1.5)
+        assert not task.done()
+        await asyncio.to_thread(etcdctl, local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+        config = await asyncio.wait_for(task, 3)
+        await reg.close()
+        return config
+    with caplog.at_level("WARNING"):
+        assert asyncio.run(go()) == parse_config(CONFIG)
+    said = [r.getMessage() for r in caplog.records if "flannel config not found" in r.getMessage()]
+    assert len(said) == 1 and "etcdctl put /coreos.com/network/config" in said[0]
+
+
+# -- the daemon on etcd, in namespaces ------------------------------------------------------
+
+def test_mixed_cluster_on_etcd(kernel_vxlan):
+    """Two vxland nodes and an emulated kernel flanneld node on one etcd."""
+    with Lab(["vxland", "vxland", "kernel"], registry="etcd") as lab:
+        leases = lab.etcd_leases()
+        assert len(leases) == 3 and all(v["BackendType"] == "vxlan" for v in leases.values())
+        for src in lab.hosts:
+            for dst in lab.hosts:
+                if src is not dst:
+                    assert lab.ping(src, dst, count=2).returncode == 0, f"h{src.index}->h{dst.index}"
+        v1, _, k = lab.hosts
+        for src, dst in ((v1, k), (k, v1)):
+            sent, received = transfer(lab, src, dst, 10 * MB)
+            assert received == sent
+        assert "FLANNEL_MTU=1450" in v1.subnet_file.read_text()
+
+
+def lease_value(ip, mac, vni=True):
+    data = {"VNI": 1, "VtepMAC": mac} if vni else {"VtepMAC": mac}
+    value = {"PublicIP": ip, "PublicIPv6": None, "BackendType": "vxlan", "BackendData": data}
+    if not vni:
+        del value["PublicIPv6"]  # flannel <= 0.14 wrote neither
+    return json.dumps(value)
+
+
+def test_leases_from_etcdctl_come_and_go_within_a_second():
+    with Lab(["vxland", "vxland"], registry="etcd") as lab:
+        v1 = lab.hosts[0]
+        peers = lambda: lab.metrics(v1)["vxland_peers"]  # noqa: E731
+        assert peers() == 1
+        for key, value in (("172.7.200.0-24", lease_value("198.18.0.77", "0e:00:00:00:00:01")),
+                           ("172.7.201.0-24", lease_value("198.18.0.78", "0e:00:00:00:00:02", vni=False))):
+            before = peers()
+            start = time.monotonic()
+            lab.etcdctl("put", f"/coreos.com/network/subnets/{key}", value)
+            assert wait_for(lambda b=before: peers() == b + 1, timeout=1.0)
+            assert time.monotonic() - start < 1.5  # put + learn + one scrape
+        assert "peer 172.7.201.0/24 via 198.18.0.78 (VtepMAC 0e:00:00:00:00:02)" in lab.log(v1)
+        lab.etcdctl("del", "/coreos.com/network/subnets/172.7.200.0-24")
+        assert wait_for(lambda: peers() == 2, timeout=1.2)
+        # Garbage under the prefix is skipped and counted, never fatal.
+        lab.etcdctl("put", "/coreos.com/network/subnets/banana", "{}")
+        lab.etcdctl("put", "/coreos.com/network/subnets/172.7.202.0-24", "not json")
+        assert wait_for(lambda: lab.metrics(v1)["vxland_registry_skipped_total"] >= 2, timeout=2)
+        assert v1.proc.poll() is None and lab.ping(v1, lab.hosts[1], count=1).returncode == 0
+
+
+def test_own_lease_deleted_exits_0():
+    with Lab(["vxland", "vxland"], registry="etcd") as lab:
+        v1 = lab.hosts[0]
+        lab.etcdctl("del", f"/coreos.com/network/subnets/{v1.subnet.network_address}-24")
+        assert v1.proc.wait(5) == 0
+        assert "Lease has been revoked. Shutting down daemon." in lab.log(v1)
+        assert sh(["ip", "link", "show", "flannel.1"], ns=v1.ns, check=False).returncode != 0
+
+
+@pytest.mark.parametrize("config,text", [
+    ({"Network": "172.7.0.0/33", "Backend": {"Type": "vxlan"}}, "please define a correct Network parameter"),
+    ({"Network": "172.7.0.0/16", "SubnetLen": 15, "Backend": {"Type": "vxlan"}},
+     "network must be able to accommodate at least four subnets"),
+])
+def test_bad_config_exits_with_flannel_text(config, text):
+    with Lab(["vxland"], registry="etcd", seed_config=False, defer=(1,)) as lab:
+        lab.put_config(config)
+        v1 = lab.hosts[0]
+        lab.start_node(v1, wait=False)
+        assert v1.proc.wait(10) == 1
+        assert text in lab.log(v1)
+
+
+def test_restarted_node_keeps_subnet_and_mac():
+    with Lab(["vxland", "vxland"], registry="etcd") as lab:
+        v1, v2 = lab.hosts
+        before = (v1.subnet, v1.vtep_mac)
+        assert lab.stop_vxland(v1) == 0
+        lab.start_node(v1)
+        assert (v1.subnet, v1.vtep_mac) == before
+        assert lab.ping(v2, v1, count=2).returncode == 0
+
+
+def test_etcd_outage_loses_no_packet_and_late_joiner_is_learned():
+    with Lab(["vxland", "vxland", "vxland"], registry="etcd", defer=(3,)) as lab:
+        v1, v2, v3 = lab.hosts
+        flood = lab.popen(v1.pod_ns, ["ping", "-n", "-q", "-i", "0.005", "-c", "3000", "-W", "1", v2.pod_ip],
+                          stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        lab.stop_etcd(lab.etcd[0])
+        assert wait_for(lambda: lab.metrics(v1)["vxland_etcd_connected"] == 0, timeout=5)
+        lab.start_node(v3, wait=False)  # joins while etcd is down: waits for it
+        time.sleep(10)
+        assert v1.proc.poll() is None and lab.metrics(v1)["vxland_peers"] == 1
+        lab.start_etcd(lab.etcd[0])  # returns once etcd answers
+        learned = wait_for(lambda: lab.metrics(v1)["vxland_peers"] == 2, timeout=10)
+        print(f"late joiner learned {learned} s after etcd answered again")
+        assert learned is not None and learned < 2.0, f"learned after {learned}"
+        lab.wait_node(v3)
+        out, _ = flood.communicate(timeout=30)
+        assert re.search(r"3000 packets transmitted, 3000 received", out), out
+        assert lab.ping(v3, v1, count=2).returncode == 0
+
+
+def test_member_failover_keeps_watch_and_renewal():
+    """3-member etcd, every member in --etcd-endpoints; vxland talks to the first. Stop it."""
+    env = {"VXLAND_LEASE_TTL_S": "62"}  # with the 1-minute margin: renew every ~2 s
+    with Lab(["vxland", "vxland"], registry="etcd", etcd_members=3, env=env) as lab:
+        for host in lab.hosts:
+            lab.stop_vxland(host)
+            host.extra_args = ["--subnet-lease-renew-margin", "1"]
+            lab.start_node(host)
+        v1 = lab.hosts[0]
+        assert wait_for(lambda: lab.metrics(v1)["vxland_lease_renewals_total"] >= 1, timeout=5)
+        lab.stop_etcd(lab.etcd[0])
+        stopped = time.monotonic()
+        lab.etcdctl("put", "/coreos.com/network/subnets/172.7.210.0-24",
+                    lease_value("198.18.0.99", "0e:00:00:00:00:09"),
+                    endpoints=",".join(m.client_url for m in lab.etcd[1:]))
+        assert wait_for(lambda: lab.metrics(v1)["vxland_peers"] == 2, timeout=2.5), lab.log(v1)[-2000:]
+        assert time.monotonic() - stopped < 3.0
+        renewals = lab.metrics(v1)["vxland_lease_renewals_total"]
+        assert wait_for(lambda: lab.metrics(v1)["vxland_lease_renewals_total"] > renewals, timeout=5)
+        assert lab.ping(v1, lab.hosts[1], count=2).returncode == 0
+
+
+BULK = """
+import asyncio, json, sys
+from vxlan.registry.etcd_client import EtcdClient, parse_endpoints
+from aetcd import rpc
+
+async def main(url, n):
+    client = EtcdClient(parse_endpoints(url), timeout_s=30)
+    ops = []
+    for i in range(n):
+        net = f"10.{1 + i // 250}.{i % 250}.0"
+        value = json.dumps({"PublicIP": f"100.64.{i // 250}.{i % 250}", "PublicIPv6": None, "BackendType": "vxlan",
+                            "BackendData": {"VNI": 1, "VtepMAC": "0e:%02x:%02x:00:00:01" % (i // 256, i % 256)}})
+        ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=f"/coreos.com/network/subnets/{net}-24".encode(),
+                                                            value=value.encode())))
+    for start in range(0, n, 128):
+        async def fn(ch, md, batch=ops[start:start + 128]):
+            await rpc.KVStub(ch).Txn(rpc.TxnRequest(success=batch), timeout=30, metadata=md)
+        await client._call(fn)
+    await client.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_twenty_thousand_leases_in_two_seconds():
+    with Lab(["vxland"], registry="etcd", network="10.0.0.0/8", seed_config=False, defer=(1,)) as lab:
+        lab.put_config({"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}})
+        sh([sys.executable, "-c", BULK, lab.etcd_endpoints, "20000"], ns=lab.underlay_ns, timeout=120)
+        v1 = lab.hosts[0]
+        start = time.monotonic()
+        lab.start_node(v1)
+        elapsed = time.monotonic() - start
+        print(f"20,000 leases: process start to all peers programmed in {elapsed:.2f} s")
+        assert "20000 peers" in lab.log(v1)
+        assert elapsed < 2.0, f"took {elapsed:.2f} s from process start to all peers programmed"
+        assert lab.metrics(v1)["vxland_peers"] == 20000
