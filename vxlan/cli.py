@@ -155,10 +155,11 @@ def vxland_main(argv: list[str] | None = None) -> int:
 def vxlanctl_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vxlanctl", description="Tools around vxland.")
     sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build a 3-host lab (2 vxland, 1 kernel vxlan), ping and iperf3, tear down")
+    demo = sub.add_parser("demo", help="3-host lab (2 vxland, 1 kernel vxlan) on etcd: ping, iperf3, teardown")
     demo.add_argument("--vni", type=int, default=1)
     demo.add_argument("--port", type=_port, default=8472)
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 duration per pair (default 5)")
+    demo.add_argument("--static", action="store_true", help="use a static registry file instead of etcd")
     check = sub.add_parser("check", help="validate a registry file and print what it holds")
     check.add_argument("file", type=Path)
     lab = sub.add_parser("lab", help="lab housekeeping")
@@ -194,7 +195,8 @@ def vxlanctl_main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from vxlan import demo
 
-        return demo.run(vni=args.vni, port=args.port, seconds=args.seconds)
+        return demo.run(vni=args.vni, port=args.port, seconds=args.seconds,
+                        registry="file" if args.static else "etcd")
     return 2
 
 

@@ -1,0 +1,21 @@
+"""`vxlanctl demo` (what `make demo` runs) works end to end and cleans up after itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("extra", [[], ["--static"]], ids=["etcd", "static"])
+def test_demo(extra, kernel_vxlan):
+    proc = subprocess.run([sys.executable, "-m", "vxlan.ctl", "demo", "--seconds", "1", *extra],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all pairs reachable" in proc.stdout
+    assert proc.stdout.count("Gbit/s") == 4
+    assert "h3 kernel" in proc.stdout
+    assert "lab torn down" in proc.stdout
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "vxl-" not in listed
