@@ -20,7 +20,7 @@ system-deps:
 	fi
 
 python-deps:
-	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
 
 # Unit tier (no root), then the integration tier (root: namespaces, TUN, kernel vxlan peers).
 test: install

@@ -167,7 +167,7 @@ class Lab:
                  subnet_len: int = 24, mtu: int = 1500, healthz_port: int = HEALTHZ_PORT,
                  pure_python: bool = False, keep_workdir: bool = False, registry: str = "file",
                  etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None,
-                 defer: tuple[int, ...] = ()) -> None:
+                 defer: tuple[int, ...] = (), kernel_tx_off: bool = True) -> None:
         if registry not in ("file", "etcd"):
             raise ValueError(f"registry must be file or etcd, not {registry!r}")
         self.prefix = f"vxl-{os.getpid()}-{next(_counter)}"
@@ -183,6 +183,9 @@ class Lab:
         self.seed_config = seed_config
         self.env = env or {}
         self.defer = set(defer)  # host indices that start() leaves for the caller to start
+        # Checksum offload off on kernel nodes (needed when a userspace peer receives from them);
+        # a kernel-only lab (the bench anchor) keeps it, as a real flannel node would.
+        self.kernel_tx_off = kernel_tx_off
         self.underlay_ns = f"{self.prefix}-ul"
         self.workdir = Path(tempfile.mkdtemp(prefix="vxlan-lab-"))
         self.registry_path = self.workdir / "registry.json"
@@ -260,7 +263,7 @@ class Lab:
         sh(["ip", "-n", ns, "link", "add", "pod", "type", "veth", "peer", "name", "eth0", "netns", host.pod_ns])
         sh(["ip", "-n", ns, "link", "set", "pod", "mtu", pod_mtu, "up"])
         sh(["ip", "-n", host.pod_ns, "link", "set", "eth0", "mtu", pod_mtu, "up"])
-        if host.kind == "kernel":
+        if host.kind == "kernel" and self.kernel_tx_off:
             # veth has no checksum hardware: a kernel vxlan device sending into it would leave
             # inner TCP checksums unfinished, which a userspace receiver cannot fix.
             for dev, where in (("eth0", ns), ("eth0", host.pod_ns), ("pod", ns)):
@@ -447,7 +450,8 @@ class Lab:
         sh(["ip", "link", "set", dev, "mtu", str(self.mtu - wire.ENCAP_OVERHEAD)], ns=host.ns)
         sh(["ip", "addr", "add", f"{host.tun_ip}/32", "dev", dev], ns=host.ns)
         sh(["ip", "link", "set", dev, "up"], ns=host.ns)
-        sh(["ethtool", "-K", dev, "tx", "off"], ns=host.ns)
+        if self.kernel_tx_off:
+            sh(["ethtool", "-K", dev, "tx", "off"], ns=host.ns)
         for peer in self.hosts:
             if peer is host or not peer.registered:
                 continue

@@ -1,0 +1,158 @@
+"""``python -m bench``: vxland against the kernel vxlan anchor, measured side by side in one run.
+
+Scenarios (one namespace lab each, built once, measured in interleaved rounds):
+
+- ``kernel``: two Linux vxlan devices programmed as flanneld >= 0.9 does (the anchor)
+- ``vxland``: vxland <-> vxland
+- ``vxland-kernel``: vxland -> kernel vxlan node
+- ``kernel-vxland``: kernel vxlan node -> vxland
+- ``pure``: vxland <-> vxland with the pure-Python reference data plane
+
+For each: iperf3 TCP with 1 and 4 streams, UDP with 64-byte payloads (receiver pps under an
+unlimited flood, and the highest offered rate with < 1 % loss), ping RTT p50/p99 without load,
+and CPU seconds per GB (the daemons', and the whole machine's) during the 1-stream TCP test.
+Rounds are interleaved so that drift on a shared machine hits every scenario alike; figures
+are medians with min-max. Writes ``bench/results/<UTC date>-<name>.json``, ``.md`` and
+``.png`` and prints every figure as a ratio to the kernel anchor. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench import measure, report
+from vxlan import lab as labmod
+from vxlan.lab import Lab
+
+SCENARIOS = {
+    # name: (lab kinds, client index, server index, pure python)
+    "kernel": (["kernel", "kernel"], 0, 1, False),
+    "vxland": (["vxland", "vxland"], 0, 1, False),
+    "vxland-kernel": (["vxland", "kernel"], 0, 1, False),
+    "kernel-vxland": (["vxland", "kernel"], 1, 0, False),
+    "pure": (["vxland", "vxland"], 0, 1, True),
+}
+METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
+           "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb"]
+
+
+def measure_once(lab: Lab, client_i: int, server_i: int, seconds: float, search_steps: int) -> dict[str, float]:
+    client, server = lab.hosts[client_i], lab.hosts[server_i]
+    out: dict[str, float] = {}
+    with measure.CpuMeter(lab) as cpu:
+        tcp1, _ = measure.iperf3(lab, client, server, seconds, streams=1)
+    gb = tcp1.bytes / 1e9
+    out["tcp1_gbps"] = tcp1.bits_per_second / 1e9
+    out["daemon_cpu_s_per_gb"] = cpu.daemon_s / gb if cpu.procs and gb else float("nan")
+    out["machine_cpu_s_per_gb"] = cpu.machine_s / gb if gb else float("nan")
+    tcp4, _ = measure.iperf3(lab, client, server, seconds, streams=4)
+    out["tcp4_gbps"] = tcp4.bits_per_second / 1e9
+    flood_pps, _ = measure.udp_flood_pps(lab, client, server, min(seconds, 5))
+    out["udp64_flood_pps"] = flood_pps
+    out["udp64_lossless_pps"] = measure.udp_lossless_pps(lab, client, server, min(seconds, 3), flood_pps,
+                                                         steps=search_steps)
+    out["rtt_p50_ms"], out["rtt_p99_ms"] = measure.ping_rtt_ms(lab, client, server)
+    return out
+
+
+def summarize(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    summary = {}
+    for metric in METRICS:
+        values = [s[metric] for s in samples if metric in s and s[metric] == s[metric]]  # drop NaN
+        if values:
+            summary[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values),
+                               "n": len(values)}
+    return summary
+
+
+def machine_facts() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one round, 3 s tests: a smoke run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=10.0, help="iperf3 TCP duration (default 10)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
+    p.add_argument("--name", default="overlay", help="results file name part")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 1, 3.0
+    reason = labmod.can_run()
+    if reason:
+        print(f"bench: {reason}", file=sys.stderr)
+        return 1
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"bench: unknown scenario(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    missing = labmod.kernel_vxlan_missing()
+    if missing:
+        print(f"bench: skipping kernel scenarios: {missing}")
+        names = [n for n in names if "kernel" not in n]
+
+    labs: dict[str, Lab] = {}
+    samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    started = dt.datetime.now(dt.UTC)
+    try:
+        for name in names:
+            kinds, _, _, pure = SCENARIOS[name]
+            # The anchor keeps checksum offload on, as flannel nodes have it; labs with a
+            # userspace receiver of kernel traffic need it off on the kernel side (lab.py).
+            labs[name] = Lab(kinds, pure_python=pure, kernel_tx_off=(name != "kernel")).__enter__()
+        for rnd in range(1, args.rounds + 1):
+            for name in names:
+                _, ci, si, _ = SCENARIOS[name]
+                t0 = time.monotonic()
+                result = measure_once(labs[name], ci, si, args.seconds, search_steps=3 if args.quick else 5)
+                samples[name].append(result)
+                print(f"round {rnd}/{args.rounds} {name:<14} tcp1 {result['tcp1_gbps']:.2f} Gbit/s, "
+                      f"tcp4 {result['tcp4_gbps']:.2f}, udp64 {result['udp64_flood_pps']:,.0f} pps "
+                      f"(loss-free {result['udp64_lossless_pps']:,.0f}), rtt p50 {result['rtt_p50_ms']:.3f} ms "
+                      f"[{time.monotonic() - t0:.0f} s]", flush=True)
+    finally:
+        for lab in labs.values():
+            lab.teardown()
+
+    results = {
+        "date": started.isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_facts(),
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "scenarios": {n: {"samples": samples[n], "summary": summarize(samples[n])} for n in names},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{started:%Y-%m-%d}-{args.name}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    table = report.markdown(results)
+    stem.with_suffix(".md").write_text(table)
+    report.chart(results, stem.with_suffix(".png"))
+    print()
+    print(table)
+    print(f"wrote {stem}.json, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

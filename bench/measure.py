@@ -1,0 +1,122 @@
+"""One measurement each: iperf3 TCP, UDP 64-byte pps (flood and loss-free), ping RTT, CPU per GB.
+
+Every function runs inside a lab (``vxlan.lab.Lab``) between two pods; nothing leaves the lab.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from vxlan.lab import Host, Lab, LabError, sh, stop_process
+
+
+@dataclass
+class Iperf:
+    bits_per_second: float
+    bytes: int
+    seconds: float
+    lost_percent: float = 0.0
+    packets: int = 0
+
+
+def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 1, udp_rate: str | None = None,
+           length: int | None = None) -> tuple[Iperf, dict]:
+    """Run iperf3 pod to pod; the receiver's view and the raw JSON."""
+    srv = lab.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", server.pod_ip],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = ["iperf3", "-c", server.pod_ip, "-t", str(seconds), "-P", str(streams), "-J"]
+    if udp_rate is not None:
+        cmd += ["-u", "-b", udp_rate]
+    if length is not None:
+        cmd += ["-l", str(length)]
+    try:
+        error = ""
+        for _ in range(50):
+            proc = sh(cmd, ns=client.pod_ns, check=False, timeout=seconds + 30)
+            try:
+                data = json.loads(proc.stdout)
+            except ValueError:
+                data = {"error": (proc.stdout + proc.stderr)[-300:]}
+            error = data.get("error", "")
+            if not error:
+                break
+            if "refused" not in error and "busy" not in error:
+                raise LabError(f"iperf3 failed: {error}")
+            time.sleep(0.1)
+        else:
+            raise LabError(f"iperf3 server never answered: {error}")
+    finally:
+        stop_process(srv)
+    end = data["end"]
+    if udp_rate is not None:
+        s = end["sum"]
+        received = s["packets"] - s["lost_packets"]
+        return Iperf(s["bits_per_second"], s["bytes"], s["seconds"], s["lost_percent"], received), data
+    s = end["sum_received"]
+    return Iperf(s["bits_per_second"], s["bytes"], s["seconds"]), data
+
+
+def udp_flood_pps(lab: Lab, client: Host, server: Host, seconds: float) -> tuple[float, float]:
+    """Receiver packets per second and loss under an unlimited 64-byte UDP flood."""
+    result, _ = iperf3(lab, client, server, seconds, udp_rate="0", length=64)
+    return result.packets / result.seconds, result.lost_percent
+
+
+def udp_lossless_pps(lab: Lab, client: Host, server: Host, seconds: float, ceiling_pps: float,
+                     steps: int = 4) -> float:
+    """Received pps at the highest offered 64-byte rate with < 1 % loss, by bisection up to
+    1.2 x ``ceiling_pps``. Where the sender cannot offer more, this is sender-bound."""
+    lo, hi, best = 0.0, max(ceiling_pps * 1.2, 10_000.0), 0.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        rate_bps = int(mid * 64 * 8)
+        result, _ = iperf3(lab, client, server, seconds, udp_rate=str(rate_bps), length=64)
+        if result.lost_percent < 1.0:
+            lo, best = mid, max(best, result.packets / result.seconds)
+        else:
+            hi = mid
+    return best
+
+
+def ping_rtt_ms(lab: Lab, client: Host, server: Host, count: int = 200) -> tuple[float, float]:
+    """p50 and p99 RTT (ms) of ``count`` pings 10 ms apart, no other load."""
+    proc = sh(["ping", "-n", "-i", "0.01", "-c", str(count), "-W", "1", server.pod_ip], ns=client.pod_ns,
+              check=False, timeout=count * 0.05 + 20)
+    rtts = sorted(float(m) for m in re.findall(r"time=([\d.]+) ms", proc.stdout))
+    if not rtts:
+        raise LabError(f"no ping replies: {proc.stdout[-300:]}")
+    return statistics.median(rtts), rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
+
+
+class CpuMeter:
+    """CPU seconds of the lab's daemons and of the whole machine over an interval."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.procs = [psutil.Process(h.proc.pid) for h in lab.hosts if h.kind == "vxland" and h.proc]
+
+    def _daemon_s(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            t = p.cpu_times()
+            total += t.user + t.system
+        return total
+
+    @staticmethod
+    def _machine_s() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.system + t.softirq + t.irq + getattr(t, "steal", 0.0) * 0
+
+    def __enter__(self) -> CpuMeter:
+        self.d0, self.m0 = self._daemon_s(), self._machine_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon_s = self._daemon_s() - self.d0
+        self.machine_s = self._machine_s() - self.m0

@@ -1,0 +1,77 @@
+"""Markdown table and PNG chart of a bench run; every figure also as a ratio to the kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LABELS = {
+    "tcp1_gbps": ("TCP 1 stream", "Gbit/s"),
+    "tcp4_gbps": ("TCP 4 streams", "Gbit/s"),
+    "udp64_flood_pps": ("UDP 64 B rx under flood", "pps"),
+    "udp64_lossless_pps": ("UDP 64 B loss-free", "pps"),
+    "rtt_p50_ms": ("RTT p50", "ms"),
+    "rtt_p99_ms": ("RTT p99", "ms"),
+    "daemon_cpu_s_per_gb": ("daemon CPU", "s/GB"),
+    "machine_cpu_s_per_gb": ("machine CPU", "s/GB"),
+}
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "pps":
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def markdown(results: dict) -> str:
+    scen = results["scenarios"]
+    kernel = scen.get("kernel", {}).get("summary", {})
+    m = results["machine"]
+    lines = [f"Bench {results['date']} on {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
+             f"Python {m['python']}; {results['rounds']} round(s), TCP {results['seconds']:.0f} s; "
+             f"median (min-max) and ratio to the kernel anchor. Command: `{results['command']}`", ""]
+    header = "| metric | " + " | ".join(scen) + " |"
+    lines += [header, "|---" * (len(scen) + 1) + "|"]
+    for metric, (label, unit) in LABELS.items():
+        cells = []
+        for name in scen:
+            s = scen[name]["summary"].get(metric)
+            if s is None:
+                cells.append("–")
+                continue
+            cell = f"{_fmt(s['median'], unit)} ({_fmt(s['min'], unit)}–{_fmt(s['max'], unit)})"
+            k = kernel.get(metric)
+            if k and k["median"] and name != "kernel":
+                cell += f" ×{s['median'] / k['median']:.2f}"
+            cells.append(cell)
+        lines.append(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scen = results["scenarios"]
+    names = list(scen)
+    panels = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "rtt_p50_ms"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, metric in zip(axes, panels, strict=True):
+        med, lo, hi = [], [], []
+        for n in names:
+            s = scen[n]["summary"].get(metric, {"median": 0, "min": 0, "max": 0})
+            med.append(s["median"])
+            lo.append(s["median"] - s["min"])
+            hi.append(s["max"] - s["median"])
+        colors = ["#777777" if n == "kernel" else "#1f77b4" for n in names]
+        ax.bar(names, med, yerr=[lo, hi], color=colors, capsize=3)
+        label, unit = LABELS[metric]
+        ax.set_title(f"{label} ({unit})", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.suptitle(f"vxland vs kernel vxlan, {results['date']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
