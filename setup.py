@@ -5,7 +5,9 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("fastpath._fastpath", ["fastpath/_fastpath.pyx"], extra_compile_args=["-O2"])],
+        [Extension("fastpath._fastpath", ["fastpath/_fastpath.pyx", "fastpath/vxengine.c"],
+                   include_dirs=["fastpath"], depends=["fastpath/vxengine.h"],
+                   extra_compile_args=["-O2", "-Wall"])],
         compiler_directives={"language_level": "3"},
     ),
 )

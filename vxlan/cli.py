@@ -86,6 +86,8 @@ def vxland_parser() -> argparse.ArgumentParser:
                             "re-read when it changes")
     extra.add_argument("--tun-name", default=_env("tun-name"),
                        help="TUN device name (default flannel.<VNI>)")
+    extra.add_argument("--no-offload", action="store_true", default=_env("no-offload", "") not in ("", "0", "false"),
+                       help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
     p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
     return p
 
@@ -144,7 +146,8 @@ def vxland_main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     opts = Options(subnet_file=args.subnet_file, iface=args.iface, public_ip=args.public_ip,
-                   tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port)
+                   tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
+                   offload=not args.no_offload)
     try:
         return uvloop.run(Daemon(opts, registry).run())
     except StartupError as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 import fastpath
 from vxlan import netconf, subnetenv, wire
 from vxlan.config import ConfigError
-from vxlan.dataplane import DataPlane, open_udp_socket
+from vxlan.dataplane import DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Registry, Reset
@@ -39,6 +39,7 @@ class Options:
     tun_name: str | None = None
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
 
 
 class Daemon:
@@ -94,7 +95,9 @@ class Daemon:
         if own.vni is not None and own.vni != backend.vni:
             log.warning("our lease says VNI %d but the config says %d; using the config's", own.vni, backend.vni)
 
-        self.codec = fastpath.Codec(backend.vni, own.vtep_mac, config.subnet_len, tun_mtu, backend.port)
+        threaded = fastpath.Engine is not None
+        codec_cls = fastpath.Engine if threaded else fastpath.Codec
+        self.codec = codec_cls(backend.vni, own.vtep_mac, config.subnet_len, tun_mtu, backend.port)
         self.peers = PeerTable(own.subnet, config.subnet_len)
         self._apply(self.peers.reset(others))
 
@@ -108,7 +111,7 @@ class Daemon:
 
         tun_name = self.opts.tun_name or f"flannel.{backend.vni}"
         try:
-            tun = Tun(tun_name)
+            tun = Tun(tun_name, offload=threaded and self.opts.offload)
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         self._cleanups.append(tun.close)
@@ -119,7 +122,12 @@ class Daemon:
         except netconf.NetconfError as exc:
             raise StartupError(str(exc)) from None
 
-        self.dataplane = DataPlane(self.codec, tun.fd, sock)
+        offloads = self._offloads(threaded, tun, sock)
+        if threaded:
+            self.dataplane = ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in offloads,
+                                               "udp-gro" in offloads)
+        else:
+            self.dataplane = DataPlane(self.codec, tun.fd, sock)
         self.dataplane.start(loop)
         self._cleanups.append(self.dataplane.stop)
 
@@ -141,9 +149,25 @@ class Daemon:
             self._cleanups.append(runner.cleanup)
 
         log.info("vxland started: VNI %d, port %d, MTU %d, subnet %s, VtepMAC %s, %d peers "
-                 "(underlay %s %s, public IP %s, TUN %s, fastpath %s)",
+                 "(underlay %s %s, public IP %s, TUN %s, fastpath %s, offloads: %s)",
                  backend.vni, backend.port, tun_mtu, own.subnet, wire.mac_to_str(own.vtep_mac),
-                 len(self.peers), iface.name, bind_ip, public_ip, tun_name, fastpath.IMPLEMENTATION)
+                 len(self.peers), iface.name, bind_ip, public_ip, tun_name, fastpath.IMPLEMENTATION,
+                 " ".join(offloads) or "none")
+
+    def _offloads(self, threaded: bool, tun: Tun, sock) -> list[str]:
+        """Probe what the kernel offers; log what is off and why (wireguard-go's habit)."""
+        if not threaded:
+            return []
+        if not self.opts.offload:
+            log.info("offloads off (--no-offload)")
+            return []
+        if tun.offload_error:
+            log.warning("TUN offloads off: %s", tun.offload_error)
+        gso, gro, reasons = probe_udp_offloads(sock)
+        for reason in reasons:
+            log.warning("%s", reason)
+        names = ["tun-tso-gro"] if tun.vnet_hdr else []
+        return names + (["udp-gso"] if gso else []) + (["udp-gro"] if gro else [])
 
     def _apply(self, events: list[PeerEvent]) -> None:
         for event in events:

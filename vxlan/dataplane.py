@@ -1,10 +1,13 @@
-"""The asyncio glue of the data plane: TUN fd <-> codec <-> UDP socket, in batches.
+"""The data plane's I/O: TUN fd <-> codec <-> UDP socket, in batches.
 
-Both directions are readiness callbacks (``loop.add_reader``) that drain up to ``batch``
-packets into a fixed pool of buffers, hand the whole batch to the codec, then do the I/O. No
-buffer is allocated and nothing is logged per packet; counters are plain integers read by
-``/metrics``. The UDP socket stays blocking for sends, so a full socket buffer pushes back on
-the TUN queue (as a NIC queue would) instead of dropping, while receives use MSG_DONTWAIT.
+``ThreadedDataPlane`` (the compiled engine): two threads, one per direction, run C loops that
+never take the GIL; Python only starts and stops them. ``DataPlane`` (the pure-Python
+reference, ``VXLAN_PURE_PYTHON=1``): both directions are readiness callbacks
+(``loop.add_reader``) that drain up to ``batch`` packets into a fixed pool of buffers, hand
+the whole batch to the codec, then do the I/O. No buffer is allocated and nothing is logged
+per packet; counters are plain integers read by ``/metrics``. The UDP socket stays blocking
+for sends, so a full socket buffer pushes back on the TUN queue (as a NIC queue would)
+instead of dropping, while receives never wait.
 """
 
 from __future__ import annotations
@@ -12,13 +15,20 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 
 from vxlan.wire import HEADROOM, DropReason
 
 BATCH = 64
-# <linux/in.h>; the socket module of Python 3.11 does not export them.
+# <linux/in.h>, <linux/udp.h>, <asm-generic/socket.h>: Python 3.11's socket module lacks them.
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DONT = 0
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+SOCKET_BUFFER_BYTES = 7 << 20  # wireguard-go f26efb6: 7 MB ended its retransmits
 BUF_SIZE = HEADROOM + 65536  # room for any datagram or TUN packet
 
 
@@ -51,6 +61,9 @@ class DataPlane:
         self._loop = loop
         loop.add_reader(self.tun_fd, self._on_tun_readable)
         loop.add_reader(self.sock.fileno(), self._on_udp_readable)
+
+    def io_stats(self) -> dict[str, int]:
+        return {}
 
     def stop(self) -> None:
         if self._loop is not None:
@@ -129,7 +142,7 @@ class DataPlane:
             self.codec.count_drop(DropReason.TUN_WRITE_FAILED, failed)
 
 
-def open_udp_socket(address: str, port: int, bufsize: int = 4 << 20) -> socket.socket:
+def open_udp_socket(address: str, port: int) -> socket.socket:
     """The tunnel socket, bound to the underlay address and the VXLAN port.
 
     Outer packets go out without DF (IP_PMTUDISC_DONT), like a Linux vxlan device with the
@@ -138,10 +151,72 @@ def open_udp_socket(address: str, port: int, bufsize: int = 4 << 20) -> socket.s
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, bufsize)
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:  # beyond net.core.[rw]mem_max needs CAP_NET_ADMIN
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
         sock.bind((address, port))
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def probe_udp_offloads(sock: socket.socket) -> tuple[bool, bool, list[str]]:
+    """(UDP GSO usable, UDP GRO on, reasons for what is off). GSO is probed by reading the
+    socket option (setting it would change the default segment size of every send); it can
+    still fail at the first send with EIO if the egress device lacks checksum offload, and
+    the engine then falls back by itself."""
+    reasons = []
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+        gso = True
+    except OSError as exc:
+        gso = False
+        reasons.append(f"UDP GSO unavailable ({exc.strerror}; kernel < 4.18?)")
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        gro = True
+    except OSError as exc:
+        gro = False
+        reasons.append(f"UDP GRO unavailable ({exc.strerror}; kernel < 5.0?)")
+    return gso, gro, reasons
+
+
+class ThreadedDataPlane:
+    """Runs the compiled engine's two loops in two threads (no GIL inside them)."""
+
+    def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
+                 udp_gro: bool) -> None:
+        self.engine = engine
+        self.sock = sock
+        self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro)
+        self._threads: list[threading.Thread] = []
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        for name, target in (("vxland-tx", self.engine.run_tx), ("vxland-rx", self.engine.run_rx)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        if self._stop_fd >= 0:
+            os.eventfd_write(self._stop_fd, 1)
+            for thread in self._threads:
+                thread.join(1.0)
+            os.close(self._stop_fd)
+            self._stop_fd = -1
+
+    def _stat(self, name: str) -> int:
+        return self.engine.stats()[name]
+
+    tx_packets = property(lambda self: self._stat("tx_packets"))
+    tx_bytes = property(lambda self: self._stat("tx_bytes"))
+    rx_packets = property(lambda self: self._stat("rx_packets"))
+    rx_bytes = property(lambda self: self._stat("rx_bytes"))
+
+    def io_stats(self) -> dict[str, int]:
+        stats = self.engine.stats()
+        return {k: v for k, v in stats.items() if not k.startswith(("tx_", "rx_"))}

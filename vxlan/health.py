@@ -59,6 +59,12 @@ class _Collector:
             if reason is not DropReason.OK:
                 drops.add_metric([reason.label], counts[reason])
         yield drops
+        io = CounterMetricFamily("vxland_io", "Data plane system calls and offload events "
+                                 "(tun_reads, tso_packets, udp_sends, gso_sends, udp_recvs, gro_trains, "
+                                 "tun_writes, coalesced)", labels=["event"])
+        for name, value in dp.io_stats().items():
+            io.add_metric([name], value)
+        yield io
         yield GaugeMetricFamily("vxland_peers", "Remote VTEPs in the peer table",
                                 value=self.source.codec.peer_count())
         for name, value in self.source.registry().items():

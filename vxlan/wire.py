@@ -112,6 +112,13 @@ def encap_template(vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
     return vxlan_header(vni) + dst_mac + src_mac + ETH_P_IP.to_bytes(2, "big")
 
 
+def check_vtep_address(ip: str) -> None:
+    """A peer's PublicIP must be a unicast IPv4 address (0.0.0.0 is flannel's "unset")."""
+    addr = ipaddress.IPv4Address(ip)  # raises ValueError
+    if addr.is_unspecified or addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{ip} is not a VTEP address")
+
+
 def ipv4_to_int(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
 
@@ -140,7 +147,7 @@ class PeerMap:
         """Add or replace the peer for ``subnet`` (network address as an int)."""
         if subnet & ~self.mask & 0xFFFFFFFF:
             raise ValueError(f"{ipaddress.IPv4Address(subnet)} is not a subnet address for this SubnetLen")
-        ipaddress.IPv4Address(public_ip)  # validate: raises ValueError
+        check_vtep_address(public_ip)
         template = encap_template(self.vni, bytes(vtep_mac), self.vtep_mac)
         self.remove(subnet)
         self.entries[subnet] = (template, (public_ip, self.port))

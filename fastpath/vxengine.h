@@ -1,0 +1,127 @@
+/* vxengine: the compiled VXLAN data plane of vxland.
+ *
+ * Pure part (no I/O): the peer table, encapsulation, the receive checks (same verdicts as
+ * vxlan/wire.py), the Internet checksum, TCP segmentation of TUN super-packets (GSO split)
+ * and coalescing of received TCP segments into super-packets (GRO).
+ * I/O part: two loops, TUN -> UDP and UDP -> TUN, each run by its own thread without the GIL.
+ */
+#ifndef VXENGINE_H
+#define VXENGINE_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VX_HEADROOM 22        /* VXLAN header (8) + inner Ethernet (14) */
+#define VX_VNET_HDR_LEN 10    /* struct virtio_net_hdr */
+#define VX_N_REASONS 32
+#define VX_MAX_PACKET 65535
+#define VX_MAX_SEGS 256       /* segments of one split super-packet */
+
+/* Verdicts; the numbers are vxlan.wire.DropReason's. */
+enum {
+    VX_OK = 0, VX_TOO_SHORT = 1, VX_NO_I_FLAG = 2, VX_WRONG_VNI = 3, VX_UNKNOWN_SENDER = 4,
+    VX_DST_MAC_MISMATCH = 5, VX_DST_MAC_BROADCAST = 6, VX_ARP = 7, VX_BAD_ETHERTYPE = 8,
+    VX_BAD_INNER_IP = 9, VX_TOO_BIG = 10, VX_NO_ROUTE = 11, VX_NOT_IP = 12, VX_SEND_FAILED = 13,
+    VX_TUN_WRITE_FAILED = 14, VX_BAD_OFFLOAD = 15,
+};
+
+/* virtio_net_hdr (linux/virtio_net.h); host byte order as the TUN uses it. */
+struct vx_vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+};
+#define VX_VNET_F_NEEDS_CSUM 1
+#define VX_VNET_GSO_NONE 0
+#define VX_VNET_GSO_TCPV4 1
+#define VX_VNET_GSO_TCPV6 4
+
+typedef struct {
+    uint32_t key;           /* subnet network address, host order; used != 0 */
+    uint8_t used;
+    uint8_t header[VX_HEADROOM];
+    struct sockaddr_in addr;
+} vx_peer;
+
+typedef struct {
+    uint32_t key;           /* PublicIP, network order; 0 = empty */
+    uint32_t count;
+} vx_sender;
+
+typedef struct {
+    uint8_t vni[3];
+    uint8_t mac[6];
+    uint32_t mask;
+    int tun_mtu;
+    uint16_t port;
+    pthread_mutex_t lock;   /* guards the two tables; the data path takes it per batch */
+    vx_peer *peers;
+    uint32_t peer_cap, peer_count;
+    vx_sender *senders;
+    uint32_t sender_cap, sender_count;
+    /* counters (read racily by /metrics: 64-bit loads do not tear on x86-64/arm64) */
+    uint64_t drops[VX_N_REASONS];
+    uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
+    uint64_t tun_reads, tso_packets, udp_sends, gso_sends;
+    uint64_t udp_recvs, gro_trains, tun_writes, coalesced;
+} vx_core;
+
+int vx_core_init(vx_core *c, uint32_t vni, const uint8_t mac[6], int subnet_len, int tun_mtu, uint16_t port);
+void vx_core_free(vx_core *c);
+int vx_set_peer(vx_core *c, uint32_t subnet, const uint8_t mac[6], uint32_t ip_net_order);
+int vx_remove_peer(vx_core *c, uint32_t subnet);
+
+void vx_lock(vx_core *c);
+void vx_unlock(vx_core *c);
+
+/* Callers hold c->lock. */
+int vx_encap(vx_core *c, uint8_t *buf, int len, struct sockaddr_in *dest);
+int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int *inner_len);
+
+/* Internet checksum (RFC 1071): partial sums over native 16-bit words, fold at the end. */
+uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc);
+uint16_t vx_csum_fold(uint64_t acc);  /* folded, not inverted, in memory order */
+uint64_t vx_pseudo_v4(const uint8_t *iph, uint8_t proto, uint16_t l4_len);
+int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);
+
+/* GSO split of an IPv4 TCP super-packet into segments of gso_size payload bytes. Each segment
+ * is written at out + k * stride + VX_HEADROOM with stride = VX_HEADROOM + hdr + gso_size, so
+ * after encapsulation the datagrams lie back to back for one UDP_SEGMENT send. Returns the
+ * number of segments (lens[k] = IP length of segment k) or -1 if the packet cannot be split. */
+int vx_tso_split(const uint8_t *pkt, int len, int gso_size, uint8_t *out, size_t out_cap, int *lens,
+                 int max_segs, int *stride);
+
+/* GRO: coalesce in-order TCP segments of one flow into a super-packet with a virtio_net_hdr. */
+typedef struct {
+    uint8_t *buf;           /* vnet header + packet, VX_VNET_HDR_LEN + VX_MAX_PACKET bytes */
+    int active, len, hdr_len, gso_size, count, closed;
+    uint32_t next_seq;
+    uint8_t flags_or;
+} vx_gro;
+
+int vx_gro_candidate(const uint8_t *pkt, int len);   /* 1: may be coalesced (checksums verified) */
+int vx_gro_start(vx_gro *g, const uint8_t *pkt, int len);
+int vx_gro_append(vx_gro *g, const uint8_t *pkt, int len);   /* 1: appended, 0: does not fit */
+int vx_gro_finish(vx_gro *g);   /* fixes headers, writes the vnet header; returns bytes at g->buf */
+/* emit(ctx, data, len, has_vnet_hdr, segments, inner bytes): a packet to hand to the TUN */
+typedef void (*vx_emit_fn)(void *ctx, const uint8_t *data, int len, int has_vnet, int count, uint64_t bytes);
+void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx);
+void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx);
+
+/* I/O loops; each returns when stop_fd becomes readable. */
+typedef struct {
+    vx_core *core;
+    int tun_fd, udp_fd, stop_fd;
+    int vnet, udp_gso, udp_gro;
+    volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
+} vx_io;
+
+int vx_run_tx(vx_io *io);
+int vx_run_rx(vx_io *io);
+
+#endif
