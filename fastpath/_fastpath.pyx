@@ -64,8 +64,8 @@ cdef extern from "vxengine.h" nogil:
     int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_len)
     uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc)
     uint16_t vx_csum_fold(uint64_t acc)
-    int vx_tso_split(const uint8_t *pkt, int len, int gso_size, uint8_t *out, size_t out_cap, int *lens,
-                     int max_segs, int *stride)
+    int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
+                       int max_segs, int *hdr_stride, int *hdr_len)
     void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx)
     void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx)
     int vx_run_tx(vx_io *io)
@@ -239,24 +239,25 @@ def checksum(data) -> int:
 
 
 def tso_split(packet, int gso_size):
-    """Split an IPv4 TCP super-packet as the TX loop does; list of segments (bytes), or
-    ValueError if it cannot be split."""
+    """Split an IPv4 TCP super-packet as the TX loop does (headers from vx_tso_headers, the
+    payload pieces after them); list of segments (bytes), or ValueError."""
     cdef bytes pkt = bytes(packet)
-    cdef size_t cap = <size_t>VX_MAX_SEGS * (VX_HEADROOM + 60 + 60 + max(gso_size, 1)) + 65536
-    cdef uint8_t *out = <uint8_t*>malloc(cap)
+    cdef size_t cap = <size_t>VX_MAX_SEGS * 256
+    cdef uint8_t *hdrs = <uint8_t*>malloc(cap)
     cdef int lens[VX_MAX_SEGS]
-    cdef int stride = 0, n, k
-    if out == NULL:
+    cdef int stride = 0, hlen = 0, n, k
+    if hdrs == NULL:
         raise MemoryError()
     try:
-        n = vx_tso_split(<const uint8_t*>PyBytes_AS_STRING(pkt), len(pkt), gso_size, out, cap, lens,
-                         VX_MAX_SEGS, &stride)
+        n = vx_tso_headers(<const uint8_t*>PyBytes_AS_STRING(pkt), len(pkt), gso_size, hdrs, cap, lens,
+                           VX_MAX_SEGS, &stride, &hlen)
         if n < 0:
             raise ValueError("not a splittable IPv4 TCP packet")
-        return [PyBytes_FromStringAndSize(<char*>out + <size_t>k * stride + VX_HEADROOM, lens[k])
+        return [PyBytes_FromStringAndSize(<char*>hdrs + <size_t>k * stride + VX_HEADROOM, hlen)
+                + pkt[hlen + k * gso_size: hlen + k * gso_size + lens[k] - hlen]
                 for k in range(n)]
     finally:
-        free(out)
+        free(hdrs)
 
 
 cdef void _collect(void *ctx, const uint8_t *data, int len, int has_vnet, int count, uint64_t nbytes) noexcept:

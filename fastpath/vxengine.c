@@ -275,8 +275,8 @@ int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset) {
 /* ---------------------------------------------------------------------------------------- */
 /* GSO split (kernel tcp_gso_segment semantics)                                              */
 
-int vx_tso_split(const uint8_t *pkt, int len, int gso_size, uint8_t *out, size_t out_cap, int *lens,
-                 int max_segs, int *stride) {
+int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
+                   int max_segs, int *hdr_stride, int *hdr_len) {
     if (len < 40 || (pkt[0] >> 4) != 4 || pkt[9] != 6 || gso_size <= 0) return -1;
     int ihl = (pkt[0] & 0x0F) * 4;
     if (ihl < 20 || ihl + 20 > len) return -1;
@@ -285,8 +285,8 @@ int vx_tso_split(const uint8_t *pkt, int len, int gso_size, uint8_t *out, size_t
     if (thl < 20 || hdr > len) return -1;
     int payload = len - hdr;
     int nseg = payload > 0 ? (payload + gso_size - 1) / gso_size : 1;
-    int step = VX_HEADROOM + hdr + gso_size;
-    if (nseg > max_segs || (size_t)step * nseg > out_cap) return -1;
+    int step = (VX_HEADROOM + hdr + 7) & ~7;
+    if (nseg > max_segs || (size_t)step * nseg > hdrs_cap) return -1;
     uint16_t id0 = (pkt[4] << 8) | pkt[5];
     uint32_t seq0 = ((uint32_t)pkt[ihl + 4] << 24) | ((uint32_t)pkt[ihl + 5] << 16) |
                     ((uint32_t)pkt[ihl + 6] << 8) | pkt[ihl + 7];
@@ -295,9 +295,8 @@ int vx_tso_split(const uint8_t *pkt, int len, int gso_size, uint8_t *out, size_t
         int off = k * gso_size;
         int chunk = payload - off < gso_size ? payload - off : gso_size;
         if (chunk < 0) chunk = 0;
-        uint8_t *s = out + (size_t)k * step + VX_HEADROOM;
+        uint8_t *s = hdrs + (size_t)k * step + VX_HEADROOM;
         memcpy(s, pkt, hdr);
-        memcpy(s + hdr, pkt + hdr + off, chunk);
         int total = hdr + chunk;
         s[2] = total >> 8; s[3] = total & 0xFF;
         uint16_t id = id0 + k;
@@ -311,12 +310,16 @@ int vx_tso_split(const uint8_t *pkt, int len, int gso_size, uint8_t *out, size_t
         if (k != 0) f &= (uint8_t)~0x80;                   /* CWR only on the first */
         th[13] = f;
         th[16] = th[17] = 0;
+        /* one pass over the payload, read where it lies: the segment is sent as two pieces */
         uint64_t acc = vx_pseudo_v4(s, 6, (uint16_t)(thl + chunk));
-        uint16_t csum = (uint16_t)~vx_csum_fold(vx_csum_add(th, thl + chunk, acc));
+        acc = vx_csum_add(th, thl, acc);
+        acc = vx_csum_add(pkt + hdr + off, chunk, acc);
+        uint16_t csum = (uint16_t)~vx_csum_fold(acc);
         memcpy(th + 16, &csum, 2);
         lens[k] = total;
     }
-    *stride = step;
+    *hdr_stride = step;
+    *hdr_len = hdr;
     return nseg;
 }
 
@@ -421,12 +424,13 @@ void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ct
 /* ---------------------------------------------------------------------------------------- */
 /* I/O loops                                                                                 */
 
-#define TX_SLOTS 64
-#define SLOT_SIZE (VX_HEADROOM + VX_MAX_PACKET + 64)
-#define SEG_ARENA (VX_MAX_SEGS * (VX_HEADROOM + 1600) + 65536)
+#define TX_SLOTS 64         /* TUN reads per drain */
+#define TXQ 1024             /* datagrams queued per flush (sendmmsg's limit is 1024) */
+#define HDR_ARENA (TXQ * 128)
 #define RX_MSGS 32
 #define RX_BUF 65536
-#define GSO_MAX_DGRAMS 64   /* UDP_MAX_SEGMENTS */
+#define GSO_MAX_DGRAMS 64    /* UDP_MAX_SEGMENTS */
+#define GSO_MAX_BYTES (65535 - 20 - 8)
 
 static int wait_readable(int fd, int stop_fd) {
     struct pollfd pf[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
@@ -439,110 +443,120 @@ static int wait_readable(int fd, int stop_fd) {
     }
 }
 
+/* Datagrams waiting to be sent: each is one or two iovecs (headers, then payload in place). */
 typedef struct {
-    struct mmsghdr msgs[TX_SLOTS];
-    struct iovec iov[TX_SLOTS];
-    struct sockaddr_in addr[TX_SLOTS];
-    int n, bytes[TX_SLOTS];
+    int n, niov;
+    struct iovec iov[2 * TXQ];
+    int iov_at[TXQ], iov_cnt[TXQ], len[TXQ], inner[TXQ];
+    struct sockaddr_in addr[TXQ];
+    /* one sendmmsg entry per run of equal-size datagrams to one peer (UDP GSO) */
+    struct mmsghdr runs[TXQ];
+    int run_first[TXQ], run_cnt[TXQ];
+    char run_ctl[TXQ][CMSG_SPACE(sizeof(uint16_t))];
 } tx_queue;
 
+static int same_dst(const struct sockaddr_in *a, const struct sockaddr_in *b) {
+    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
+}
+
+/* Send everything queued in as few system calls as possible: runs of up to 64 equal-size
+ * datagrams to one peer become one UDP_SEGMENT message (the last may be shorter), and all
+ * messages go in one sendmmsg. EIO on a GSO message means the egress device cannot
+ * checksum: GSO is switched off for good and the rest is resent without it. */
 static void tx_flush(vx_io *io, tx_queue *q) {
     vx_core *c = io->core;
-    int done = 0;
-    while (done < q->n) {
-        int r = sendmmsg(io->udp_fd, q->msgs + done, q->n - done, 0);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            c->drops[VX_SEND_FAILED]++;  /* skip the one that failed, keep the rest */
-            done++;
-            continue;
+    int from = 0;
+    while (from < q->n) {
+        int gso = io->udp_gso && !io->gso_disabled;
+        int nr = 0;
+        for (int i = from; i < q->n;) {
+            int first = i, seg = q->len[i];
+            size_t total = (size_t)seg;
+            i++;
+            while (gso && i < q->n && i - first < GSO_MAX_DGRAMS && same_dst(&q->addr[first], &q->addr[i]) &&
+                   q->len[i] <= seg && total + (size_t)q->len[i] <= GSO_MAX_BYTES) {
+                total += (size_t)q->len[i];
+                if (q->len[i++] < seg) break;  /* a shorter datagram ends a run */
+            }
+            struct msghdr *m = &q->runs[nr].msg_hdr;
+            memset(m, 0, sizeof *m);
+            m->msg_name = &q->addr[first];
+            m->msg_namelen = sizeof q->addr[first];
+            m->msg_iov = &q->iov[q->iov_at[first]];
+            m->msg_iovlen = (size_t)(q->iov_at[i - 1] + q->iov_cnt[i - 1] - q->iov_at[first]);
+            if (i - first > 1) {
+                m->msg_control = q->run_ctl[nr];
+                m->msg_controllen = sizeof q->run_ctl[nr];
+                struct cmsghdr *cm = CMSG_FIRSTHDR(m);
+                cm->cmsg_level = SOL_UDP;
+                cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t size = (uint16_t)seg;
+                memcpy(CMSG_DATA(cm), &size, sizeof size);
+            }
+            q->run_first[nr] = first;
+            q->run_cnt[nr] = i - first;
+            nr++;
         }
-        for (int i = done; i < done + r; i++) {
-            c->tx_packets++;
-            c->tx_bytes += q->bytes[i];
+        int done = 0, restart = -1;
+        while (done < nr) {
+            int r = sendmmsg(io->udp_fd, q->runs + done, (unsigned)(nr - done), 0);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                if (errno == EIO && q->run_cnt[done] > 1) {
+                    io->gso_disabled = 1;
+                    restart = q->run_first[done];
+                    break;
+                }
+                c->drops[VX_SEND_FAILED] += q->run_cnt[done];  /* skip it, keep the rest */
+                done++;
+                continue;
+            }
+            for (int k = done; k < done + r; k++) {
+                for (int j = q->run_first[k]; j < q->run_first[k] + q->run_cnt[k]; j++) c->tx_bytes += q->inner[j];
+                c->tx_packets += q->run_cnt[k];
+                if (q->run_cnt[k] > 1) c->gso_sends++;
+            }
+            c->udp_sends++;
+            done += r;
         }
-        c->udp_sends++;
-        done += r;
+        from = restart >= 0 ? restart : q->n;
     }
     q->n = 0;
+    q->niov = 0;
 }
 
-static void tx_queue_add(vx_io *io, tx_queue *q, uint8_t *data, int len, const struct sockaddr_in *dst, int inner) {
-    if (q->n == TX_SLOTS) tx_flush(io, q);
+static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, int blen,
+                         const struct sockaddr_in *dst, int inner) {
     int i = q->n++;
-    q->iov[i].iov_base = data;
-    q->iov[i].iov_len = len;
-    q->addr[i] = *dst;
-    memset(&q->msgs[i], 0, sizeof q->msgs[i]);
-    q->msgs[i].msg_hdr.msg_name = &q->addr[i];
-    q->msgs[i].msg_hdr.msg_namelen = sizeof q->addr[i];
-    q->msgs[i].msg_hdr.msg_iov = &q->iov[i];
-    q->msgs[i].msg_hdr.msg_iovlen = 1;
-    q->bytes[i] = inner;
-}
-
-/* Send nseg back-to-back datagrams of `stride` bytes (the last `last` bytes) in UDP_SEGMENT
- * sends of at most 64 datagrams and 64 KiB each. Returns -1 (nothing sent) on EIO. */
-static int gso_send(vx_io *io, uint8_t *data, int nseg, int stride, int last, const struct sockaddr_in *dst,
-                    const int *inner_lens) {
-    vx_core *c = io->core;
-    int per_send = (65535 - 20 - 8) / stride;
-    if (per_send > GSO_MAX_DGRAMS) per_send = GSO_MAX_DGRAMS;
-    if (per_send < 1) return -1;
-    int k = 0;
-    while (k < nseg) {
-        int cnt = nseg - k < per_send ? nseg - k : per_send;
-        size_t bytes = (size_t)stride * (cnt - 1) + (k + cnt == nseg ? (size_t)last : (size_t)stride);
-        struct iovec iov = {data + (size_t)k * stride, bytes};
-        char cbuf[CMSG_SPACE(sizeof(uint16_t))];
-        memset(cbuf, 0, sizeof cbuf);
-        struct msghdr m;
-        memset(&m, 0, sizeof m);
-        m.msg_name = (void *)dst;
-        m.msg_namelen = sizeof *dst;
-        m.msg_iov = &iov;
-        m.msg_iovlen = 1;
-        if (cnt > 1) {
-            m.msg_control = cbuf;
-            m.msg_controllen = sizeof cbuf;
-            struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-            cm->cmsg_level = SOL_UDP;
-            cm->cmsg_type = UDP_SEGMENT;
-            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t seg = (uint16_t)stride;
-            memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-        }
-        ssize_t r;
-        do { r = sendmsg(io->udp_fd, &m, 0); } while (r < 0 && errno == EINTR);
-        if (r < 0) {
-            if (errno == EIO && k == 0) return -1;
-            c->drops[VX_SEND_FAILED] += cnt;
-        } else {
-            c->udp_sends++;
-            if (cnt > 1) c->gso_sends++;
-            c->tx_packets += cnt;
-            for (int i = k; i < k + cnt; i++) c->tx_bytes += inner_lens[i];
-        }
-        k += cnt;
+    q->iov_at[i] = q->niov;
+    q->iov_cnt[i] = blen ? 2 : 1;
+    q->iov[q->niov].iov_base = a;
+    q->iov[q->niov++].iov_len = (size_t)alen;
+    if (blen) {
+        q->iov[q->niov].iov_base = (void *)b;
+        q->iov[q->niov++].iov_len = (size_t)blen;
     }
-    return 0;
+    q->len[i] = alen + blen;
+    q->inner[i] = inner;
+    q->addr[i] = *dst;
 }
 
 int vx_run_tx(vx_io *io) {
     vx_core *c = io->core;
-    uint8_t *slots = malloc((size_t)TX_SLOTS * SLOT_SIZE);
-    uint8_t *arena = malloc(SEG_ARENA);
+    size_t slot_size = VX_VNET_HDR_LEN + VX_HEADROOM + VX_MAX_PACKET + 64;
+    uint8_t *slots = malloc((size_t)TX_SLOTS * slot_size);
+    uint8_t *hdrs = malloc(HDR_ARENA);
     tx_queue *q = calloc(1, sizeof *q);
     int seg_lens[VX_MAX_SEGS];
-    if (!slots || !arena || !q) { free(slots); free(arena); free(q); return -1; }
+    if (!slots || !hdrs || !q) { free(slots); free(hdrs); free(q); return -1; }
     int lead = io->vnet ? VX_VNET_HDR_LEN : 0;
     for (;;) {
         int w = wait_readable(io->tun_fd, io->stop_fd);
         if (w <= 0) break;
-        int slot = 0;
-        for (int reads = 0; reads < TX_SLOTS; reads++) {
-            if (slot == TX_SLOTS) { tx_flush(io, q); slot = 0; }
-            uint8_t *buf = slots + (size_t)slot * SLOT_SIZE + VX_VNET_HDR_LEN;  /* headroom start */
+        size_t hdr_used = 0;
+        for (int slot = 0; slot < TX_SLOTS; ) {
+            uint8_t *buf = slots + (size_t)slot * slot_size + VX_VNET_HDR_LEN;  /* headroom start */
             uint8_t *rd = buf + VX_HEADROOM - lead;
             ssize_t r = read(io->tun_fd, rd, VX_MAX_PACKET + lead);
             if (r < 0) break;  /* EAGAIN: drained */
@@ -553,51 +567,54 @@ int vx_run_tx(vx_io *io) {
             memset(&vh, 0, sizeof vh);
             if (lead) memcpy(&vh, rd, VX_VNET_HDR_LEN);
             uint8_t *pkt = buf + VX_HEADROOM;
+            struct sockaddr_in dst;
             if (vh.gso_type == VX_VNET_GSO_NONE) {
                 if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && vx_finish_csum(pkt, len, vh.csum_start, vh.csum_offset)) {
                     c->drops[VX_BAD_OFFLOAD]++;
                     continue;
                 }
-                struct sockaddr_in dst;
                 pthread_mutex_lock(&c->lock);
                 int v = vx_encap(c, buf, len, &dst);
                 pthread_mutex_unlock(&c->lock);
                 if (v) { c->drops[v]++; continue; }
-                tx_queue_add(io, q, buf, VX_HEADROOM + len, &dst, len);
+                if (q->n == TXQ) tx_flush(io, q), hdr_used = 0;
+                tx_queue_add(q, buf, VX_HEADROOM + len, NULL, 0, &dst, len);
                 slot++;
                 continue;
             }
-            /* a TCP super-packet: split into MSS-sized segments, encapsulate, send in one go */
+            /* A TCP super-packet: per segment, headers in the arena and the payload where it
+             * lies, so the payload is read once (checksum) and copied once (by the kernel). */
             c->tso_packets++;
-            int stride = 0;
-            int nseg = vh.gso_type == VX_VNET_GSO_TCPV4
-                ? vx_tso_split(pkt, len, vh.gso_size, arena, SEG_ARENA, seg_lens, VX_MAX_SEGS, &stride) : -1;
-            if (nseg < 0) {
-                /* IPv6 (no route yet) or unsplittable: count as the encap verdict would */
-                c->drops[((pkt[0] >> 4) == 6) ? VX_NO_ROUTE : VX_BAD_OFFLOAD]++;
-                continue;
+            if ((pkt[0] >> 4) == 6) { c->drops[VX_NO_ROUTE]++; continue; }  /* no IPv6 overlay yet */
+            int stride = 0, hlen = 0;
+            if (q->n + VX_MAX_SEGS > TXQ || hdr_used + (size_t)VX_MAX_SEGS * 128 > HDR_ARENA) {
+                tx_flush(io, q);
+                hdr_used = 0;
             }
-            struct sockaddr_in dst;
+            int nseg = vh.gso_type == VX_VNET_GSO_TCPV4
+                ? vx_tso_headers(pkt, len, vh.gso_size, hdrs + hdr_used, HDR_ARENA - hdr_used, seg_lens,
+                                 VX_MAX_SEGS, &stride, &hlen)
+                : -1;
+            if (nseg < 0) { c->drops[VX_BAD_OFFLOAD]++; continue; }
+            uint8_t *h0 = hdrs + hdr_used;
             pthread_mutex_lock(&c->lock);
-            int v = vx_encap(c, arena, seg_lens[0], &dst);
+            int v = vx_encap(c, h0, seg_lens[0], &dst);
             pthread_mutex_unlock(&c->lock);
             if (v) { c->drops[v] += nseg; continue; }
-            for (int k = 1; k < nseg; k++) memcpy(arena + (size_t)k * stride, arena, VX_HEADROOM);
-            tx_flush(io, q);  /* keep order with packets read before this one */
-            slot = 0;
-            int last = VX_HEADROOM + seg_lens[nseg - 1];
-            if (!(io->udp_gso && !io->gso_disabled) ||
-                gso_send(io, arena, nseg, stride, last, &dst, seg_lens) < 0) {
-                if (io->udp_gso && !io->gso_disabled) io->gso_disabled = 1;  /* EIO: no csum offload */
-                for (int k = 0; k < nseg; k++)
-                    tx_queue_add(io, q, arena + (size_t)k * stride, VX_HEADROOM + seg_lens[k], &dst, seg_lens[k]);
-                tx_flush(io, q);
+            for (int k = 0; k < nseg; k++) {
+                uint8_t *h = h0 + (size_t)k * stride;
+                if (k) memcpy(h, h0, VX_HEADROOM);
+                int chunk = seg_lens[k] - hlen;
+                tx_queue_add(q, h, VX_HEADROOM + hlen, pkt + hlen + (size_t)k * vh.gso_size, chunk, &dst,
+                             seg_lens[k]);
             }
+            hdr_used += (size_t)nseg * stride;
+            slot++;
         }
         tx_flush(io, q);
     }
     free(slots);
-    free(arena);
+    free(hdrs);
     free(q);
     return 0;
 }

@@ -89,12 +89,12 @@ uint16_t vx_csum_fold(uint64_t acc);  /* folded, not inverted, in memory order *
 uint64_t vx_pseudo_v4(const uint8_t *iph, uint8_t proto, uint16_t l4_len);
 int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);
 
-/* GSO split of an IPv4 TCP super-packet into segments of gso_size payload bytes. Each segment
- * is written at out + k * stride + VX_HEADROOM with stride = VX_HEADROOM + hdr + gso_size, so
- * after encapsulation the datagrams lie back to back for one UDP_SEGMENT send. Returns the
- * number of segments (lens[k] = IP length of segment k) or -1 if the packet cannot be split. */
-int vx_tso_split(const uint8_t *pkt, int len, int gso_size, uint8_t *out, size_t out_cap, int *lens,
-                 int max_segs, int *stride);
+/* GSO split of an IPv4 TCP super-packet into segments of gso_size payload bytes, headers only:
+ * segment k's VX_HEADROOM + IP + TCP headers are written at hdrs + k * hdr_stride (checksums
+ * complete), its payload stays in pkt at hdr_len + k * gso_size; lens[k] = its IP length.
+ * Returns the number of segments, or -1 if the packet cannot be split. */
+int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
+                   int max_segs, int *hdr_stride, int *hdr_len);
 
 /* GRO: coalesce in-order TCP segments of one flow into a super-packet with a virtio_net_hdr. */
 typedef struct {
