@@ -22,12 +22,16 @@ system-deps:
 python-deps:
 	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
 
-# Unit tier (no root), then the integration tier (root: namespaces, TUN, kernel vxlan peers).
+# Unit tier (no root), then the integration tier (root: namespaces, TUN, kernel vxlan peers),
+# once with the offloads (TUN TSO/GRO, UDP GSO/GRO) and once without (vxland --no-offload,
+# taken from the environment like every flag).
 test: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest tests/unit
 	@if [ "$$(id -u)" = 0 ]; then \
-	  $(PYTHON) -m pytest tests/integration; \
+	  $(PYTHON) -m pytest tests/integration && \
+	  echo "=== integration tier again, offloads off (FLANNELD_NO_OFFLOAD=1) ===" && \
+	  FLANNELD_NO_OFFLOAD=1 $(PYTHON) -m pytest tests/integration; \
 	else \
 	  echo "*** NOT ROOT: integration tests (namespaces, TUN, kernel vxlan) NOT RUN ***"; exit 1; \
 	fi

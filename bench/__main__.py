@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
     p.add_argument("--name", default="overlay", help="results file name part")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--soak", type=float, default=60.0,
+                   help="seconds of 4-stream load on vxland<->vxland to check RSS growth (0: skip; --quick: 0)")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.seconds = 1, 3.0
+        args.rounds, args.seconds, args.soak = 1, 3.0, 0.0
     reason = labmod.can_run()
     if reason:
         print(f"bench: {reason}", file=sys.stderr)
@@ -130,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"tcp4 {result['tcp4_gbps']:.2f}, udp64 {result['udp64_flood_pps']:,.0f} pps "
                       f"(loss-free {result['udp64_lossless_pps']:,.0f}), rtt p50 {result['rtt_p50_ms']:.3f} ms "
                       f"[{time.monotonic() - t0:.0f} s]", flush=True)
+        soak = {}
+        if args.soak and "vxland" in labs:
+            soak = measure.soak_rss(labs["vxland"], labs["vxland"].hosts[0], labs["vxland"].hosts[1], args.soak)
+            print(f"soak {args.soak:.0f} s, vxland RSS: {soak['rss_5s_mb']:.1f} MB after 5 s, "
+                  f"{soak['rss_end_mb']:.1f} MB at the end (growth {soak['rss_growth_mb']:+.1f} MB)")
     finally:
         for lab in labs.values():
             lab.teardown()
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "seconds": args.seconds,
         "scenarios": {n: {"samples": samples[n], "summary": summarize(samples[n])} for n in names},
+        "soak": soak,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{started:%Y-%m-%d}-{args.name}"

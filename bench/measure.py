@@ -120,3 +120,23 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         self.daemon_s = self._daemon_s() - self.d0
         self.machine_s = self._machine_s() - self.m0
+
+
+def soak_rss(lab: Lab, client: Host, server: Host, seconds: float = 60.0) -> dict[str, float]:
+    """RSS (MB) of every vxland daemon after 5 s and at the end of ``seconds`` of full TCP load."""
+    procs = [psutil.Process(h.proc.pid) for h in lab.hosts if h.kind == "vxland" and h.proc]
+    srv = lab.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", server.pod_ip],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    cli = lab.popen(client.pod_ns, ["iperf3", "-c", server.pod_ip, "-t", str(seconds), "-P", "4"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5)
+        early = [p.memory_info().rss / 1e6 for p in procs]
+        time.sleep(max(0.0, seconds - 5.5))
+        late = [p.memory_info().rss / 1e6 for p in procs]
+    finally:
+        stop_process(cli)
+        stop_process(srv)
+    return {"rss_5s_mb": max(early), "rss_end_mb": max(late),
+            "rss_growth_mb": max(b - a for a, b in zip(early, late, strict=True))}

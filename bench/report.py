@@ -46,6 +46,10 @@ def markdown(results: dict) -> str:
                 cell += f" ×{s['median'] / k['median']:.2f}"
             cells.append(cell)
         lines.append(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
+    soak = results.get("soak")
+    if soak:
+        lines += ["", f"Memory: vxland RSS {soak['rss_5s_mb']:.1f} MB after 5 s of 4-stream load, "
+                      f"{soak['rss_end_mb']:.1f} MB at the end (growth {soak['rss_growth_mb']:+.1f} MB)."]
     return "\n".join(lines) + "\n"
 
 

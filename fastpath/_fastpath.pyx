@@ -13,7 +13,7 @@ move whole batches per system call (``recvmmsg``, ``sendmmsg``, ``UDP_SEGMENT``,
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 import ipaddress
@@ -30,6 +30,11 @@ cdef extern from "netinet/in.h":
         int sin_family
         uint16_t sin_port
         in_addr sin_addr
+
+cdef extern from "sys/uio.h":
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
 
 cdef extern from "arpa/inet.h" nogil:
     uint16_t ntohs(uint16_t)
@@ -48,14 +53,13 @@ cdef extern from "vxengine.h" nogil:
         uint64_t tun_reads, tso_packets, udp_sends, gso_sends
         uint64_t udp_recvs, gro_trains, tun_writes, coalesced
     ctypedef struct vx_gro:
-        uint8_t *buf
         int active
     ctypedef struct vx_io:
         vx_core *core
         int tun_fd, udp_fd, stop_fd
         int vnet, udp_gso, udp_gro
         int gso_disabled
-    ctypedef void (*vx_emit_fn)(void *ctx, const uint8_t *data, int len, int has_vnet, int count, uint64_t bytes)
+    ctypedef void (*vx_emit_fn)(void *ctx, const iovec *iov, int iovcnt, int has_vnet, int count, uint64_t bytes)
     int vx_core_init(vx_core *c, uint32_t vni, const uint8_t *mac, int subnet_len, int tun_mtu, uint16_t port)
     void vx_core_free(vx_core *c)
     int vx_set_peer(vx_core *c, uint32_t subnet, const uint8_t *mac, uint32_t ip)
@@ -260,9 +264,9 @@ def tso_split(packet, int gso_size):
         free(hdrs)
 
 
-cdef void _collect(void *ctx, const uint8_t *data, int len, int has_vnet, int count, uint64_t nbytes) noexcept:
+cdef void _collect(void *ctx, const iovec *iov, int iovcnt, int has_vnet, int count, uint64_t nbytes) noexcept:
     out = <list>ctx
-    raw = PyBytes_FromStringAndSize(<const char*>data, len)
+    raw = b"".join([PyBytes_FromStringAndSize(<const char*>iov[i].iov_base, iov[i].iov_len) for i in range(iovcnt)])
     if has_vnet:
         out.append((raw[:VX_VNET_HDR_LEN], raw[VX_VNET_HDR_LEN:], count))
     else:
@@ -272,18 +276,16 @@ cdef void _collect(void *ctx, const uint8_t *data, int len, int has_vnet, int co
 def gro_coalesce(packets):
     """Feed inner packets through the RX loop's GRO, in order; returns what would be written
     to the TUN: a list of (virtio_net_hdr bytes, packet bytes, segments in it)."""
-    cdef vx_gro g
+    cdef vx_gro *g = <vx_gro*>calloc(1, sizeof(vx_gro))
     cdef bytes p
+    keep = [bytes(packet) for packet in packets]  # GRO points into them until the flush
     result = []
-    g.active = 0
-    g.buf = <uint8_t*>malloc(VX_VNET_HDR_LEN + VX_MAX_PACKET + 64)
-    if g.buf == NULL:
+    if g == NULL:
         raise MemoryError()
     try:
-        for packet in packets:
-            p = bytes(packet)
-            vx_gro_push(&g, <const uint8_t*>PyBytes_AS_STRING(p), len(p), <vx_emit_fn>_collect, <void*>result)
-        vx_gro_flush(&g, <vx_emit_fn>_collect, <void*>result)
+        for p in keep:
+            vx_gro_push(g, <const uint8_t*>PyBytes_AS_STRING(p), len(p), <vx_emit_fn>_collect, <void*>result)
+        vx_gro_flush(g, <vx_emit_fn>_collect, <void*>result)
     finally:
-        free(g.buf)
+        free(g)
     return result

@@ -343,7 +343,6 @@ int vx_gro_candidate(const uint8_t *p, int len) {
 
 int vx_gro_start(vx_gro *g, const uint8_t *p, int len) {
     int thl = (p[32] >> 4) * 4;
-    memcpy(g->buf + VX_VNET_HDR_LEN, p, len);
     g->active = 1;
     g->len = len;
     g->hdr_len = 20 + thl;
@@ -351,14 +350,19 @@ int vx_gro_start(vx_gro *g, const uint8_t *p, int len) {
     g->count = 1;
     g->closed = (p[33] & 0x08) != 0;  /* PSH ends a train */
     g->flags_or = p[33];
+    memcpy(g->head + VX_VNET_HDR_LEN, p, g->hdr_len);
+    g->iov[0].iov_base = g->head;
+    g->iov[0].iov_len = VX_VNET_HDR_LEN + g->hdr_len;
+    g->iov[1].iov_base = (void *)(p + g->hdr_len);
+    g->iov[1].iov_len = g->gso_size;
     uint32_t seq = ((uint32_t)p[24] << 24) | ((uint32_t)p[25] << 16) | ((uint32_t)p[26] << 8) | p[27];
     g->next_seq = seq + (uint32_t)g->gso_size;
     return 1;
 }
 
 int vx_gro_append(vx_gro *g, const uint8_t *p, int len) {
-    const uint8_t *h = g->buf + VX_VNET_HDR_LEN;
-    if (!g->active || g->closed) return 0;
+    const uint8_t *h = g->head + VX_VNET_HDR_LEN;
+    if (!g->active || g->closed || g->count + 1 >= VX_GRO_MAX_IOV) return 0;
     int thl = (p[32] >> 4) * 4;
     int payload = len - 20 - thl;
     if (20 + thl != g->hdr_len || payload > g->gso_size || g->len + payload > VX_MAX_PACKET) return 0;
@@ -368,9 +372,10 @@ int vx_gro_append(vx_gro *g, const uint8_t *p, int len) {
     if (seq != g->next_seq) return 0;
     /* ack, window, urgent pointer and options must be equal (timestamps included) */
     if (memcmp(p + 28, h + 28, 4) || memcmp(p + 34, h + 34, 2) || memcmp(p + 38, h + 38, thl - 18)) return 0;
-    memcpy(g->buf + VX_VNET_HDR_LEN + g->len, p + 20 + thl, payload);
-    g->len += payload;
     g->count++;
+    g->iov[g->count].iov_base = (void *)(p + 20 + thl);
+    g->iov[g->count].iov_len = (size_t)payload;
+    g->len += payload;
     g->next_seq += (uint32_t)payload;
     g->flags_or |= p[33];
     if (payload < g->gso_size || (p[33] & 0x08)) g->closed = 1;  /* a short or PSH segment ends it */
@@ -380,7 +385,7 @@ int vx_gro_append(vx_gro *g, const uint8_t *p, int len) {
 int vx_gro_finish(vx_gro *g) {
     struct vx_vnet_hdr vh;
     memset(&vh, 0, sizeof vh);
-    uint8_t *p = g->buf + VX_VNET_HDR_LEN;
+    uint8_t *p = g->head + VX_VNET_HDR_LEN;
     if (g->count > 1) {
         p[2] = g->len >> 8; p[3] = g->len & 0xFF;
         ipv4_header_csum(p, 20);
@@ -395,9 +400,9 @@ int vx_gro_finish(vx_gro *g) {
         vh.csum_start = 20;
         vh.csum_offset = 16;
     }
-    memcpy(g->buf, &vh, VX_VNET_HDR_LEN);
+    memcpy(g->head, &vh, VX_VNET_HDR_LEN);
     g->active = 0;
-    return VX_VNET_HDR_LEN + g->len;
+    return g->count + 1;
 }
 
 void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx) {
@@ -405,7 +410,7 @@ void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx) {
     int count = g->count;
     uint64_t bytes = (uint64_t)g->len + (uint64_t)(count - 1) * g->hdr_len;  /* as the segments came */
     int n = vx_gro_finish(g);
-    emit(ctx, g->buf, n, 1, count, bytes);
+    emit(ctx, g->iov, n, 1, count, bytes);
 }
 
 void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx) {
@@ -413,7 +418,8 @@ void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ct
      * passed on alone, as received, for the kernel to judge (and drop if corrupt) */
     if (!vx_gro_candidate(p, len)) {
         vx_gro_flush(g, emit, ctx);
-        emit(ctx, p, len, 0, 1, (uint64_t)len);
+        struct iovec one = {(void *)p, (size_t)len};
+        emit(ctx, &one, 1, 0, 1, (uint64_t)len);
         return;
     }
     if (vx_gro_append(g, p, len)) return;
@@ -624,16 +630,18 @@ typedef struct {
     int len;
 } pkt_ref;
 
-static void tun_emit(void *ctx, const uint8_t *data, int len, int has_vnet, int count, uint64_t bytes) {
+static void tun_emit(void *ctx, const struct iovec *iov, int iovcnt, int has_vnet, int count, uint64_t bytes) {
     vx_io *io = ctx;
     vx_core *c = io->core;
     ssize_t r;
     if (io->vnet && !has_vnet) {
         static const uint8_t zero[VX_VNET_HDR_LEN] = {0};
-        struct iovec iov[2] = {{(void *)zero, VX_VNET_HDR_LEN}, {(void *)data, (size_t)len}};
-        r = writev(io->tun_fd, iov, 2);
+        struct iovec two[2] = {{(void *)zero, VX_VNET_HDR_LEN}, iov[0]};
+        r = writev(io->tun_fd, two, 2);
+    } else if (!io->vnet && has_vnet) {  /* cannot happen: GRO runs only with a vnet header */
+        r = -1;
     } else {
-        r = write(io->tun_fd, data, len);
+        r = writev(io->tun_fd, iov, iovcnt);
     }
     if (r < 0) { c->drops[VX_TUN_WRITE_FAILED] += count; return; }
     c->tun_writes++;
@@ -650,11 +658,9 @@ int vx_run_rx(vx_io *io) {
     struct sockaddr_in *from = calloc(RX_MSGS, sizeof *from);
     char (*ctl)[64] = calloc(RX_MSGS, 64);
     pkt_ref *out = malloc(sizeof(pkt_ref) * RX_MSGS * GSO_MAX_DGRAMS);
-    vx_gro gro;
-    memset(&gro, 0, sizeof gro);
-    gro.buf = malloc(VX_VNET_HDR_LEN + VX_MAX_PACKET + 64);
-    if (!bufs || !msgs || !iov || !from || !ctl || !out || !gro.buf) {
-        free(bufs); free(msgs); free(iov); free(from); free(ctl); free(out); free(gro.buf);
+    vx_gro *gro = calloc(1, sizeof *gro);
+    if (!bufs || !msgs || !iov || !from || !ctl || !out || !gro) {
+        free(bufs); free(msgs); free(iov); free(from); free(ctl); free(out); free(gro);
         return -1;
     }
     for (;;) {
@@ -702,12 +708,16 @@ int vx_run_rx(vx_io *io) {
         }
         pthread_mutex_unlock(&c->lock);
         for (int i = 0; i < nout; i++) {
-            if (io->vnet) vx_gro_push(&gro, out[i].p, out[i].len, tun_emit, io);
-            else tun_emit(io, out[i].p, out[i].len, 0, 1, (uint64_t)out[i].len);
+            if (io->vnet) {
+                vx_gro_push(gro, out[i].p, out[i].len, tun_emit, io);
+            } else {
+                struct iovec one = {(void *)out[i].p, (size_t)out[i].len};
+                tun_emit(io, &one, 1, 0, 1, (uint64_t)out[i].len);
+            }
         }
-        vx_gro_flush(&gro, tun_emit, io);
+        vx_gro_flush(gro, tun_emit, io);
     }
-    free(bufs); free(msgs); free(iov); free(from); free(ctl); free(out); free(gro.buf);
+    free(bufs); free(msgs); free(iov); free(from); free(ctl); free(out); free(gro);
     return 0;
 }
 

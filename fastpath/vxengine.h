@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #define VX_HEADROOM 22        /* VXLAN header (8) + inner Ethernet (14) */
 #define VX_VNET_HDR_LEN 10    /* struct virtio_net_hdr */
@@ -96,9 +97,13 @@ int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);
 int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                    int max_segs, int *hdr_stride, int *hdr_len);
 
-/* GRO: coalesce in-order TCP segments of one flow into a super-packet with a virtio_net_hdr. */
+/* GRO: coalesce in-order TCP segments of one flow into a super-packet with a virtio_net_hdr.
+ * Nothing is copied but the first segment's headers: the payloads are gathered by iovecs
+ * pointing where they were received, so they must stay put until the train is flushed. */
+#define VX_GRO_MAX_IOV (VX_MAX_SEGS + 2)
 typedef struct {
-    uint8_t *buf;           /* vnet header + packet, VX_VNET_HDR_LEN + VX_MAX_PACKET bytes */
+    uint8_t head[VX_VNET_HDR_LEN + 128];   /* vnet header + IP + TCP headers of the train */
+    struct iovec iov[VX_GRO_MAX_IOV];      /* iov[0] = head; then one payload per segment */
     int active, len, hdr_len, gso_size, count, closed;
     uint32_t next_seq;
     uint8_t flags_or;
@@ -107,9 +112,10 @@ typedef struct {
 int vx_gro_candidate(const uint8_t *pkt, int len);   /* 1: may be coalesced (checksums verified) */
 int vx_gro_start(vx_gro *g, const uint8_t *pkt, int len);
 int vx_gro_append(vx_gro *g, const uint8_t *pkt, int len);   /* 1: appended, 0: does not fit */
-int vx_gro_finish(vx_gro *g);   /* fixes headers, writes the vnet header; returns bytes at g->buf */
-/* emit(ctx, data, len, has_vnet_hdr, segments, inner bytes): a packet to hand to the TUN */
-typedef void (*vx_emit_fn)(void *ctx, const uint8_t *data, int len, int has_vnet, int count, uint64_t bytes);
+int vx_gro_finish(vx_gro *g);   /* fixes the headers and the vnet header; returns g->iov's count */
+/* emit(ctx, iov, iovcnt, has_vnet_hdr, segments, inner bytes): a packet to hand to the TUN */
+typedef void (*vx_emit_fn)(void *ctx, const struct iovec *iov, int iovcnt, int has_vnet, int count,
+                           uint64_t bytes);
 void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx);
 void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx);
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.integration.helpers import MB, transfer
@@ -25,6 +27,9 @@ def test_started_on_the_right_port_and_vni(mixed):
         log = mixed.log(host)
         assert f"VNI {mixed.vni}, port {mixed.port}, MTU 1450" in log
         assert "2 peers" in log
+        # FLANNELD_NO_OFFLOAD=1 (make test's second pass) reaches the daemons like the flag
+        offloads = "none" if os.environ.get("FLANNELD_NO_OFFLOAD") == "1" else "tun-tso-gro udp-gso udp-gro"
+        assert f"offloads: {offloads})" in log
         info = [k for k in mixed.metrics(host) if k.startswith("vxland_info")][0]
         assert f'vni="{mixed.vni}"' in info and f'port="{mixed.port}"' in info
 
@@ -56,3 +61,12 @@ def test_tcp_50mb_sha256(mixed):
         metrics = mixed.metrics(host)
         assert metrics['vxland_bytes_total{direction="rx"}'] > 50 * MB
         assert metrics['vxland_drops_total{reason="bad_inner_ip"}'] == 0
+
+
+def test_tcp_500mb_sha256(mixed):
+    """A long transfer through the offload paths (TSO split, UDP GSO/GRO, TCP GRO), or through
+    the plain ones with FLANNELD_NO_OFFLOAD=1: every byte arrives, in order."""
+    v1, v2, k = mixed.hosts
+    for i, (src, dst) in enumerate([(v1, v2), (v1, k), (k, v1)]):
+        sent, received = transfer(mixed, src, dst, 500 * MB, seed=100 + i, port=5002)
+        assert received == sent, f"h{src.index}->h{dst.index}"
