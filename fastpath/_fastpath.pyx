@@ -54,10 +54,11 @@ cdef extern from "vxengine.h" nogil:
         uint64_t udp_recvs, gro_trains, tun_writes, coalesced
     ctypedef struct vx_gro:
         int active
+        int udp
     ctypedef struct vx_io:
         vx_core *core
         int tun_fd, udp_fd, stop_fd
-        int vnet, udp_gso, udp_gro
+        int vnet, udp_gso, udp_gro, tun_uso
         int gso_disabled
     ctypedef void (*vx_emit_fn)(void *ctx, const iovec *iov, int iovcnt, int has_vnet, int count, uint64_t bytes)
     int vx_core_init(vx_core *c, uint32_t vni, const uint8_t *mac, int subnet_len, int tun_mtu, uint16_t port)
@@ -68,7 +69,7 @@ cdef extern from "vxengine.h" nogil:
     int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_len)
     uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc)
     uint16_t vx_csum_fold(uint64_t acc)
-    int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
+    int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                        int max_segs, int *hdr_stride, int *hdr_len)
     void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx)
     void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx)
@@ -202,7 +203,8 @@ cdef class Engine(Codec):
     in two threads; both return once ``stop_fd`` becomes readable."""
     cdef vx_io io
 
-    def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro):
+    def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
+               bint tun_uso=False):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
@@ -210,6 +212,7 @@ cdef class Engine(Codec):
         self.io.vnet = vnet
         self.io.udp_gso = udp_gso
         self.io.udp_gro = udp_gro
+        self.io.tun_uso = tun_uso
         self.io.gso_disabled = 0
 
     def run_tx(self):
@@ -242,9 +245,9 @@ def checksum(data) -> int:
     return (out[0] << 8) | out[1]
 
 
-def tso_split(packet, int gso_size):
-    """Split an IPv4 TCP super-packet as the TX loop does (headers from vx_tso_headers, the
-    payload pieces after them); list of segments (bytes), or ValueError."""
+def gso_split(packet, int gso_size):
+    """Split an IPv4 TCP or UDP super-packet as the TX loop does (headers from vx_gso_headers,
+    the payload pieces after them); list of segments (bytes), or ValueError."""
     cdef bytes pkt = bytes(packet)
     cdef size_t cap = <size_t>VX_MAX_SEGS * 256
     cdef uint8_t *hdrs = <uint8_t*>malloc(cap)
@@ -253,10 +256,10 @@ def tso_split(packet, int gso_size):
     if hdrs == NULL:
         raise MemoryError()
     try:
-        n = vx_tso_headers(<const uint8_t*>PyBytes_AS_STRING(pkt), len(pkt), gso_size, hdrs, cap, lens,
+        n = vx_gso_headers(<const uint8_t*>PyBytes_AS_STRING(pkt), len(pkt), gso_size, hdrs, cap, lens,
                            VX_MAX_SEGS, &stride, &hlen)
         if n < 0:
-            raise ValueError("not a splittable IPv4 TCP packet")
+            raise ValueError("not a splittable IPv4 TCP or UDP packet")
         return [PyBytes_FromStringAndSize(<char*>hdrs + <size_t>k * stride + VX_HEADROOM, hlen)
                 + pkt[hlen + k * gso_size: hlen + k * gso_size + lens[k] - hlen]
                 for k in range(n)]
@@ -273,15 +276,17 @@ cdef void _collect(void *ctx, const iovec *iov, int iovcnt, int has_vnet, int co
         out.append((bytes(VX_VNET_HDR_LEN), raw, count))
 
 
-def gro_coalesce(packets):
+def gro_coalesce(packets, bint udp=False):
     """Feed inner packets through the RX loop's GRO, in order; returns what would be written
-    to the TUN: a list of (virtio_net_hdr bytes, packet bytes, segments in it)."""
+    to the TUN: a list of (virtio_net_hdr bytes, packet bytes, segments in it). ``udp``: UDP
+    trains too, as with a TUN that takes USO writes."""
     cdef vx_gro *g = <vx_gro*>calloc(1, sizeof(vx_gro))
     cdef bytes p
     keep = [bytes(packet) for packet in packets]  # GRO points into them until the flush
     result = []
     if g == NULL:
         raise MemoryError()
+    g.udp = udp
     try:
         for p in keep:
             vx_gro_push(g, <const uint8_t*>PyBytes_AS_STRING(p), len(p), <vx_emit_fn>_collect, <void*>result)

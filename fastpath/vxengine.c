@@ -275,22 +275,23 @@ int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset) {
 /* ---------------------------------------------------------------------------------------- */
 /* GSO split (kernel tcp_gso_segment semantics)                                              */
 
-int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
+int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                    int max_segs, int *hdr_stride, int *hdr_len) {
-    if (len < 40 || (pkt[0] >> 4) != 4 || pkt[9] != 6 || gso_size <= 0) return -1;
+    if (len < 28 || (pkt[0] >> 4) != 4 || gso_size <= 0) return -1;
+    int proto = pkt[9];
     int ihl = (pkt[0] & 0x0F) * 4;
-    if (ihl < 20 || ihl + 20 > len) return -1;
-    int thl = (pkt[ihl + 12] >> 4) * 4;
-    int hdr = ihl + thl;
-    if (thl < 20 || hdr > len) return -1;
+    if (ihl < 20 || (proto != 6 && proto != 17)) return -1;
+    int l4 = proto == 6 ? (ihl + 20 <= len ? (pkt[ihl + 12] >> 4) * 4 : 0) : 8;
+    int hdr = ihl + l4;
+    if ((proto == 6 && l4 < 20) || hdr > len) return -1;
     int payload = len - hdr;
     int nseg = payload > 0 ? (payload + gso_size - 1) / gso_size : 1;
     int step = (VX_HEADROOM + hdr + 7) & ~7;
     if (nseg > max_segs || (size_t)step * nseg > hdrs_cap) return -1;
     uint16_t id0 = (pkt[4] << 8) | pkt[5];
-    uint32_t seq0 = ((uint32_t)pkt[ihl + 4] << 24) | ((uint32_t)pkt[ihl + 5] << 16) |
-                    ((uint32_t)pkt[ihl + 6] << 8) | pkt[ihl + 7];
-    uint8_t flags = pkt[ihl + 13];
+    uint32_t seq0 = proto == 6 ? ((uint32_t)pkt[ihl + 4] << 24) | ((uint32_t)pkt[ihl + 5] << 16) |
+                                 ((uint32_t)pkt[ihl + 6] << 8) | pkt[ihl + 7] : 0;
+    uint8_t flags = proto == 6 ? pkt[ihl + 13] : 0;
     for (int k = 0; k < nseg; k++) {
         int off = k * gso_size;
         int chunk = payload - off < gso_size ? payload - off : gso_size;
@@ -303,19 +304,27 @@ int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, siz
         s[4] = id >> 8; s[5] = id & 0xFF;
         ipv4_header_csum(s, ihl);
         uint8_t *th = s + ihl;
-        uint32_t seq = seq0 + (uint32_t)off;
-        th[4] = seq >> 24; th[5] = seq >> 16; th[6] = seq >> 8; th[7] = seq;
-        uint8_t f = flags;
-        if (k != nseg - 1) f &= (uint8_t)~(0x01 | 0x08);  /* FIN, PSH only on the last */
-        if (k != 0) f &= (uint8_t)~0x80;                   /* CWR only on the first */
-        th[13] = f;
-        th[16] = th[17] = 0;
+        int csum_at;
+        if (proto == 6) {  /* kernel tcp_gso_segment */
+            uint32_t seq = seq0 + (uint32_t)off;
+            th[4] = seq >> 24; th[5] = seq >> 16; th[6] = seq >> 8; th[7] = seq;
+            uint8_t f = flags;
+            if (k != nseg - 1) f &= (uint8_t)~(0x01 | 0x08);  /* FIN, PSH only on the last */
+            if (k != 0) f &= (uint8_t)~0x80;                   /* CWR only on the first */
+            th[13] = f;
+            csum_at = 16;
+        } else {           /* kernel __udp_gso_segment */
+            th[4] = (8 + chunk) >> 8; th[5] = (8 + chunk) & 0xFF;
+            csum_at = 6;
+        }
+        th[csum_at] = th[csum_at + 1] = 0;
         /* one pass over the payload, read where it lies: the segment is sent as two pieces */
-        uint64_t acc = vx_pseudo_v4(s, 6, (uint16_t)(thl + chunk));
-        acc = vx_csum_add(th, thl, acc);
+        uint64_t acc = vx_pseudo_v4(s, (uint8_t)proto, (uint16_t)(l4 + chunk));
+        acc = vx_csum_add(th, l4, acc);
         acc = vx_csum_add(pkt + hdr + off, chunk, acc);
         uint16_t csum = (uint16_t)~vx_csum_fold(acc);
-        memcpy(th + 16, &csum, 2);
+        if (proto == 17 && csum == 0) csum = 0xFFFF;  /* 0 means "no checksum" in UDP */
+        memcpy(th + csum_at, &csum, 2);
         lens[k] = total;
     }
     *hdr_stride = step;
@@ -326,59 +335,78 @@ int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, siz
 /* ---------------------------------------------------------------------------------------- */
 /* GRO (kernel tcp_gro_receive rules, as wireguard-go's tcpPacketsCanCoalesce)               */
 
-int vx_gro_candidate(const uint8_t *p, int len) {
-    if (len < 40 || p[0] != 0x45 || p[9] != 6) return 0;          /* IPv4, no options, TCP */
-    if (((p[2] << 8) | p[3]) != len) return 0;
-    if ((p[6] & 0x3F) || p[7]) return 0;                           /* no fragments */
-    int thl = (p[32] >> 4) * 4;
-    if (thl < 20 || 20 + thl >= len) return 0;                     /* needs payload */
-    uint8_t f = p[33];
-    if (!(f & 0x10) || (f & ~(0x10 | 0x08))) return 0;             /* ACK, maybe PSH, nothing else */
-    if (vx_csum_fold(vx_csum_add(p, 20, 0)) != 0xFFFF) return 0;   /* IP header checksum */
-    /* the segment's own TCP checksum: the kernel trusts what we hand it after coalescing */
-    uint64_t acc = vx_pseudo_v4(p, 6, (uint16_t)(len - 20));
-    if (vx_csum_fold(vx_csum_add(p + 20, len - 20, acc)) != 0xFFFF) return 0;
-    return 1;
+static int ipv4_plain(const uint8_t *p, int len) {
+    /* IPv4 without options, not a fragment, lengths agree, header checksum right */
+    if (len < 28 || p[0] != 0x45 || ((p[2] << 8) | p[3]) != len) return 0;
+    if ((p[6] & 0x3F) || p[7]) return 0;
+    return vx_csum_fold(vx_csum_add(p, 20, 0)) == 0xFFFF;
+}
+
+int vx_gro_candidate(const uint8_t *p, int len, int udp_ok) {
+    if (!ipv4_plain(p, len)) return 0;
+    if (p[9] == 6) {
+        if (len < 40) return 0;
+        int thl = (p[32] >> 4) * 4;
+        if (thl < 20 || 20 + thl >= len) return 0;                 /* needs payload */
+        uint8_t f = p[33];
+        if (!(f & 0x10) || (f & ~(0x10 | 0x08))) return 0;         /* ACK, maybe PSH, nothing else */
+    } else if (p[9] == 17 && udp_ok) {
+        if (((p[24] << 8) | p[25]) != len - 20 || len == 28) return 0;  /* UDP length, some payload */
+        if (!p[26] && !p[27]) return 1;  /* sent without a checksum: nothing to verify */
+    } else {
+        return 0;
+    }
+    /* the packet's own checksum: the kernel trusts what we hand it after coalescing */
+    uint64_t acc = vx_pseudo_v4(p, p[9], (uint16_t)(len - 20));
+    return vx_csum_fold(vx_csum_add(p + 20, len - 20, acc)) == 0xFFFF;
 }
 
 int vx_gro_start(vx_gro *g, const uint8_t *p, int len) {
-    int thl = (p[32] >> 4) * 4;
+    int l4 = p[9] == 6 ? (p[32] >> 4) * 4 : 8;
     g->active = 1;
+    g->proto = p[9];
     g->len = len;
-    g->hdr_len = 20 + thl;
+    g->hdr_len = 20 + l4;
     g->gso_size = len - g->hdr_len;
     g->count = 1;
-    g->closed = (p[33] & 0x08) != 0;  /* PSH ends a train */
-    g->flags_or = p[33];
+    g->closed = p[9] == 6 && (p[33] & 0x08);  /* PSH ends a train */
+    g->flags_or = p[9] == 6 ? p[33] : 0;
     memcpy(g->head + VX_VNET_HDR_LEN, p, g->hdr_len);
     g->iov[0].iov_base = g->head;
     g->iov[0].iov_len = VX_VNET_HDR_LEN + g->hdr_len;
     g->iov[1].iov_base = (void *)(p + g->hdr_len);
     g->iov[1].iov_len = g->gso_size;
-    uint32_t seq = ((uint32_t)p[24] << 24) | ((uint32_t)p[25] << 16) | ((uint32_t)p[26] << 8) | p[27];
-    g->next_seq = seq + (uint32_t)g->gso_size;
+    if (g->proto == 6) {
+        uint32_t seq = ((uint32_t)p[24] << 24) | ((uint32_t)p[25] << 16) | ((uint32_t)p[26] << 8) | p[27];
+        g->next_seq = seq + (uint32_t)g->gso_size;
+    }
     return 1;
 }
 
 int vx_gro_append(vx_gro *g, const uint8_t *p, int len) {
     const uint8_t *h = g->head + VX_VNET_HDR_LEN;
-    if (!g->active || g->closed || g->count + 1 >= VX_GRO_MAX_IOV) return 0;
-    int thl = (p[32] >> 4) * 4;
-    int payload = len - 20 - thl;
-    if (20 + thl != g->hdr_len || payload > g->gso_size || g->len + payload > VX_MAX_PACKET) return 0;
+    if (!g->active || g->closed || g->count + 1 >= VX_GRO_MAX_IOV || p[9] != g->proto) return 0;
+    int l4 = p[9] == 6 ? (p[32] >> 4) * 4 : 8;
+    int payload = len - 20 - l4;
+    if (20 + l4 != g->hdr_len || payload > g->gso_size || g->len + payload > VX_MAX_PACKET) return 0;
     if (memcmp(p + 12, h + 12, 8) || memcmp(p + 20, h + 20, 4)) return 0;   /* addresses, ports */
     if (p[1] != h[1] || p[8] != h[8] || (p[6] & 0x40) != (h[6] & 0x40)) return 0;  /* TOS, TTL, DF */
-    uint32_t seq = ((uint32_t)p[24] << 24) | ((uint32_t)p[25] << 16) | ((uint32_t)p[26] << 8) | p[27];
-    if (seq != g->next_seq) return 0;
-    /* ack, window, urgent pointer and options must be equal (timestamps included) */
-    if (memcmp(p + 28, h + 28, 4) || memcmp(p + 34, h + 34, 2) || memcmp(p + 38, h + 38, thl - 18)) return 0;
+    if (g->proto == 6) {
+        uint32_t seq = ((uint32_t)p[24] << 24) | ((uint32_t)p[25] << 16) | ((uint32_t)p[26] << 8) | p[27];
+        if (seq != g->next_seq) return 0;
+        /* ack, window, urgent pointer and options must be equal (timestamps included) */
+        if (memcmp(p + 28, h + 28, 4) || memcmp(p + 34, h + 34, 2) || memcmp(p + 38, h + 38, l4 - 18)) return 0;
+        g->next_seq += (uint32_t)payload;
+        g->flags_or |= p[33];
+        if (p[33] & 0x08) g->closed = 1;  /* PSH ends it */
+    } else if ((!p[26] && !p[27]) != (!h[26] && !h[27])) {
+        return 0;  /* with and without checksums do not mix */
+    }
     g->count++;
-    g->iov[g->count].iov_base = (void *)(p + 20 + thl);
+    g->iov[g->count].iov_base = (void *)(p + 20 + l4);
     g->iov[g->count].iov_len = (size_t)payload;
     g->len += payload;
-    g->next_seq += (uint32_t)payload;
-    g->flags_or |= p[33];
-    if (payload < g->gso_size || (p[33] & 0x08)) g->closed = 1;  /* a short or PSH segment ends it */
+    if (payload < g->gso_size) g->closed = 1;  /* a short segment ends it */
     return 1;
 }
 
@@ -389,16 +417,23 @@ int vx_gro_finish(vx_gro *g) {
     if (g->count > 1) {
         p[2] = g->len >> 8; p[3] = g->len & 0xFF;
         ipv4_header_csum(p, 20);
-        p[33] = g->flags_or;
+        int csum_at = 16;
+        if (g->proto == 6) {
+            p[33] = g->flags_or;
+            vh.gso_type = VX_VNET_GSO_TCPV4;
+        } else {
+            p[24] = (g->len - 20) >> 8; p[25] = (g->len - 20) & 0xFF;
+            csum_at = 6;
+            vh.gso_type = VX_VNET_GSO_UDP_L4;
+        }
         /* CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum (not inverted) */
-        uint16_t ps = vx_csum_fold(vx_pseudo_v4(p, 6, (uint16_t)(g->len - 20)));
-        memcpy(p + 36, &ps, 2);
+        uint16_t ps = vx_csum_fold(vx_pseudo_v4(p, g->proto, (uint16_t)(g->len - 20)));
+        memcpy(p + 20 + csum_at, &ps, 2);
         vh.flags = VX_VNET_F_NEEDS_CSUM;
-        vh.gso_type = VX_VNET_GSO_TCPV4;
         vh.hdr_len = (uint16_t)g->hdr_len;
         vh.gso_size = (uint16_t)g->gso_size;
         vh.csum_start = 20;
-        vh.csum_offset = 16;
+        vh.csum_offset = (uint16_t)csum_at;
     }
     memcpy(g->head, &vh, VX_VNET_HDR_LEN);
     g->active = 0;
@@ -416,7 +451,7 @@ void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx) {
 void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx) {
     /* only a segment whose own checksums verified may join a train; anything else is
      * passed on alone, as received, for the kernel to judge (and drop if corrupt) */
-    if (!vx_gro_candidate(p, len)) {
+    if (!vx_gro_candidate(p, len, g->udp)) {
         vx_gro_flush(g, emit, ctx);
         struct iovec one = {(void *)p, (size_t)len};
         emit(ctx, &one, 1, 0, 1, (uint64_t)len);
@@ -588,8 +623,8 @@ int vx_run_tx(vx_io *io) {
                 slot++;
                 continue;
             }
-            /* A TCP super-packet: per segment, headers in the arena and the payload where it
-             * lies, so the payload is read once (checksum) and copied once (by the kernel). */
+            /* A TCP (or, with USO, UDP) super-packet: per segment, headers in the arena and the
+             * payload where it lies, so it is read once (checksum) and copied once (by the kernel). */
             c->tso_packets++;
             if ((pkt[0] >> 4) == 6) { c->drops[VX_NO_ROUTE]++; continue; }  /* no IPv6 overlay yet */
             int stride = 0, hlen = 0;
@@ -597,8 +632,9 @@ int vx_run_tx(vx_io *io) {
                 tx_flush(io, q);
                 hdr_used = 0;
             }
-            int nseg = vh.gso_type == VX_VNET_GSO_TCPV4
-                ? vx_tso_headers(pkt, len, vh.gso_size, hdrs + hdr_used, HDR_ARENA - hdr_used, seg_lens,
+            int nseg = (vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
+                       (vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17)
+                ? vx_gso_headers(pkt, len, vh.gso_size, hdrs + hdr_used, HDR_ARENA - hdr_used, seg_lens,
                                  VX_MAX_SEGS, &stride, &hlen)
                 : -1;
             if (nseg < 0) { c->drops[VX_BAD_OFFLOAD]++; continue; }
@@ -659,6 +695,7 @@ int vx_run_rx(vx_io *io) {
     char (*ctl)[64] = calloc(RX_MSGS, 64);
     pkt_ref *out = malloc(sizeof(pkt_ref) * RX_MSGS * GSO_MAX_DGRAMS);
     vx_gro *gro = calloc(1, sizeof *gro);
+    if (gro) gro->udp = io->tun_uso;
     if (!bufs || !msgs || !iov || !from || !ctl || !out || !gro) {
         free(bufs); free(msgs); free(iov); free(from); free(ctl); free(out); free(gro);
         return -1;

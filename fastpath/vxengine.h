@@ -41,6 +41,7 @@ struct vx_vnet_hdr {
 #define VX_VNET_GSO_NONE 0
 #define VX_VNET_GSO_TCPV4 1
 #define VX_VNET_GSO_TCPV6 4
+#define VX_VNET_GSO_UDP_L4 5
 
 typedef struct {
     uint32_t key;           /* subnet network address, host order; used != 0 */
@@ -90,11 +91,11 @@ uint16_t vx_csum_fold(uint64_t acc);  /* folded, not inverted, in memory order *
 uint64_t vx_pseudo_v4(const uint8_t *iph, uint8_t proto, uint16_t l4_len);
 int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);
 
-/* GSO split of an IPv4 TCP super-packet into segments of gso_size payload bytes, headers only:
+/* GSO split of an IPv4 TCP or UDP super-packet into segments of gso_size payload bytes, headers only:
  * segment k's VX_HEADROOM + IP + TCP headers are written at hdrs + k * hdr_stride (checksums
  * complete), its payload stays in pkt at hdr_len + k * gso_size; lens[k] = its IP length.
  * Returns the number of segments, or -1 if the packet cannot be split. */
-int vx_tso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
+int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                    int max_segs, int *hdr_stride, int *hdr_len);
 
 /* GRO: coalesce in-order TCP segments of one flow into a super-packet with a virtio_net_hdr.
@@ -105,11 +106,12 @@ typedef struct {
     uint8_t head[VX_VNET_HDR_LEN + 128];   /* vnet header + IP + TCP headers of the train */
     struct iovec iov[VX_GRO_MAX_IOV];      /* iov[0] = head; then one payload per segment */
     int active, len, hdr_len, gso_size, count, closed;
+    int udp;                               /* UDP trains too (the TUN takes USO writes) */
+    uint8_t proto, flags_or;
     uint32_t next_seq;
-    uint8_t flags_or;
 } vx_gro;
 
-int vx_gro_candidate(const uint8_t *pkt, int len);   /* 1: may be coalesced (checksums verified) */
+int vx_gro_candidate(const uint8_t *pkt, int len, int udp_ok);   /* 1: may be coalesced (checksums verified) */
 int vx_gro_start(vx_gro *g, const uint8_t *pkt, int len);
 int vx_gro_append(vx_gro *g, const uint8_t *pkt, int len);   /* 1: appended, 0: does not fit */
 int vx_gro_finish(vx_gro *g);   /* fixes the headers and the vnet header; returns g->iov's count */
@@ -123,7 +125,7 @@ void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx);
 typedef struct {
     vx_core *core;
     int tun_fd, udp_fd, stop_fd;
-    int vnet, udp_gso, udp_gro;
+    int vnet, udp_gso, udp_gro, tun_uso;
     volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
 } vx_io;
 

@@ -125,7 +125,7 @@ class Daemon:
         offloads = self._offloads(threaded, tun, sock)
         if threaded:
             self.dataplane = ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in offloads,
-                                               "udp-gro" in offloads)
+                                               "udp-gro" in offloads, "tun-uso" in offloads)
         else:
             self.dataplane = DataPlane(self.codec, tun.fd, sock)
         self.dataplane.start(loop)
@@ -163,10 +163,12 @@ class Daemon:
             return []
         if tun.offload_error:
             log.warning("TUN offloads off: %s", tun.offload_error)
+        elif tun.uso_error:
+            log.info("%s: UDP super-packets are not used on the TUN", tun.uso_error)
         gso, gro, reasons = probe_udp_offloads(sock)
         for reason in reasons:
             log.warning("%s", reason)
-        names = ["tun-tso-gro"] if tun.vnet_hdr else []
+        names = (["tun-tso-gro"] if tun.vnet_hdr else []) + (["tun-uso"] if tun.uso else [])
         return names + (["udp-gso"] if gso else []) + (["udp-gro"] if gro else [])
 
     def _apply(self, events: list[PeerEvent]) -> None:

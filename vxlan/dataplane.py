@@ -188,11 +188,11 @@ class ThreadedDataPlane:
     """Runs the compiled engine's two loops in two threads (no GIL inside them)."""
 
     def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
-                 udp_gro: bool) -> None:
+                 udp_gro: bool, tun_uso: bool = False) -> None:
         self.engine = engine
         self.sock = sock
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro)
+        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso)
         self._threads: list[threading.Thread] = []
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:

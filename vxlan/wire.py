@@ -66,6 +66,7 @@ class DropReason(enum.IntEnum):
     # I/O, counted by the data plane rather than the codec
     SEND_FAILED = 13  # sendto() on the UDP socket failed
     TUN_WRITE_FAILED = 14  # write() to the TUN failed
+    BAD_OFFLOAD = 15  # a TUN super-packet that cannot be split, or a bad checksum offset in its header
 
     @property
     def label(self) -> str:

@@ -21,8 +21,9 @@ def checksum(data: bytes) -> int:
     return total
 
 
-def ip_header(src: bytes, dst: bytes, total: int, ident: int, ttl: int = 64, tos: int = 0, df: bool = True) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, tos, total, ident, 0x4000 if df else 0, ttl, 6, 0, src, dst)
+def ip_header(src: bytes, dst: bytes, total: int, ident: int, ttl: int = 64, tos: int = 0, df: bool = True,
+              proto: int = 6) -> bytes:
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, tos, total, ident, 0x4000 if df else 0, ttl, proto, 0, src, dst)
     csum = ~checksum(hdr) & 0xFFFF
     return hdr[:10] + struct.pack("!H", csum) + hdr[12:]
 
@@ -85,3 +86,32 @@ def finish_partial(packet: bytes, csum_start: int, csum_offset: int) -> bytes:
     # the field holds the pseudo-header sum; the sum over the rest includes it
     csum = ~checksum(packet[csum_start:]) & 0xFFFF
     return packet[:at] + struct.pack("!H", csum) + packet[at + 2:]
+
+
+def udp_packet(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, ident: int = 1,
+               no_checksum: bool = False) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    if not no_checksum:
+        pseudo = src + dst + struct.pack("!BBH", 0, 17, len(udp) + len(payload))
+        csum = ~checksum(pseudo + udp + payload) & 0xFFFF or 0xFFFF
+        udp = udp[:6] + struct.pack("!H", csum)
+    return ip_header(src, dst, 20 + 8 + len(payload), ident, proto=17) + udp + payload
+
+
+def udp_valid(packet: bytes) -> bool:
+    if checksum(packet[:20]) != 0xFFFF or struct.unpack("!H", packet[24:26])[0] != len(packet) - 20:
+        return False
+    if packet[26:28] == b"\x00\x00":
+        return True
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 17, len(packet) - 20)
+    return checksum(pseudo + packet[20:]) == 0xFFFF
+
+
+def udp_split(packet: bytes, size: int) -> list[bytes]:
+    """kernel __udp_gso_segment: IP ID + k, each datagram with its own length and checksum."""
+    src, dst = packet[12:16], packet[16:20]
+    sport, dport = struct.unpack("!HH", packet[20:24])
+    ident = struct.unpack("!H", packet[4:6])[0]
+    payload = packet[28:]
+    chunks = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
+    return [udp_packet(src, dst, sport, dport, c, ident=(ident + k) & 0xFFFF) for k, c in enumerate(chunks)]

@@ -51,7 +51,7 @@ def super_packets(draw):
 @given(super_packets())
 def test_tso_split_matches_reference(case):
     packet, mss = case
-    segments = fp.tso_split(packet, mss)
+    segments = fp.gso_split(packet, mss)
     assert segments == ref.split(packet, mss)
     assert all(ref.valid(s) for s in segments)
     assert b"".join(ref.parse(s)["payload"] for s in segments) == ref.parse(packet)["payload"]
@@ -60,7 +60,7 @@ def test_tso_split_matches_reference(case):
 def test_tso_split_refuses_what_it_cannot_split():
     for bad in (b"", b"\x45" + bytes(30), b"\x60" + bytes(60)):
         try:
-            fp.tso_split(bad, 1000)
+            fp.gso_split(bad, 1000)
         except ValueError:
             continue
         raise AssertionError(f"split {bad!r}")
@@ -159,3 +159,60 @@ def test_gro_never_coalesces_a_corrupt_segment():
     written = fp.gro_coalesce(segments[:2] + [bad] + segments[3:])
     assert [c for _, _, c in written] == [2, 1, 2]
     assert written[1] == (bytes(10), bad, 1)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(st.integers(1, 1472), st.integers(0, 60000), st.integers(0, 0xFFFF))
+def test_udp_split_matches_reference(size, total, ident):
+    total = min(total, size * 200)
+    packet = ref.udp_packet(SRC, DST, 4433, 443, bytes(i & 0xFF for i in range(total)), ident=ident)
+    segments = fp.gso_split(packet, size)
+    assert segments == ref.udp_split(packet, size)
+    assert all(ref.udp_valid(s) for s in segments)
+
+
+@st.composite
+def udp_trains(draw):
+    size = draw(st.integers(1, 1400))
+    flows = []
+    for f in range(draw(st.integers(1, 3))):
+        n = draw(st.integers(1, 30))
+        sizes = [size] * (n - 1) + [draw(st.integers(1, size))]
+        flows.append([ref.udp_packet(SRC, DST, 5000 + f, 443, bytes([f, k % 256]) * (s // 2) + b"x" * (s % 2),
+                                     ident=k) for k, s in enumerate(sizes)])
+    packets = sum(flows, []) if draw(st.booleans()) else [p for t in zip(*flows, strict=False) for p in t]
+    packets = list(dict.fromkeys(packets))
+    bad = draw(st.sets(st.integers(0, len(packets) - 1), max_size=2))
+    return [p[:-1] + bytes([p[-1] ^ 0x33]) if i in bad else p for i, p in enumerate(packets)]
+
+
+@settings(max_examples=400, **SETTINGS)
+@given(udp_trains())
+def test_udp_gro_keeps_every_datagram(packets):
+    written = fp.gro_coalesce(packets, udp=True)
+    expanded = []
+    for hdr, pkt, count in written:
+        flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = unpack_vnet(hdr)
+        if count == 1:
+            assert hdr == bytes(10) and pkt in packets
+            expanded.append(pkt)
+            continue
+        assert (flags, gso_type, hdr_len, csum_start, csum_offset) == (1, 5, 28, 20, 6)
+        whole = ref.finish_partial(pkt, 20, 6)
+        assert ref.udp_valid(whole)
+        pieces = ref.udp_split(whole, gso_size)
+        assert len(pieces) == count and all(ref.udp_valid(p) for p in pieces)
+        expanded.extend(pieces)
+    # per flow, the datagram payloads arrive complete and in order; corrupt ones were not merged
+    for sport in {struct.unpack("!H", p[20:22])[0] for p in packets}:
+        sent = [p[28:] for p in packets if struct.unpack("!H", p[20:22])[0] == sport]
+        got = [p[28:] for p in expanded if struct.unpack("!H", p[20:22])[0] == sport]
+        assert got == sent
+    corrupt = [p for p in packets if not ref.udp_valid(p)]
+    assert all((bytes(10), p, 1) in written for p in corrupt)
+
+
+def test_udp_is_not_coalesced_without_uso():
+    packets = [ref.udp_packet(SRC, DST, 5000, 443, b"a" * 64, ident=i) for i in range(10)]
+    assert [c for _, _, c in fp.gro_coalesce(packets)] == [1] * 10
+    assert [c for _, _, c in fp.gro_coalesce(packets, udp=True)] == [10]
