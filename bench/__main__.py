@@ -7,6 +7,7 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
 - ``vxland-kernel``: vxland -> kernel vxlan node
 - ``kernel-vxland``: kernel vxlan node -> vxland
 - ``pure``: vxland <-> vxland with the pure-Python reference data plane
+- ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
 
 For each: iperf3 TCP with 1 and 4 streams, UDP with 64-byte payloads (receiver pps under an
 unlimited flood, and the highest offered rate with < 1 % loss), ping RTT p50/p99 without load,
@@ -39,6 +40,7 @@ SCENARIOS = {
     "vxland-kernel": (["vxland", "kernel"], 0, 1, False),
     "kernel-vxland": (["vxland", "kernel"], 1, 0, False),
     "pure": (["vxland", "vxland"], 0, 1, True),
+    "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb"]
@@ -121,7 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             kinds, _, _, pure = SCENARIOS[name]
             # The anchor keeps checksum offload on, as flannel nodes have it; labs with a
             # userspace receiver of kernel traffic need it off on the kernel side (lab.py).
-            labs[name] = Lab(kinds, pure_python=pure, kernel_tx_off=(name != "kernel")).__enter__()
+            lab = Lab(kinds, pure_python=pure, kernel_tx_off=(name != "kernel")).__enter__()
+            labs[name] = lab
+            if name == "capture":
+                for host in lab.hosts:
+                    lab.stop_vxland(host)
+                    # the whole cost (rings, draining, pcapng) without filling the disk
+                    host.extra_args = ["--capture", "/dev/null"]
+                    lab.start_node(host)
         for rnd in range(1, args.rounds + 1):
             for name in names:
                 _, ci, si, _ = SCENARIOS[name]

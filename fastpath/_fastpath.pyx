@@ -55,11 +55,29 @@ cdef extern from "vxengine.h" nogil:
     ctypedef struct vx_gro:
         int active
         int udp
+    ctypedef struct vx_cap_hdr:
+        uint64_t ts_ns
+        uint32_t saddr, daddr
+        uint16_t sport, dport
+        uint8_t iface, dir, reason
+        uint32_t orig_len, cap_len
+    ctypedef struct vx_cap_ring:
+        uint64_t lost
     ctypedef struct vx_io:
         vx_core *core
         int tun_fd, udp_fd, stop_fd
         int vnet, udp_gso, udp_gro, tun_uso
         int gso_disabled
+        int capture
+        vx_cap_ring *cap_tx
+        vx_cap_ring *cap_rx
+        uint32_t local_ip
+        uint16_t local_port
+    int vx_cap_init(vx_cap_ring *r, uint32_t snaplen)
+    void vx_cap_free(vx_cap_ring *r)
+    uint64_t vx_cap_available(vx_cap_ring *r)
+    const vx_cap_hdr *vx_cap_peek(vx_cap_ring *r, uint64_t i)
+    void vx_cap_release(vx_cap_ring *r, uint64_t n)
     ctypedef void (*vx_emit_fn)(void *ctx, const iovec *iov, int iovcnt, int has_vnet, int count, uint64_t bytes)
     int vx_core_init(vx_core *c, uint32_t vni, const uint8_t *mac, int subnet_len, int tun_mtu, uint16_t port)
     void vx_core_free(vx_core *c)
@@ -101,7 +119,6 @@ cdef class Codec:
     cdef int _ready
     cdef int _n_reasons
     cdef uint32_t _mask
-    cdef int _port
 
     def __cinit__(self, int vni, vtep_mac, int subnet_len, int tun_mtu, int port):
         self._ready = 0
@@ -116,7 +133,6 @@ cdef class Codec:
         self._ready = 1
         self._n_reasons = wire.N_REASONS
         self._mask = <uint32_t>((0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF)
-        self._port = port
 
     def __dealloc__(self):
         if self._ready:
@@ -200,11 +216,19 @@ cdef class Codec:
 
 cdef class Engine(Codec):
     """The Codec plus the I/O loops. ``attach`` the fds, then run ``run_tx`` and ``run_rx``
-    in two threads; both return once ``stop_fd`` becomes readable."""
+    in two threads; both return once ``stop_fd`` becomes readable. Capture: ``capture_on``
+    makes both loops copy what they see into rings that ``capture_drain`` empties."""
     cdef vx_io io
+    cdef vx_cap_ring rings[2]
+    cdef int rings_ready
+
+    def __dealloc__(self):
+        if self.rings_ready:
+            vx_cap_free(&self.rings[0])
+            vx_cap_free(&self.rings[1])
 
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
-               bint tun_uso=False):
+               bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
@@ -214,6 +238,9 @@ cdef class Engine(Codec):
         self.io.udp_gro = udp_gro
         self.io.tun_uso = tun_uso
         self.io.gso_disabled = 0
+        self.io.capture = 0
+        self.io.local_ip = _ip_net(local_ip)
+        self.io.local_port = local_port
 
     def run_tx(self):
         cdef int rc
@@ -232,6 +259,57 @@ cdef class Engine(Codec):
     @property
     def gso_disabled(self):
         return bool(self.io.gso_disabled)
+
+    # -- capture ---------------------------------------------------------------------------
+    def capture_on(self, int snaplen):
+        """Start copying packets into the rings (allocated once, with the first snap length)."""
+        if not self.rings_ready:
+            if vx_cap_init(&self.rings[0], snaplen) or vx_cap_init(&self.rings[1], snaplen):
+                vx_cap_free(&self.rings[0])
+                vx_cap_free(&self.rings[1])
+                raise MemoryError("no memory for the capture rings")
+            self.rings_ready = 1
+            self.io.cap_tx = &self.rings[0]
+            self.io.cap_rx = &self.rings[1]
+        self.io.capture = 1
+
+    def capture_off(self):
+        self.io.capture = 0
+
+    @property
+    def capturing(self):
+        return bool(self.io.capture)
+
+    @property
+    def capture_lost(self):
+        """Records the rings had no room for (packets were forwarded all the same)."""
+        if not self.rings_ready:
+            return 0
+        return self.rings[0].lost + self.rings[1].lost
+
+    def capture_drain(self, int limit=100000):
+        """Records from both rings: (ts_ns, iface, direction, reason, saddr, sport, daddr, dport,
+        orig_len, data) with addresses as dotted quads; iface 0 underlay, 1 overlay;
+        direction 1 in, 2 out."""
+        cdef list out = []
+        cdef uint64_t n, i
+        cdef const vx_cap_hdr *h
+        cdef int r
+        if not self.rings_ready:
+            return out
+        for r in range(2):
+            n = vx_cap_available(&self.rings[r])
+            if n > <uint64_t>limit:
+                n = limit
+            for i in range(n):
+                h = vx_cap_peek(&self.rings[r], i)
+                out.append((h.ts_ns, h.iface, h.dir, h.reason,
+                            socket.inet_ntoa((<char*>&h.saddr)[:4]), h.sport,
+                            socket.inet_ntoa((<char*>&h.daddr)[:4]), h.dport, h.orig_len,
+                            PyBytes_FromStringAndSize(<const char*>h + sizeof(vx_cap_hdr), h.cap_len)))
+            vx_cap_release(&self.rings[r], n)
+        out.sort(key=lambda rec: rec[0])
+        return out
 
 
 # -- the offload code, exposed for the tests ------------------------------------------------

@@ -121,12 +121,45 @@ typedef void (*vx_emit_fn)(void *ctx, const struct iovec *iov, int iovcnt, int h
 void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx);
 void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx);
 
+/* Capture: each data-plane thread copies what it sees into its own ring (single producer);
+ * a Python thread drains the rings (single consumer) and writes pcapng off the hot path.
+ * A full ring loses capture records (counted), never packets. */
+#define VX_CAP_SLOTS 4096
+enum { VX_CAP_UNDERLAY = 0, VX_CAP_OVERLAY = 1 };
+enum { VX_CAP_IN = 1, VX_CAP_OUT = 2 };
+typedef struct {
+    uint64_t ts_ns;             /* CLOCK_REALTIME */
+    uint32_t saddr, daddr;      /* underlay records: outer IPv4 addresses, network order */
+    uint16_t sport, dport;      /* underlay records: outer UDP ports, host order */
+    uint8_t iface, dir, reason, pad;
+    uint32_t orig_len, cap_len;
+} vx_cap_hdr;
+typedef struct {
+    uint8_t *slots;
+    uint32_t slot_size;         /* sizeof(vx_cap_hdr) + snap length */
+    uint64_t head, tail;        /* head: producer, tail: consumer (atomic acquire/release) */
+    uint64_t lost;
+} vx_cap_ring;
+
+int vx_cap_init(vx_cap_ring *r, uint32_t snaplen);
+void vx_cap_free(vx_cap_ring *r);
+void vx_cap_put(vx_cap_ring *r, int iface, int dir, int reason, uint32_t saddr, uint16_t sport, uint32_t daddr,
+                uint16_t dport, const struct iovec *iov, int iovcnt, uint32_t orig_len);
+/* the consumer's view: records from tail to head; release them with vx_cap_release */
+uint64_t vx_cap_available(vx_cap_ring *r);
+const vx_cap_hdr *vx_cap_peek(vx_cap_ring *r, uint64_t i);
+void vx_cap_release(vx_cap_ring *r, uint64_t n);
+
 /* I/O loops; each returns when stop_fd becomes readable. */
 typedef struct {
     vx_core *core;
     int tun_fd, udp_fd, stop_fd;
     int vnet, udp_gso, udp_gro, tun_uso;
     volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
+    volatile int capture;       /* read once per batch; rings must be set before it is 1 */
+    vx_cap_ring *cap_tx, *cap_rx;
+    uint32_t local_ip;          /* network order, for the outer headers of capture records */
+    uint16_t local_port;
 } vx_io;
 
 int vx_run_tx(vx_io *io);

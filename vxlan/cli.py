@@ -47,6 +47,26 @@ def _minutes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B")
+    unit = t[-1:] if t[-1:] in ("K", "M", "G") else ""
+    try:
+        value = int(t[: len(t) - len(unit)]) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 100M") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _cidr(text: str):
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR like 10.0.0.0/8") from None
+
+
 def vxland_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vxland",
@@ -88,6 +108,21 @@ def vxland_parser() -> argparse.ArgumentParser:
                        help="TUN device name (default flannel.<VNI>)")
     extra.add_argument("--no-offload", action="store_true", default=_env("no-offload", "") not in ("", "0", "false"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
+    cap = p.add_argument_group("capture (debugging)")
+    cap.add_argument("--capture", type=Path, default=_env("capture"),
+                     help="write a pcapng of the underlay and the overlay to this file (mode 0600); "
+                          "SIGUSR1 stops it and, sent again, starts PATH.c1, PATH.c2 ...")
+    cap.add_argument("--capture-filter", default=_env("capture-filter"),
+                     help="keep only matching packets: peer=IP net=CIDR host=IP proto=tcp|udp|icmp|N (all must match)")
+    cap.add_argument("--capture-count", type=int, default=int(_env("capture-count", "0") or 0),
+                     help="stop after this many packets (0: no limit)")
+    cap.add_argument("--capture-max-bytes", type=_size, default=_size(_env("capture-max-bytes", "0") or "0"),
+                     help="rotate to PATH.1, PATH.2 ... past this size (e.g. 100M; 0: never)")
+    cap.add_argument("--capture-snaplen", type=int, default=int(_env("capture-snaplen", "2048") or 2048),
+                     help="bytes kept of each packet, 64-65535 (default 2048; the rings take 8192 x this)")
+    cap.add_argument("--debug-allow", action="append", type=_cidr, default=[],
+                     help="also answer /debug/* (packet capture) for clients in this CIDR; repeatable "
+                          "(default: loopback only)")
     p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
     return p
 
@@ -137,6 +172,20 @@ def vxland_main(argv: list[str] | None = None) -> int:
 
     from vxlan.daemon import Daemon, Options, StartupError
 
+    if not 64 <= args.capture_snaplen <= 65535:
+        log.error("--capture-snaplen %d: must be 64..65535", args.capture_snaplen)
+        return 2
+    if args.capture_count < 0:
+        log.error("--capture-count %d: must be 0 or more", args.capture_count)
+        return 2
+    if args.capture_filter:
+        from vxlan.capture import Filter
+
+        try:
+            Filter.parse(args.capture_filter)
+        except ValueError as exc:
+            log.error("--capture-filter: %s", exc)
+            return 2
     if not 0 < args.subnet_lease_renew_margin < 24 * 60:
         log.error("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
         return 1  # as flanneld (main.go)
@@ -147,7 +196,9 @@ def vxland_main(argv: list[str] | None = None) -> int:
         return 2
     opts = Options(subnet_file=args.subnet_file, iface=args.iface, public_ip=args.public_ip,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
-                   offload=not args.no_offload)
+                   offload=not args.no_offload, capture=args.capture, capture_filter=args.capture_filter,
+                   capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,
+                   capture_snaplen=args.capture_snaplen, debug_allow=tuple(args.debug_allow))
     try:
         return uvloop.run(Daemon(opts, registry).run())
     except StartupError as exc:
@@ -165,6 +216,10 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     demo.add_argument("--static", action="store_true", help="use a static registry file instead of etcd")
     check = sub.add_parser("check", help="validate a registry file and print what it holds")
     check.add_argument("file", type=Path)
+    decode = sub.add_parser("decode", help="print a capture (pcapng from vxland --capture) as a table")
+    decode.add_argument("file", type=Path)
+    decode.add_argument("-d", "--vxlan-port", type=int, action="append", default=[],
+                        help="also decode UDP on this port as VXLAN (8472 and 4789 always are)")
     lab = sub.add_parser("lab", help="lab housekeeping")
     lab.add_argument("action", choices=["clean"],
                      help="clean: delete namespaces left by labs whose process is gone")
@@ -189,6 +244,10 @@ def vxlanctl_main(argv: list[str] | None = None) -> int:
             mac = ":".join(f"{b:02x}" for b in lease.vtep_mac) if lease.vtep_mac else "-"
             print(f"  {lease.key:<20} {lease.public_ip:<16} {lease.backend_type:<8} {mac}")
         return 0
+    if args.command == "decode":
+        from vxlan import decode
+
+        return decode.run(args.file, args.vxlan_port)
     if args.command == "lab":
         from vxlan import lab
 

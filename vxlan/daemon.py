@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fastpath
-from vxlan import netconf, subnetenv, wire
+from vxlan import debug_http, netconf, subnetenv, wire
+from vxlan.capture import DEFAULT_SNAPLEN, CaptureHub, FileSink, Filter
 from vxlan.config import ConfigError
 from vxlan.dataplane import DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
 from vxlan.health import MetricsSource, start_health_server
@@ -40,6 +41,12 @@ class Options:
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
     offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
+    capture: Path | None = None  # --capture: pcapng file, toggled by SIGUSR1
+    capture_filter: str | None = None
+    capture_count: int = 0
+    capture_max_bytes: int = 0
+    capture_snaplen: int = DEFAULT_SNAPLEN
+    debug_allow: tuple = ()  # networks besides loopback that may use /debug/*
 
 
 class Daemon:
@@ -48,6 +55,9 @@ class Daemon:
         self.registry = registry
         self._stop = asyncio.Event()
         self._cleanups: list = []
+        self.hub: CaptureHub | None = None
+        self.capture_sink: FileSink | None = None
+        self._capture_files = 0
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -115,7 +125,8 @@ class Daemon:
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         self._cleanups.append(tun.close)
-        self._cleanups.append(lambda: netconf.remove_route(tun_name, config.network))
+        # pyroute2's sync API must not run on the event-loop thread (reference/dependencies.md)
+        self._cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun_name, config.network))
         try:
             await asyncio.to_thread(netconf.configure_tun, tun_name, own.subnet.network_address,
                                     tun_mtu, config.network)
@@ -130,6 +141,18 @@ class Daemon:
             self.dataplane = DataPlane(self.codec, tun.fd, sock)
         self.dataplane.start(loop)
         self._cleanups.append(self.dataplane.stop)
+        if threaded:
+            self.hub = CaptureHub(self.codec, self.opts.capture_snaplen)
+            self._cleanups.append(self.hub.close)
+        if self.opts.capture is not None:
+            if self.hub is None:
+                raise StartupError("--capture needs the compiled data plane (VXLAN_PURE_PYTHON is set or the "
+                                   "extension is missing)")
+            try:
+                self._capture_start()
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--capture {self.opts.capture}: {getattr(exc, 'strerror', None) or exc}") from None
+            loop.add_signal_handler(signal.SIGUSR1, self._capture_toggle)
 
         try:
             subnetenv.write(self.opts.subnet_file, config.network, own.subnet, tun_mtu)
@@ -138,11 +161,13 @@ class Daemon:
 
         if self.opts.healthz_port:
             source = MetricsSource(
-                dataplane=self.dataplane, codec=self.codec, registry=self.registry.metrics,
+                dataplane=self.dataplane, codec=self.codec, registry=self._registry_metrics,
                 info={"vni": str(backend.vni), "port": str(backend.port), "subnet": str(own.subnet),
                       "vtep_mac": wire.mac_to_str(own.vtep_mac), "fastpath": fastpath.IMPLEMENTATION})
+            hub, allow = self.hub, list(self.opts.debug_allow)
             try:
-                runner = await start_health_server(source, self.opts.healthz_ip, self.opts.healthz_port)
+                runner = await start_health_server(source, self.opts.healthz_ip, self.opts.healthz_port,
+                                                   lambda app: debug_http.add_routes(app, hub, allow))
             except OSError as exc:
                 raise StartupError(f"cannot serve health on {self.opts.healthz_ip}:"
                                    f"{self.opts.healthz_port}: {exc.strerror}") from None
@@ -170,6 +195,39 @@ class Daemon:
             log.warning("%s", reason)
         names = (["tun-tso-gro"] if tun.vnet_hdr else []) + (["tun-uso"] if tun.uso else [])
         return names + (["udp-gso"] if gso else []) + (["udp-gro"] if gro else [])
+
+    def _registry_metrics(self) -> dict[str, float]:
+        values = self.registry.metrics()
+        if self.hub is not None:
+            values["capture_lost_total"] = float(self.hub.lost)
+        return values
+
+    def _capture_start(self) -> None:
+        """Open the next capture file: --capture's path first, then PATH.1, PATH.2 ..."""
+        assert self.hub is not None and self.opts.capture is not None
+        path = self.opts.capture
+        if self._capture_files:
+            path = path.with_name(f"{path.name}.c{self._capture_files}")
+        self.capture_sink = FileSink(path, self.opts.capture_snaplen, Filter.parse(self.opts.capture_filter),
+                                     self.opts.capture_count, self.opts.capture_max_bytes)
+        self._capture_files += 1
+        self.hub.add(self.capture_sink)
+        log.info("capture on: writing %s", path)
+
+    def _capture_toggle(self) -> None:
+        """SIGUSR1: stop a running file capture (the file is complete), or start a new one."""
+        assert self.hub is not None
+        if self.capture_sink is not None and not self.capture_sink.done:
+            self.hub.remove(self.capture_sink)
+            self.capture_sink.close()
+            log.info("capture off: %d packets in %s", self.capture_sink.packets,
+                     ", ".join(map(str, self.capture_sink.files)))
+            self.capture_sink = None
+            return
+        try:
+            self._capture_start()
+        except OSError as exc:
+            log.error("capture: cannot open %s: %s", self.opts.capture, exc.strerror)
 
     def _apply(self, events: list[PeerEvent]) -> None:
         for event in events:

@@ -192,7 +192,8 @@ class ThreadedDataPlane:
         self.engine = engine
         self.sock = sock
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso)
+        local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
+        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port)
         self._threads: list[threading.Thread] = []
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:

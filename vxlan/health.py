@@ -33,6 +33,7 @@ REGISTRY_METRICS = {
     "registry_skipped_total": ("counter", "Registry keys or values that did not parse and were skipped"),
     "registry_reload_errors": ("gauge", "Times the registry file changed but did not parse"),
     "lease_renewals_total": ("counter", "Successful renewals of our subnet lease"),
+    "capture_lost_total": ("counter", "Capture records lost to full rings (the packets were forwarded)"),
 }
 
 
@@ -79,7 +80,7 @@ class _Collector:
         yield info
 
 
-def make_app(source: MetricsSource) -> web.Application:
+def make_app(source: MetricsSource, extra_routes=None) -> web.Application:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(source))
 
@@ -94,11 +95,13 @@ def make_app(source: MetricsSource) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    if extra_routes is not None:
+        extra_routes(app)
     return app
 
 
-async def start_health_server(source: MetricsSource, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(source), access_log=None)
+async def start_health_server(source: MetricsSource, host: str, port: int, extra_routes=None) -> web.AppRunner:
+    runner = web.AppRunner(make_app(source, extra_routes), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -34,26 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vxlan import wire
+from vxlan.lab_etcd import EtcdLabMixin, EtcdMember
+from vxlan.labutil import LabError, sh, stop_process  # noqa: F401 (re-exported)
 
 _counter = itertools.count(1)
 _NAME_RE = re.compile(r"^vxl-(\d+)-\d+-")
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 HEALTHZ_PORT = 2401
-
-
-class LabError(RuntimeError):
-    pass
-
-
-def sh(cmd: list[str], ns: str | None = None, check: bool = True, timeout: float = 60,
-       input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command (inside ``ns`` if given); LabError with its output if it fails."""
-    if ns is not None:
-        cmd = ["ip", "netns", "exec", ns, *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
-    if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
 
 
 def can_run() -> str | None:
@@ -132,28 +119,7 @@ class Host:
                 "BackendData": {"VNI": vni, "VtepMAC": wire.mac_to_str(self.vtep_mac)}}
 
 
-@dataclass
-class EtcdMember:
-    index: int
-    ip: str
-    data_dir: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"m{self.index}"
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.ip}:2379"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.ip}:2380"
-
-
-class Lab:
+class Lab(EtcdLabMixin):
     """A lab of ``kinds`` hosts (e.g. ``["vxland", "vxland", "kernel"]``); use as a context manager.
 
     ``registry="file"``: a static registry file with a lease per host, made up front; kernel
@@ -317,63 +283,6 @@ class Lab:
         tmp.write_text(json.dumps(doc if doc is not None else self.registry_doc(), indent=1))
         os.replace(tmp, self.registry_path)
 
-    # -- etcd -----------------------------------------------------------------------------
-    @property
-    def etcd_endpoints(self) -> str:
-        return ",".join(m.client_url for m in self.etcd)
-
-    def start_etcd(self, member: EtcdMember, wait: bool = True) -> None:
-        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.etcd)
-        cmd = ["etcd", "--name", member.name, "--data-dir", str(member.data_dir),
-               "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
-               "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
-               "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
-               "--initial-cluster-state", "new", "--heartbeat-interval", "10", "--election-timeout", "100"]
-        with open(member.log_path, "ab") as log:
-            member.proc = self.popen(self.underlay_ns, cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        if wait:
-            self._wait_etcd(member)
-
-    def _wait_etcd(self, member: EtcdMember, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if member.proc is not None and member.proc.poll() is not None:
-                break
-            if self.etcdctl("endpoint", "health", endpoints=member.client_url, check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        tail = member.log_path.read_text(errors="replace")[-2000:] if member.log_path.exists() else ""
-        raise LabError(f"etcd member {member.name} did not become healthy:\n{tail}")
-
-    def stop_etcd(self, member: EtcdMember) -> None:
-        if member.proc is not None:
-            stop_process(member.proc)
-            member.proc = None
-
-    def etcdctl(self, *args: str, endpoints: str | None = None, check: bool = True,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
-        env_cmd = ["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", endpoints or self.etcd_endpoints,
-                   "--command-timeout=5s", *args]
-        return sh(env_cmd, ns=self.underlay_ns, check=check, input=input)
-
-    def put_config(self, config: dict | None = None) -> None:
-        if config is None:
-            backend: dict = {"Type": "vxlan"}
-            if self.vni != 1:
-                backend["VNI"] = self.vni
-            if self.port != 8472:
-                backend["Port"] = self.port
-            config = {"Network": str(self.network), "Backend": backend}
-            if self.subnet_len != 24:
-                config["SubnetLen"] = self.subnet_len
-        self.etcdctl("put", "/coreos.com/network/config", json.dumps(config))
-
-    def etcd_leases(self) -> dict[str, dict]:
-        """key -> lease JSON of everything under /coreos.com/network/subnets."""
-        out = self.etcdctl("get", "--prefix", "/coreos.com/network/subnets/").stdout.splitlines()
-        return {out[i]: json.loads(out[i + 1]) for i in range(0, len(out) - 1, 2)}
-
     # -- nodes ----------------------------------------------------------------------------
     def _node_cmd(self, host: Host) -> tuple[list[str], str]:
         """The command that runs ``host``'s node, and the log line that says it is up."""
@@ -491,14 +400,3 @@ class Lab:
                 name, _, value = line.rpartition(" ")
                 values[name] = float(value)
         return values
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(3)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(3)

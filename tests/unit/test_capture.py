@@ -1,0 +1,120 @@
+"""pcapng writing, filters, rotation and limits of the capture sinks (no root needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.utils import PcapNgReader
+
+from vxlan.capture import INBOUND, OVERLAY, UNDERLAY, FileSink, Filter
+from vxlan.wire import DropReason
+
+OWN, PEER = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+
+def inner(proto="icmp", dst="10.5.1.2"):
+    l4 = {"icmp": ICMP(), "tcp": TCP(sport=1, dport=80), "udp": UDP(sport=5, dport=53)}[proto]
+    return bytes(IP(src="10.5.2.2", dst=dst) / l4)
+
+
+def records(n=1):
+    out = []
+    for i in range(n):
+        pkt = inner()
+        vx = bytes(VXLAN(vni=42) / Ether(dst=OWN, src=PEER, type=0x0800) / pkt)
+        t = 1_764_000_000_000_000_000 + i * 1000
+        out.append((t, UNDERLAY, INBOUND, 0, "198.18.0.2", 40000, "198.18.0.1", 8472, len(vx), vx))
+        out.append((t + 1, OVERLAY, INBOUND, 0, "0.0.0.0", 0, "0.0.0.0", 0, len(pkt), pkt))
+    bad = bytes(VXLAN(vni=7) / Ether(dst=OWN, src=PEER, type=0x0800) / inner())
+    out.append((t + 2, UNDERLAY, INBOUND, int(DropReason.WRONG_VNI), "198.18.0.2", 40000, "198.18.0.1", 8472,
+                len(bad), bad))
+    return out
+
+
+def read(path):
+    with PcapNgReader(str(path)) as reader:
+        return list(reader)
+
+
+def test_pcapng_readable_with_interfaces_directions_and_comments(tmp_path):
+    path = tmp_path / "c.pcapng"
+    sink = FileSink(path, 2048, Filter())
+    sink.feed(records(2))
+    sink.close()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    pkts = read(path)
+    assert len(pkts) == 5
+    assert [p.sniffed_on for p in pkts[:2]] == ["underlay", "overlay"]
+    assert all(p.direction == INBOUND for p in pkts)
+    first = IP(bytes(pkts[0]))
+    assert first.src == "198.18.0.2" and first[UDP].dport == 8472 and first[VXLAN].vni == 42
+    assert first[VXLAN][Ether][ICMP] is not None
+    assert IP(bytes(pkts[1]))[ICMP] is not None
+    assert pkts[-1].comments == [b"drop: wrong_vni"]
+    assert abs(float(pkts[0].time) - 1_764_000_000.0) < 1e-3  # microsecond resolution
+
+
+def test_tshark_decodes_vxlan_on_8472(tmp_path):
+    tshark = subprocess.run(["which", "tshark"], capture_output=True, text=True).stdout.strip()
+    if not tshark:
+        pytest.fail("tshark is not installed (make install)")
+    path = tmp_path / "c.pcapng"
+    sink = FileSink(path, 2048, Filter())
+    sink.feed(records(1))
+    sink.close()
+    out = subprocess.run([tshark, "-r", str(path), "-d", "udp.port==8472,vxlan", "-T", "fields",
+                          "-e", "frame.interface_name", "-e", "vxlan.vni", "-e", "icmp.type", "-e", "frame.comment"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].split("\t")[:3] == ["underlay", "42", "8"]
+    assert out[1].split("\t")[:3] == ["overlay", "", "8"]
+    assert "drop: wrong_vni" in out[2]
+
+
+def test_filters():
+    recs = records(1)
+    assert all(Filter.parse("").match(r) for r in recs)
+    assert [Filter.parse("proto=tcp").match(r) for r in recs] == [False, False, False]
+    assert [Filter.parse("proto=icmp host=10.5.1.2").match(r) for r in recs] == [True, True, True]
+    assert [Filter.parse("net=10.9.0.0/16").match(r) for r in recs] == [False, False, False]
+    assert [Filter.parse("peer=198.18.0.9").match(r) for r in recs] == [False, True, False]
+    for bad in ("proto", "color=red", "peer=1.2.3", "net=10.0.0.0/33"):
+        with pytest.raises(ValueError, match="capture filter term"):
+            Filter.parse(bad)
+
+
+def test_count_limit_and_rotation(tmp_path):
+    path = tmp_path / "c.pcapng"
+    sink = FileSink(path, 2048, Filter(), count=3)
+    sink.feed(records(5))
+    assert sink.done and len(read(path)) == 3
+    rot = FileSink(tmp_path / "r.pcapng", 2048, Filter(), max_bytes=600)
+    for _ in range(4):
+        rot.feed(records(1))
+    rot.close()
+    assert len(rot.files) >= 3 and rot.files[1].name == "r.pcapng.1"
+    assert sum(len(read(f)) for f in rot.files) == 12  # complete and readable, every one
+
+
+def test_unwritable_path_fails_at_once(tmp_path):
+    with pytest.raises(OSError):
+        FileSink(tmp_path / "missing-dir" / "c.pcapng", 2048, Filter())
+
+
+def test_decode_prints_a_table(tmp_path):
+    path = tmp_path / "c.pcapng"
+    sink = FileSink(path, 2048, Filter())
+    sink.feed(records(1))
+    sink.close()
+    out = subprocess.run([sys.executable, "-m", "vxlan.ctl", "decode", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "198.18.0.2:40000 > 198.18.0.1:8472 VNI 42" in lines[1] and "ICMP 10.5.2.2 > 10.5.1.2" in lines[1]
+    assert lines[3].rstrip().endswith("wrong_vni")
+    bad = subprocess.run([sys.executable, "-m", "vxlan.ctl", "decode", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "none" in bad.stderr

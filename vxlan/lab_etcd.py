@@ -1,0 +1,98 @@
+"""The etcd part of the lab: members in the underlay namespace, etcdctl, the seed config.
+
+A mixin of ``vxlan.lab.Lab`` (kept apart so that the topology code stays readable). Members
+listen on 198.18.0.251+ on the underlay bridge and start with the fast single-node timings
+from reference/dependencies.md (heartbeat 10 ms, election 100 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vxlan.labutil import LabError, sh, stop_process
+
+
+@dataclass
+class EtcdMember:
+    index: int
+    ip: str
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"m{self.index}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ip}:2379"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:2380"
+
+
+class EtcdLabMixin:
+    """Needs from the Lab: ``etcd`` (members), ``prefix``, ``underlay_ns``, ``popen``, ``vni``,
+    ``port``, ``network``, ``subnet_len``."""
+
+    @property
+    def etcd_endpoints(self) -> str:
+        return ",".join(m.client_url for m in self.etcd)
+
+    def start_etcd(self, member: EtcdMember, wait: bool = True) -> None:
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.etcd)
+        cmd = ["etcd", "--name", member.name, "--data-dir", str(member.data_dir),
+               "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
+               "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
+               "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
+               "--initial-cluster-state", "new", "--heartbeat-interval", "10", "--election-timeout", "100"]
+        with open(member.log_path, "ab") as log:
+            member.proc = self.popen(self.underlay_ns, cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        if wait:
+            self._wait_etcd(member)
+
+    def _wait_etcd(self, member: EtcdMember, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if member.proc is not None and member.proc.poll() is not None:
+                break
+            if self.etcdctl("endpoint", "health", endpoints=member.client_url, check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        tail = member.log_path.read_text(errors="replace")[-2000:] if member.log_path.exists() else ""
+        raise LabError(f"etcd member {member.name} did not become healthy:\n{tail}")
+
+    def stop_etcd(self, member: EtcdMember) -> None:
+        if member.proc is not None:
+            stop_process(member.proc)
+            member.proc = None
+
+    def etcdctl(self, *args: str, endpoints: str | None = None, check: bool = True,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env_cmd = ["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", endpoints or self.etcd_endpoints,
+                   "--command-timeout=5s", *args]
+        return sh(env_cmd, ns=self.underlay_ns, check=check, input=input)
+
+    def put_config(self, config: dict | None = None) -> None:
+        if config is None:
+            backend: dict = {"Type": "vxlan"}
+            if self.vni != 1:
+                backend["VNI"] = self.vni
+            if self.port != 8472:
+                backend["Port"] = self.port
+            config = {"Network": str(self.network), "Backend": backend}
+            if self.subnet_len != 24:
+                config["SubnetLen"] = self.subnet_len
+        self.etcdctl("put", "/coreos.com/network/config", json.dumps(config))
+
+    def etcd_leases(self) -> dict[str, dict]:
+        """key -> lease JSON of everything under /coreos.com/network/subnets."""
+        out = self.etcdctl("get", "--prefix", "/coreos.com/network/subnets/").stdout.splitlines()
+        return {out[i]: json.loads(out[i + 1]) for i in range(0, len(out) - 1, 2)}
