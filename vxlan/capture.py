@@ -218,6 +218,66 @@ class StreamSink:
         self.done = True
 
 
+def describe(record: Record) -> str:
+    """One line for --trace: direction, interface, peer, inner 5-tuple, length, drop reason."""
+    ts_ns, iface, direction, reason, saddr, sport, daddr, dport, orig_len, data = record
+    arrow = "in " if direction == INBOUND else "out"
+    inner = data[HEADROOM:] if iface == UNDERLAY else data
+    where = "underlay" if iface == UNDERLAY else "overlay "
+    peer = ""
+    if iface == UNDERLAY:
+        peer = f" peer {saddr if direction == INBOUND else daddr}"
+    what = "non-IP"
+    if len(inner) >= 20 and inner[0] >> 4 == 4:
+        proto = inner[9]
+        src, dst = ipaddress.IPv4Address(inner[12:16]), ipaddress.IPv4Address(inner[16:20])
+        hl = (inner[0] & 0x0F) * 4
+        name = {1: "icmp", 6: "tcp", 17: "udp"}.get(proto, f"proto {proto}")
+        if proto in (6, 17) and len(inner) >= hl + 4:
+            sp, dp = struct.unpack("!HH", inner[hl:hl + 4])
+            what = f"{name} {src}:{sp} > {dst}:{dp}"
+        else:
+            what = f"{name} {src} > {dst}"
+    elif len(inner) >= 40 and inner[0] >> 4 == 6:
+        what = "ipv6"
+    drop = f" DROP {DropReason(reason).label}" if reason else ""
+    return f"trace {arrow} {where}{peer} {what} len {orig_len}{drop}"
+
+
+class TraceSink:
+    """--trace: one line per packet to a stream (stderr), at most ``per_second`` lines a second;
+    what is suppressed is counted and said once a second."""
+
+    def __init__(self, out, per_second: int = 100, capture_filter: Filter | None = None) -> None:
+        self.out, self.per_second, self.filter = out, per_second, capture_filter or Filter()
+        self.done = False
+        self._second = 0
+        self._lines = 0
+        self.suppressed = 0
+
+    def feed(self, records: list[Record]) -> None:
+        lines = []
+        for record in records:
+            if not self.filter.match(record):
+                continue
+            second = record[0] // 1_000_000_000
+            if second != self._second:
+                if self.suppressed:
+                    lines.append(f"trace: {self.suppressed} lines suppressed (limit {self.per_second}/s)")
+                self._second, self._lines, self.suppressed = second, 0, 0
+            if self._lines >= self.per_second:
+                self.suppressed += 1
+                continue
+            self._lines += 1
+            lines.append(describe(record))
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        self.done = True
+
+
 class CaptureHub:
     """Drains the engine's capture rings off the hot path and feeds the sinks. Capture is on
     in the engine exactly while at least one sink is attached."""

@@ -120,6 +120,10 @@ def vxland_parser() -> argparse.ArgumentParser:
                      help="rotate to PATH.1, PATH.2 ... past this size (e.g. 100M; 0: never)")
     cap.add_argument("--capture-snaplen", type=int, default=int(_env("capture-snaplen", "2048") or 2048),
                      help="bytes kept of each packet, 64-65535 (default 2048; the rings take 8192 x this)")
+    cap.add_argument("--trace", action="store_true", default=_env("trace", "") not in ("", "0", "false"),
+                     help="one line per packet to stderr (direction, peer, inner 5-tuple, length, drop reason)")
+    cap.add_argument("--trace-rate", type=int, default=int(_env("trace-rate", "100") or 100),
+                     help="at most this many --trace lines a second; the rest are counted (default 100)")
     cap.add_argument("--debug-allow", action="append", type=_cidr, default=[],
                      help="also answer /debug/* (packet capture) for clients in this CIDR; repeatable "
                           "(default: loopback only)")
@@ -175,6 +179,9 @@ def vxland_main(argv: list[str] | None = None) -> int:
     if not 64 <= args.capture_snaplen <= 65535:
         log.error("--capture-snaplen %d: must be 64..65535", args.capture_snaplen)
         return 2
+    if args.trace_rate < 1:
+        log.error("--trace-rate %d: must be 1 or more", args.trace_rate)
+        return 2
     if args.capture_count < 0:
         log.error("--capture-count %d: must be 0 or more", args.capture_count)
         return 2
@@ -198,7 +205,8 @@ def vxland_main(argv: list[str] | None = None) -> int:
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                    offload=not args.no_offload, capture=args.capture, capture_filter=args.capture_filter,
                    capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,
-                   capture_snaplen=args.capture_snaplen, debug_allow=tuple(args.debug_allow))
+                   capture_snaplen=args.capture_snaplen, debug_allow=tuple(args.debug_allow),
+                   trace_rate=args.trace_rate if args.trace else 0)
     try:
         return uvloop.run(Daemon(opts, registry).run())
     except StartupError as exc:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import fastpath
 from vxlan import debug_http, netconf, subnetenv, wire
-from vxlan.capture import DEFAULT_SNAPLEN, CaptureHub, FileSink, Filter
+from vxlan.capture import DEFAULT_SNAPLEN, CaptureHub, FileSink, Filter, TraceSink
 from vxlan.config import ConfigError
 from vxlan.dataplane import DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
 from vxlan.health import MetricsSource, start_health_server
@@ -47,6 +48,7 @@ class Options:
     capture_max_bytes: int = 0
     capture_snaplen: int = DEFAULT_SNAPLEN
     debug_allow: tuple = ()  # networks besides loopback that may use /debug/*
+    trace_rate: int = 0  # --trace: lines per second to stderr (0: off)
 
 
 class Daemon:
@@ -144,6 +146,10 @@ class Daemon:
         if threaded:
             self.hub = CaptureHub(self.codec, self.opts.capture_snaplen)
             self._cleanups.append(self.hub.close)
+        if self.opts.trace_rate:
+            if self.hub is None:
+                raise StartupError("--trace needs the compiled data plane")
+            self.hub.add(TraceSink(sys.stderr, self.opts.trace_rate, Filter.parse(self.opts.capture_filter)))
         if self.opts.capture is not None:
             if self.hub is None:
                 raise StartupError("--capture needs the compiled data plane (VXLAN_PURE_PYTHON is set or the "

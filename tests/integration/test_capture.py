@@ -116,3 +116,17 @@ def test_debug_capture_endpoint_streams_and_refuses_strangers():
         assert bad == "400"
         pinger.wait(10)
         assert lab.metrics(v1)['vxland_drops_total{reason="send_failed"}'] == 0
+
+
+def test_trace_lines_on_stderr_rate_limited():
+    with Lab(["vxland", "vxland"]) as lab:
+        v1, v2 = lab.hosts
+        lab.stop_vxland(v1)
+        v1.extra_args = ["--trace", "--trace-rate", "5"]
+        lab.start_node(v1)
+        assert lab.ping(v2, v1, count=20, interval=0.01).returncode == 0
+        assert wait_for(lambda: "lines suppressed (limit 5/s)" in lab.log(v1) or
+                        lab.log(v1).count("trace ") >= 5, timeout=5)
+        log = lab.log(v1)
+        assert f"trace in  underlay peer {v2.public_ip} icmp {v2.pod_ip} > {v1.pod_ip}" in log
+        assert log.count("\ntrace ") <= 5 + 5  # two seconds at most: the limit holds

@@ -118,3 +118,23 @@ def test_decode_prints_a_table(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vxlan.ctl", "decode", str(tmp_path / "none")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "none" in bad.stderr
+
+
+def test_trace_lines_and_rate_limit():
+    import io
+
+    from vxlan.capture import TraceSink, describe
+
+    recs = records(1)
+    assert describe(recs[0]) == "trace in  underlay peer 198.18.0.2 icmp 10.5.2.2 > 10.5.1.2 len 50"
+    assert describe(recs[1]) == "trace in  overlay  icmp 10.5.2.2 > 10.5.1.2 len 28"
+    assert describe(recs[2]).endswith("DROP wrong_vni")
+    out = io.StringIO()
+    sink = TraceSink(out, per_second=2)
+    same_second = [(r[0],) + r[1:] for r in records(3)]  # 7 records within one second
+    sink.feed(same_second)
+    assert len(out.getvalue().splitlines()) == 2 and sink.suppressed == 5
+    later = (same_second[0][0] + 2_000_000_000,) + same_second[0][1:]
+    sink.feed([later])
+    lines = out.getvalue().splitlines()
+    assert lines[2] == "trace: 5 lines suppressed (limit 2/s)" and lines[3].startswith("trace in  underlay")
