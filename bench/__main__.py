@@ -8,6 +8,8 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
 - ``kernel-vxland``: kernel vxlan node -> vxland
 - ``pure``: vxland <-> vxland with the pure-Python reference data plane
 - ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
+- ``nohook``: vxland <-> vxland built with the capture hook compiled out (what the hook costs
+  when capture is off: compare with ``vxland``)
 
 For each: iperf3 TCP with 1 and 4 streams, UDP with 64-byte payloads (receiver pps under an
 unlimited flood, and the highest offered rate with < 1 % loss), ping RTT p50/p99 without load,
@@ -41,6 +43,7 @@ SCENARIOS = {
     "kernel-vxland": (["vxland", "kernel"], 1, 0, False),
     "pure": (["vxland", "vxland"], 0, 1, True),
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
+    "nohook": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland built without the capture hook
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb"]
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             kinds, _, _, pure = SCENARIOS[name]
             # The anchor keeps checksum offload on, as flannel nodes have it; labs with a
             # userspace receiver of kernel traffic need it off on the kernel side (lab.py).
-            lab = Lab(kinds, pure_python=pure, kernel_tx_off=(name != "kernel")).__enter__()
+            env = {"VXLAN_FASTPATH_BUILD": "nocapture"} if name == "nohook" else None
+            lab = Lab(kinds, pure_python=pure, kernel_tx_off=(name != "kernel"), env=env).__enter__()
             labs[name] = lab
             if name == "capture":
                 for host in lab.hosts:

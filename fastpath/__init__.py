@@ -22,8 +22,12 @@ if os.environ.get("VXLAN_PURE_PYTHON", "") not in ("", "0"):
     FALLBACK_REASON = "VXLAN_PURE_PYTHON is set"
 else:
     try:
-        from fastpath._fastpath import Codec as _CompiledCodec
-        from fastpath._fastpath import Engine as _Engine
+        if os.environ.get("VXLAN_FASTPATH_BUILD") == "nocapture":  # bench only: no capture hook
+            from fastpath._fastpath_nocapture import Codec as _CompiledCodec
+            from fastpath._fastpath_nocapture import Engine as _Engine
+        else:
+            from fastpath._fastpath import Codec as _CompiledCodec
+            from fastpath._fastpath import Engine as _Engine
     except ImportError as exc:  # not built, or built for another Python
         FALLBACK_REASON = f"compiled extension unavailable ({exc}); run 'pip install -e .'"
 
