@@ -337,10 +337,6 @@ class Lab(EtcdLabMixin):
         if changed or self.registry == "etcd":
             self._address_pod(host)
 
-    # The issue-2 name, kept for the tests and demo that start vxland hosts by hand.
-    def start_vxland(self, host: Host, wait_s: float = 20.0) -> None:
-        self.start_node(host, wait_s)
-
     def stop_vxland(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
         """Signal the node and wait; returns its exit status."""
         assert host.proc is not None
