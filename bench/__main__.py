@@ -46,7 +46,8 @@ SCENARIOS = {
     "nohook": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland built without the capture hook
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
-           "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb"]
+           "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb", "udp64_daemon_cpu_us_per_pkt"]
+FIXED_PPS = 50_000  # offered rate for the CPU-per-packet figure: well below every scenario's limit
 
 
 def measure_once(lab: Lab, client_i: int, server_i: int, seconds: float, search_steps: int) -> dict[str, float]:
@@ -65,6 +66,11 @@ def measure_once(lab: Lab, client_i: int, server_i: int, seconds: float, search_
     out["udp64_lossless_pps"] = measure.udp_lossless_pps(lab, client, server, min(seconds, 3), flood_pps,
                                                          steps=search_steps)
     out["rtt_p50_ms"], out["rtt_p99_ms"] = measure.ping_rtt_ms(lab, client, server)
+    # CPU per small packet at a fixed rate: steadier than a loss threshold for comparing builds
+    with measure.CpuMeter(lab) as cpu:
+        fixed, _ = measure.iperf3(lab, client, server, min(seconds, 5), udp_rate=str(FIXED_PPS * 64 * 8), length=64)
+    if cpu.procs and fixed.packets:
+        out["udp64_daemon_cpu_us_per_pkt"] = cpu.daemon_s / fixed.packets * 1e6
     return out
 
 

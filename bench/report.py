@@ -13,13 +13,14 @@ LABELS = {
     "rtt_p99_ms": ("RTT p99", "ms"),
     "daemon_cpu_s_per_gb": ("daemon CPU", "s/GB"),
     "machine_cpu_s_per_gb": ("machine CPU", "s/GB"),
+    "udp64_daemon_cpu_us_per_pkt": ("daemon CPU per 64 B packet at 50k pps", "us"),
 }
 
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "pps":
         return f"{value:,.0f}"
-    if unit == "ms":
+    if unit in ("ms", "us"):
         return f"{value:.3f}"
     return f"{value:.2f}"
 
