@@ -100,39 +100,41 @@ void vx_core_free(vx_core *c) {
     pthread_mutex_destroy(&c->lock);
 }
 
+/* Deletion from a linear-probing table by backward shift, so that no probe chain breaks:
+ * later entries of the chain move into the hole unless their home slot lies after it.
+ * One definition per table type (C has no generics); OCCUPIED and CLEAR name the slot test. */
+#define DEFINE_SHIFT_DELETE(name, type, OCCUPIED, CLEAR)                                          \
+    static void name(type *t, uint32_t cap, uint32_t i) {                                        \
+        uint32_t j = i;                                                                          \
+        for (;;) {                                                                               \
+            CLEAR(t[i]);                                                                         \
+            for (;;) {                                                                           \
+                j = (j + 1) & (cap - 1);                                                         \
+                if (!OCCUPIED(t[j])) return;                                                     \
+                uint32_t home = hash32(t[j].key) & (cap - 1);                                    \
+                if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) break;           \
+            }                                                                                    \
+            t[i] = t[j];                                                                         \
+            i = j;                                                                               \
+        }                                                                                        \
+    }
+#define PEER_USED(e) ((e).used)
+#define PEER_CLEAR(e) ((e).used = 0)
+#define SENDER_USED(e) ((e).key)
+#define SENDER_CLEAR(e) ((e).key = 0)
+DEFINE_SHIFT_DELETE(peer_table_delete, vx_peer, PEER_USED, PEER_CLEAR)
+DEFINE_SHIFT_DELETE(sender_table_delete, vx_sender, SENDER_USED, SENDER_CLEAR)
+
 static void sender_unref(vx_core *c, uint32_t ip) {
     vx_sender *s = sender_slot(c->senders, c->sender_cap, ip);
     if (!s->key || --s->count) return;
-    /* delete with backward-shift so probe chains stay intact */
-    uint32_t cap = c->sender_cap, i = (uint32_t)(s - c->senders), j = i;
     c->sender_count--;
-    for (;;) {
-        c->senders[i].key = 0;
-        for (;;) {
-            j = (j + 1) & (cap - 1);
-            if (!c->senders[j].key) return;
-            uint32_t home = hash32(c->senders[j].key) & (cap - 1);
-            if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) break;
-        }
-        c->senders[i] = c->senders[j];
-        i = j;
-    }
+    sender_table_delete(c->senders, c->sender_cap, (uint32_t)(s - c->senders));
 }
 
 static void peer_delete(vx_core *c, vx_peer *p) {
-    uint32_t cap = c->peer_cap, i = (uint32_t)(p - c->peers), j = i;
     c->peer_count--;
-    for (;;) {
-        c->peers[i].used = 0;
-        for (;;) {
-            j = (j + 1) & (cap - 1);
-            if (!c->peers[j].used) return;
-            uint32_t home = hash32(c->peers[j].key) & (cap - 1);
-            if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) break;
-        }
-        c->peers[i] = c->peers[j];
-        i = j;
-    }
+    peer_table_delete(c->peers, c->peer_cap, (uint32_t)(p - c->peers));
 }
 
 int vx_remove_peer(vx_core *c, uint32_t subnet) {

@@ -23,6 +23,10 @@ def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get("FLANNELD_" + flag.upper().replace("-", "_"), default)
 
 
+def _env_bool(flag: str) -> bool:
+    return (_env(flag, "") or "").lower() not in ("", "0", "false")
+
+
 def _ipv4(text: str) -> str:
     try:
         return str(ipaddress.IPv4Address(text))
@@ -106,7 +110,7 @@ def vxland_parser() -> argparse.ArgumentParser:
                             "re-read when it changes")
     extra.add_argument("--tun-name", default=_env("tun-name"),
                        help="TUN device name (default flannel.<VNI>)")
-    extra.add_argument("--no-offload", action="store_true", default=_env("no-offload", "") not in ("", "0", "false"),
+    extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
     cap = p.add_argument_group("capture (debugging)")
     cap.add_argument("--capture", type=Path, default=_env("capture"),
@@ -120,7 +124,7 @@ def vxland_parser() -> argparse.ArgumentParser:
                      help="rotate to PATH.1, PATH.2 ... past this size (e.g. 100M; 0: never)")
     cap.add_argument("--capture-snaplen", type=int, default=int(_env("capture-snaplen", "2048") or 2048),
                      help="bytes kept of each packet, 64-65535 (default 2048; the rings take 8192 x this)")
-    cap.add_argument("--trace", action="store_true", default=_env("trace", "") not in ("", "0", "false"),
+    cap.add_argument("--trace", action="store_true", default=_env_bool("trace"),
                      help="one line per packet to stderr (direction, peer, inner 5-tuple, length, drop reason)")
     cap.add_argument("--trace-rate", type=int, default=int(_env("trace-rate", "100") or 100),
                      help="at most this many --trace lines a second; the rest are counted (default 100)")

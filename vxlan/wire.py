@@ -107,7 +107,7 @@ def vxlan_header(vni: int) -> bytes:
 
 
 def encap_template(vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
-    """The 22 bytes written in front of an IPv4 packet for one peer; IPv6 patches the type."""
+    """The 22 bytes written in front of an IPv4 packet for one peer (IPv6 is not carried yet)."""
     if len(dst_mac) != 6 or len(src_mac) != 6:
         raise ValueError("MAC addresses are 6 bytes")
     return vxlan_header(vni) + dst_mac + src_mac + ETH_P_IP.to_bytes(2, "big")

@@ -129,3 +129,26 @@ def test_encap_equivalent(packets):
         ok = codec.encap_batch(bufs, [len(p) for p in packets], len(packets), verdicts, dests)
         results.append((ok, [int(v) for v in verdicts], dests, bufs, codec.drop_counts()))
     assert results[0] == results[1]
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 400), st.integers(1, 40)), max_size=600))
+def test_peer_table_churn_equivalent(ops):
+    """Many set/remove operations (the C table grows, deletes by backward shift, shares
+    sender refcounts): both codecs route and accept exactly alike afterwards."""
+    pair = [cls(7, OWN_MAC, 24, MTU, 8472) for cls in (wire.Codec, compiled_codec())]
+    for add, n, host in ops:
+        subnet = (10 << 24) | (n << 8)
+        for codec in pair:
+            if add:
+                codec.set_peer(subnet, bytes([2, 0, 0, 0, host, 1]), f"198.18.1.{host}")
+            else:
+                codec.remove_peer(subnet)
+    assert pair[0].peer_count() == pair[1].peer_count()
+    for n in range(0, 401, 7):
+        packet = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20, 0, 0, 64, 17, 0, bytes(4), bytes([10, n >> 8, n & 255, 9]))
+        assert wire.encap_one(pair[0], packet) == wire.encap_one(pair[1], packet)
+    datagram = bytes([8, 0, 0, 0, 0, 0, 7, 0]) + OWN_MAC + bytes(6) + b"\x08\x00" + bytes([0x45, 0, 0, 20]) + bytes(16)
+    for host in range(1, 41):
+        sender = f"198.18.1.{host}"
+        assert wire.decap_one(pair[0], datagram, sender) == wire.decap_one(pair[1], datagram, sender)
