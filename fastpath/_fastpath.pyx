@@ -86,6 +86,7 @@ cdef extern from "vxengine.h" nogil:
     int vx_encap(vx_core *c, uint8_t *buf, int len, sockaddr_in *dest)
     int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_len)
     uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc)
+    uint64_t vx_csum_add_portable(const uint8_t *p, size_t n, uint64_t acc)
     uint16_t vx_csum_fold(uint64_t acc)
     int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                        int max_segs, int *hdr_stride, int *hdr_len)
@@ -314,10 +315,14 @@ cdef class Engine(Codec):
 
 # -- the offload code, exposed for the tests ------------------------------------------------
 
-def checksum(data) -> int:
-    """Folded (not inverted) Internet checksum of ``data`` as a big-endian 16-bit value."""
+def checksum(data, bint portable=False) -> int:
+    """Folded (not inverted) Internet checksum of ``data`` as a big-endian 16-bit value.
+
+    ``portable`` forces the plain C loop instead of the CPU-specific one, so that the tests
+    check both."""
     cdef bytes b = bytes(data)
-    cdef uint16_t s = vx_csum_fold(vx_csum_add(<const uint8_t*>PyBytes_AS_STRING(b), len(b), 0))
+    cdef const uint8_t *p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef uint16_t s = vx_csum_fold(vx_csum_add_portable(p, len(b), 0) if portable else vx_csum_add(p, len(b), 0))
     cdef uint8_t out[2]
     memcpy(out, &s, 2)
     return (out[0] << 8) | out[1]

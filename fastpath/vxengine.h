@@ -86,7 +86,8 @@ int vx_encap(vx_core *c, uint8_t *buf, int len, struct sockaddr_in *dest);
 int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int *inner_len);
 
 /* Internet checksum (RFC 1071): partial sums over native 16-bit words, fold at the end. */
-uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc);
+uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc);  /* AVX2 where the CPU has it */
+uint64_t vx_csum_add_portable(const uint8_t *p, size_t n, uint64_t acc);
 uint16_t vx_csum_fold(uint64_t acc);  /* folded, not inverted, in memory order */
 uint64_t vx_pseudo_v4(const uint8_t *iph, uint8_t proto, uint16_t l4_len);
 int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,15 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 @given(st.binary(max_size=3000))
 def test_checksum_matches_reference(data):
     assert fp.checksum(data) == ref.checksum(data)
+    assert fp.checksum(data, portable=True) == ref.checksum(data)
+
+
+@pytest.mark.parametrize("size", [127, 128, 129, 191, 1450, 65535, 65536, 200_000])
+@pytest.mark.parametrize("fill", [0x00, 0xFF, 0x80])
+def test_checksum_extremes(size, fill):
+    """Lengths around the vector loop's edges, and all-ones words, which carry the most."""
+    data = bytes([fill]) * size
+    assert fp.checksum(data) == fp.checksum(data, portable=True) == ref.checksum(data)
 
 
 @settings(max_examples=300, **SETTINGS)
