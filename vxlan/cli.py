@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -71,39 +72,108 @@ def _cidr(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR like 10.0.0.0/8") from None
 
 
+def _gobool(text: str) -> bool:
+    """Go's strconv.ParseBool, which flanneld's bool flags use (``--ip-masq=false``)."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true or false)")
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _env_list(flag: str) -> list[str]:
+    """A repeatable flag from the environment: comma-separated, as flanneld's flagSlice.Set."""
+    value = _env(flag, "") or ""
+    return [v for v in value.split(",") if v]
+
+
+# Kubernetes subnet-manager flags (flanneld main.go): accepted so that a flanneld command line
+# parses, then refused with one clear message if any is used.
+KUBE_FLAGS = {"kube-subnet-mgr": "false", "kube-api-url": "", "kubeconfig-file": "",
+              "kube-annotation-prefix": "flannel.alpha.coreos.com",
+              "net-config-path": "/etc/kube-flannel/net-conf.json", "set-node-network-unavailable": "true"}
+# klog flags flanneld inherits; accepted and ignored (vxland's -v has the same meaning).
+KLOG_FLAGS = ("vmodule", "log_backtrace_at", "logtostderr", "alsologtostderr", "stderrthreshold", "log_dir",
+              "log_file")
+
+
 def vxland_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vxland",
         description="Userspace VXLAN data plane for flannel overlays (no kernel vxlan module needed). "
-                    "Joins the flannel network in etcd, or a static registry file.",
-        epilog="Every flag can also be set as FLANNELD_<FLAG> in the environment (flag wins).",
+                    "A drop-in for flanneld: same flags, same etcd keys, same subnet.env. Joins the "
+                    "flannel network in etcd, or a static registry file.",
+        epilog="Every flag can also be set as FLANNELD_<FLAG> in the environment (the command line wins); "
+               "repeatable flags take a comma-separated list there. As with flanneld, -flag and --flag "
+               "are the same, and boolean flags take =true or =false.",
     )
-    flannel = p.add_argument_group("flanneld flags")
-    flannel.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS),
-                         help=f"comma-separated etcd endpoints (default {DEFAULT_ENDPOINTS})")
-    flannel.add_argument("--etcd-prefix", default=_env("etcd-prefix", "/coreos.com/network"),
-                         help="etcd prefix of the network config and leases (default /coreos.com/network)")
-    flannel.add_argument("--etcd-keyfile", default=_env("etcd-keyfile"), help="TLS key for etcd")
-    flannel.add_argument("--etcd-certfile", default=_env("etcd-certfile"), help="TLS certificate for etcd")
-    flannel.add_argument("--etcd-cafile", default=_env("etcd-cafile"), help="CA to verify etcd's certificate")
-    flannel.add_argument("--etcd-username", default=_env("etcd-username"), help="etcd user")
-    flannel.add_argument("--etcd-password", default=_env("etcd-password"), help="etcd password")
-    flannel.add_argument("--subnet-file", type=Path, default=Path(_env("subnet-file", "/run/flannel/subnet.env")),
-                         help="where to write the subnet.env (default /run/flannel/subnet.env)")
-    flannel.add_argument("--subnet-lease-renew-margin", type=_minutes,
-                         default=_env("subnet-lease-renew-margin", "60"),
-                         help="renew the lease this many minutes before it expires (1..1439, default 60)")
-    flannel.add_argument("--iface", default=_env("iface"),
-                         help="underlay interface, by name or IPv4 address (default: the interface "
-                              "of the default route)")
-    flannel.add_argument("--public-ip", type=_ipv4, default=_env("public-ip"),
-                         help="IP other nodes reach this one at; goes into our lease (default: --iface's address)")
-    flannel.add_argument("--healthz-ip", type=_ipv4, default=_env("healthz-ip", "0.0.0.0"),
-                         help="address for /healthz and /metrics (default 0.0.0.0)")
-    flannel.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
-                         help="port for /healthz and /metrics; 0 disables them (default 0)")
-    flannel.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1,
-                         default=int(_env("v", "0") or 0), help="log verbosity; 1 or more logs debug lines")
+
+    def boolean(group, flag: str, default: bool, help_text: str) -> None:
+        env = _env(flag)
+        group.add_argument(f"--{flag}", type=_gobool, nargs="?", const=True, metavar="BOOL",
+                           default=_gobool(env) if env else default,
+                           help=f"{help_text} (default {str(default).lower()})")
+
+    etcd = p.add_argument_group("flanneld flags: etcd")
+    etcd.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS),
+                      help=f"comma-separated etcd endpoints (default {DEFAULT_ENDPOINTS})")
+    etcd.add_argument("--etcd-prefix", default=_env("etcd-prefix", "/coreos.com/network"),
+                      help="etcd prefix of the network config and leases (default /coreos.com/network)")
+    etcd.add_argument("--etcd-keyfile", default=_env("etcd-keyfile"), help="TLS key for etcd")
+    etcd.add_argument("--etcd-certfile", default=_env("etcd-certfile"), help="TLS certificate for etcd")
+    etcd.add_argument("--etcd-cafile", default=_env("etcd-cafile"), help="CA to verify etcd's certificate")
+    etcd.add_argument("--etcd-username", default=_env("etcd-username"), help="etcd user")
+    etcd.add_argument("--etcd-password", default=_env("etcd-password"), help="etcd password")
+    node = p.add_argument_group("flanneld flags: this node")
+    node.add_argument("--iface", action="append", default=_env_list("iface"),
+                      help="underlay interface, by name or IPv4 address; repeatable, the first that exists "
+                           "wins (default: the interface of the default route)")
+    node.add_argument("--iface-regex", action="append", default=_env_list("iface-regex"),
+                      help="regex matched against interface names and IPv4 addresses, if no --iface matched; "
+                           "repeatable")
+    node.add_argument("--iface-can-reach", type=_ipv4, default=_env("iface-can-reach"),
+                      help="use the interface the kernel would route this IPv4 address through")
+    node.add_argument("--public-ip", type=_ipv4, default=_env("public-ip"),
+                      help="IP other nodes reach this one at; goes into our lease (default: the interface's address)")
+    node.add_argument("--public-ipv6", default=_env("public-ipv6"),
+                      help="IPv6 public address (accepted; vxland carries IPv4 overlays only)")
+    node.add_argument("--subnet-file", type=Path, default=Path(_env("subnet-file", "/run/flannel/subnet.env")),
+                      help="where to write the subnet.env (default /run/flannel/subnet.env)")
+    node.add_argument("--subnet-lease-renew-margin", type=_minutes,
+                      default=_env("subnet-lease-renew-margin", "60"),
+                      help="renew the lease this many minutes before it expires (1..1439, default 60)")
+    rules = p.add_argument_group("flanneld flags: iptables and routes")
+    boolean(rules, "ip-masq", False, "masquerade traffic leaving the overlay (flanneld's FLANNEL-POSTRTG rules)")
+    boolean(rules, "ip-masq-fully-random-disable", False, "do not add --random-fully to the MASQUERADE rules")
+    rules.add_argument("--iptables-resync", type=_seconds, default=_seconds(_env("iptables-resync", "5") or "5"),
+                       help="re-check the iptables rules every this many seconds (default 5)")
+    boolean(rules, "iptables-forward-rules", True, "accept forwarding to and from the Network (FLANNEL-FWD)")
+    boolean(rules, "ip-blackhole-route", False, "add a blackhole route for this node's subnet")
+    health = p.add_argument_group("flanneld flags: health and logging")
+    health.add_argument("--healthz-ip", type=_ipv4, default=_env("healthz-ip", "0.0.0.0"),
+                        help="address for /healthz, /readyz, /metrics and /peers (default 0.0.0.0)")
+    health.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
+                        help="port for /healthz, /readyz, /metrics and /peers; 0 disables them (default 0)")
+    health.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1,
+                        default=int(_env("v", "0") or 0), help="log verbosity; 1 or more logs debug lines")
+    for flag in KLOG_FLAGS:
+        health.add_argument(f"--{flag}", default=_env(flag), help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
+    kube = p.add_argument_group("flanneld flags vxland does not support (Kubernetes subnet manager)")
+    for flag, default in KUBE_FLAGS.items():
+        kube.add_argument(f"--{flag}", default=_env(flag, default), nargs="?", const="true",
+                          help="refused with an error: vxland has no Kubernetes subnet manager")
+
     extra = p.add_argument_group("vxland flags")
     extra.add_argument("--registry-file", type=Path, default=_env("registry-file"),
                        help="static mode: read the config and leases from this JSON file instead of etcd; "
@@ -112,7 +182,9 @@ def vxland_parser() -> argparse.ArgumentParser:
                        help="TUN device name (default flannel.<VNI>)")
     extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
-    cap = p.add_argument_group("capture (debugging)")
+    extra.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"),
+                       help="text (default) or json: one object per line with time, level, logger, message")
+    cap = p.add_argument_group("vxland flags: capture (debugging)")
     cap.add_argument("--capture", type=Path, default=_env("capture"),
                      help="write a pcapng of the underlay and the overlay to this file (mode 0600); "
                           "SIGUSR1 stops it and, sent again, starts PATH.c1, PATH.c2 ...")
@@ -131,16 +203,40 @@ def vxland_parser() -> argparse.ArgumentParser:
     cap.add_argument("--debug-allow", action="append", type=_cidr, default=[],
                      help="also answer /debug/* (packet capture) for clients in this CIDR; repeatable "
                           "(default: loopback only)")
-    p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
     return p
 
 
-def setup_logging(verbosity: int) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbosity > 0 else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def go_style_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Go's flag package takes ``-name`` for ``--name``: rewrite those of our long flags."""
+    longs = {opt[2:] for action in parser._actions for opt in action.option_strings if opt.startswith("--")}
+    out = []
+    for arg in argv:
+        if arg == "--":
+            out.extend(argv[len(out):])
+            break
+        if arg.startswith("-") and not arg.startswith("--") and arg[1:].split("=", 1)[0] in longs:
+            arg = "-" + arg
+        out.append(arg)
+    return out
+
+
+def kube_flags_used(args: argparse.Namespace) -> list[str]:
+    """The Kubernetes subnet-manager flags set to anything but flanneld's default."""
+    used = []
+    for flag, default in KUBE_FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"))
+        if flag in ("kube-subnet-mgr", "set-node-network-unavailable"):
+            if _gobool(value) != _gobool(default):
+                used.append(flag)
+        elif value != default:
+            used.append(flag)
+    return used
+
+
+def setup_logging(verbosity: int, fmt: str = "text") -> None:
+    from vxlan import logfmt
+
+    logfmt.setup(verbosity, fmt)
 
 
 def make_registry(args: argparse.Namespace):
@@ -173,9 +269,27 @@ def make_registry(args: argparse.Namespace):
 
 
 def vxland_main(argv: list[str] | None = None) -> int:
-    args = vxland_parser().parse_args(argv)
-    setup_logging(args.verbosity)
+    parser = vxland_parser()
+    args = parser.parse_args(go_style_argv(parser, sys.argv[1:] if argv is None else argv))
+    setup_logging(args.verbosity, args.log_format)
     log = logging.getLogger("vxland")
+    kube = kube_flags_used(args)
+    if kube:
+        log.error("--%s: not supported: vxland has no Kubernetes subnet manager; it takes the network "
+                  "config and leases from etcd (--etcd-endpoints) as flanneld without --kube-subnet-mgr does, "
+                  "or from --registry-file", ", --".join(kube))
+        return 2
+    if args.public_ipv6:
+        log.warning("--public-ipv6 %s ignored: vxland carries IPv4 overlays only", args.public_ipv6)
+    for flag in KLOG_FLAGS:
+        if getattr(args, flag) is not None:
+            log.info("-%s accepted for flanneld compatibility and ignored (use -v)", flag)
+    for pattern in args.iface_regex:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            log.error("--iface-regex %r: %s", pattern, exc)
+            return 2
     import uvloop  # imported late: --help and flag errors should not need it
 
     from vxlan.daemon import Daemon, Options, StartupError
@@ -205,7 +319,11 @@ def vxland_main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
-    opts = Options(subnet_file=args.subnet_file, iface=args.iface, public_ip=args.public_ip,
+    opts = Options(subnet_file=args.subnet_file, iface=tuple(args.iface), iface_regex=tuple(args.iface_regex),
+                   iface_can_reach=args.iface_can_reach, public_ip=args.public_ip,
+                   ip_masq=args.ip_masq, masq_random_fully=not args.ip_masq_fully_random_disable,
+                   iptables_resync_s=args.iptables_resync, iptables_forward_rules=args.iptables_forward_rules,
+                   blackhole_route=args.ip_blackhole_route,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                    offload=not args.no_offload, capture=args.capture, capture_filter=args.capture_filter,
                    capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,

@@ -65,7 +65,10 @@ class NetworkConfig:
         )
 
     def tun_mtu(self, underlay_mtu: int) -> int:
-        """MTU of the tunnel device: Backend.MTU or the underlay's, minus 50 (vxlan_network.go)."""
+        """MTU of the tunnel device: Backend.MTU or the underlay's, minus 50 (vxlan_network.go);
+        host-gw adds no header, so its FLANNEL_MTU is the underlay's (route_network.go:MTU)."""
+        if self.backend.type == "host-gw":
+            return underlay_mtu
         return (self.backend.mtu or underlay_mtu) - wire.ENCAP_OVERHEAD
 
 
@@ -99,9 +102,12 @@ def parse_backend(raw: Any, path: str = "Backend") -> BackendConfig:
     btype = get_ci(raw, "Type", "")
     if not isinstance(btype, str):
         raise ConfigError(f"{path}.Type", f"must be a string, got {json.dumps(btype)}")
+    if btype.lower() == "host-gw":
+        # hostgw.go: no options; routes only, so the MTU is the underlay's.
+        return BackendConfig(type="host-gw", vni=0, port=0)
     if btype.lower() != "vxlan":
         # manager.go:GetBackend lower-cases the type; "" gives flannel's "unknown backend type: ".
-        raise ConfigError(f"{path}.Type", f'unknown backend type: {btype} (vxland provides "vxlan")')
+        raise ConfigError(f"{path}.Type", f'unknown backend type: {btype} (vxland provides "vxlan" and "host-gw")')
     port = _int_field(raw, "Port", path, 0, 0, 65535)
     mtu = _int_field(raw, "MTU", path, 0, 0, 65535)
     if mtu and mtu - wire.ENCAP_OVERHEAD < 68:

@@ -10,6 +10,7 @@ The packet work is in ``dataplane``; this module only wires things together.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fastpath
-from vxlan import debug_http, netconf, subnetenv, wire
+from vxlan import debug_http, iptables, netconf, sdnotify, subnetenv, wire
 from vxlan.capture import DEFAULT_SNAPLEN, CaptureHub, FileSink, Filter, TraceSink
 from vxlan.config import ConfigError
 from vxlan.dataplane import DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Registry, Reset
+from vxlan.routes import CHECK_INTERVAL_S, PeerRoutes
 from vxlan.tun import Tun
 
 log = logging.getLogger("vxland")
@@ -36,11 +38,18 @@ class StartupError(RuntimeError):
 @dataclass(frozen=True)
 class Options:
     subnet_file: Path = Path("/run/flannel/subnet.env")
-    iface: str | None = None
+    iface: tuple[str, ...] = ()
+    iface_regex: tuple[str, ...] = ()
+    iface_can_reach: str | None = None
     public_ip: str | None = None
     tun_name: str | None = None
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    ip_masq: bool = False
+    masq_random_fully: bool = True  # unless --ip-masq-fully-random-disable
+    iptables_resync_s: int = 5
+    iptables_forward_rules: bool = True
+    blackhole_route: bool = False
     offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
     capture: Path | None = None  # --capture: pcapng file, toggled by SIGUSR1
     capture_filter: str | None = None
@@ -60,6 +69,13 @@ class Daemon:
         self.hub: CaptureHub | None = None
         self.capture_sink: FileSink | None = None
         self._capture_files = 0
+        self.ready = False  # /readyz: lease, device, rules and subnet.env in place
+        self.codec = None
+        self.dataplane = None
+        self.peers: PeerTable | None = None
+        self.routes: PeerRoutes | None = None  # host-gw, or vxlan DirectRouting peers
+        self.backend_type = ""
+        self.metrics_source: MetricsSource | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -78,8 +94,12 @@ class Daemon:
             start.result()
             tasks = [asyncio.create_task(self._follow_registry()),
                      asyncio.create_task(self.registry.keep_lease())]
+            if self.routes is not None:
+                tasks.append(asyncio.create_task(self._check_routes()))
+            tasks += self._iptables_tasks
             await self._stop.wait()
             log.info("shutting down")
+            sdnotify.notify("STOPPING=1")
         finally:
             for task in tasks:
                 task.cancel()
@@ -88,30 +108,94 @@ class Daemon:
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._cleanups.append(self.registry.close)
+        self._iptables_tasks: list[asyncio.Task] = []
+        if self.opts.healthz_port:
+            # up before anything else, as flanneld's: /healthz answers and /readyz says 503
+            # while we wait for etcd and the config
+            await self._start_health()
         try:
             config = await self.registry.get_config()
         except ConfigError as exc:
             raise StartupError(f"invalid network config: {exc}") from None
+        self.backend_type = config.backend.type
         try:
-            iface = await asyncio.to_thread(netconf.find_iface, self.opts.iface, self.opts.public_ip)
+            iface = await asyncio.to_thread(netconf.find_iface, self.opts.iface, self.opts.public_ip,
+                                            self.opts.iface_regex, self.opts.iface_can_reach)
         except netconf.NetconfError as exc:
             raise StartupError(str(exc)) from None
         public_ip = self.opts.public_ip or iface.address
+        if config.backend.type == "host-gw" and public_ip != iface.address:
+            # hostgw.go:RegisterNetwork, word for word
+            raise StartupError(f"your PublicIP differs from interface IP, meaning that probably you're on a NAT, "
+                               f"which is not supported by host-gw backend (PublicIP {public_ip}, "
+                               f"{iface.name} {iface.address})")
         try:
             own, others = await self.registry.acquire(config, public_ip, wire.random_vtep_mac())
         except AcquireError as exc:
             raise StartupError(str(exc)) from None
+        mtu = config.tun_mtu(iface.mtu)
+        self.peers = PeerTable(own.subnet, config.subnet_len, config.backend.type)
+        if config.backend.type == "vxlan":
+            tun_name = await self._start_vxlan(loop, config, own, iface, public_ip, mtu)
+            device = f"TUN {tun_name}"
+            if config.backend.direct_routing:
+                self.routes = PeerRoutes()
+        else:
+            self.routes = PeerRoutes(oif=iface.index)
+            device = f"routes via {iface.name}"
+        await self._apply(self.peers.reset(others))
+
+        if self.opts.blackhole_route:
+            try:
+                await asyncio.to_thread(netconf.add_blackhole, own.subnet)
+            except netconf.NetconfError as exc:
+                raise StartupError(str(exc)) from None
+        await self._start_iptables(config.network, own.subnet)
+        try:
+            subnetenv.write(self.opts.subnet_file, config.network, own.subnet, mtu, self.opts.ip_masq)
+        except OSError as exc:
+            raise StartupError(f"cannot write --subnet-file {self.opts.subnet_file}: {exc.strerror}") from None
+
+        mac = wire.mac_to_str(own.vtep_mac) if own.vtep_mac else "none"
+        if self.metrics_source is not None:
+            self.metrics_source.info.update({"backend": config.backend.type, "subnet": str(own.subnet),
+                                             "vni": str(config.backend.vni), "port": str(config.backend.port),
+                                             "vtep_mac": mac})
+        self.ready = True
+        sdnotify.notify(f"READY=1\nSTATUS=subnet {own.subnet}, {len(self.peers)} peers")
+        if config.backend.type == "vxlan":
+            log.info("vxland started: VNI %d, port %d, MTU %d, subnet %s, VtepMAC %s, %d peers "
+                     "(underlay %s %s, public IP %s, %s, fastpath %s, offloads: %s)",
+                     config.backend.vni, config.backend.port, mtu, own.subnet, mac, len(self.peers), iface.name,
+                     iface.address or public_ip, public_ip, device, fastpath.IMPLEMENTATION,
+                     " ".join(self._offload_names) or "none")
+        else:
+            log.info("vxland started: backend host-gw, MTU %d, subnet %s, VtepMAC none, %d peers "
+                     "(underlay %s %s, public IP %s, %s)", mtu, own.subnet, len(self.peers), iface.name,
+                     iface.address, public_ip, device)
+
+    async def _start_health(self) -> None:
+        self.metrics_source = MetricsSource(
+            dataplane=None, codec=None, registry=self._registry_metrics,
+            info={"fastpath": fastpath.IMPLEMENTATION}, ready=lambda: self.ready, peers=self.peer_report)
+        allow = list(self.opts.debug_allow)
+        try:
+            runner = await start_health_server(self.metrics_source, self.opts.healthz_ip, self.opts.healthz_port,
+                                               lambda app: debug_http.add_routes(app, lambda: self.hub, allow))
+        except OSError as exc:
+            raise StartupError(f"cannot serve health on {self.opts.healthz_ip}:"
+                               f"{self.opts.healthz_port}: {exc.strerror}") from None
+        self._cleanups.append(runner.cleanup)
+
+    async def _start_vxlan(self, loop, config, own, iface, public_ip: str, tun_mtu: int) -> str:
+        """The userspace data plane: codec, UDP socket, TUN, engine threads, capture."""
         assert own.vtep_mac is not None
         backend = config.backend
-        tun_mtu = config.tun_mtu(iface.mtu)
         if own.vni is not None and own.vni != backend.vni:
             log.warning("our lease says VNI %d but the config says %d; using the config's", own.vni, backend.vni)
-
         threaded = fastpath.Engine is not None
         codec_cls = fastpath.Engine if threaded else fastpath.Codec
         self.codec = codec_cls(backend.vni, own.vtep_mac, config.subnet_len, tun_mtu, backend.port)
-        self.peers = PeerTable(own.subnet, config.subnet_len)
-        self._apply(self.peers.reset(others))
 
         bind_ip = iface.address or public_ip
         try:
@@ -135,7 +219,7 @@ class Daemon:
         except netconf.NetconfError as exc:
             raise StartupError(str(exc)) from None
 
-        offloads = self._offloads(threaded, tun, sock)
+        offloads = self._offload_names = self._offloads(threaded, tun, sock)
         if threaded:
             self.dataplane = ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in offloads,
                                                "udp-gro" in offloads, "tun-uso" in offloads)
@@ -143,6 +227,8 @@ class Daemon:
             self.dataplane = DataPlane(self.codec, tun.fd, sock)
         self.dataplane.start(loop)
         self._cleanups.append(self.dataplane.stop)
+        if self.metrics_source is not None:
+            self.metrics_source.dataplane, self.metrics_source.codec = self.dataplane, self.codec
         if threaded:
             self.hub = CaptureHub(self.codec, self.opts.capture_snaplen)
             self._cleanups.append(self.hub.close)
@@ -159,31 +245,70 @@ class Daemon:
             except (OSError, ValueError) as exc:
                 raise StartupError(f"--capture {self.opts.capture}: {getattr(exc, 'strerror', None) or exc}") from None
             loop.add_signal_handler(signal.SIGUSR1, self._capture_toggle)
+        return tun_name
 
+    async def _start_iptables(self, network, subnet) -> None:
+        """--ip-masq and the forward rules, as flanneld's main.go sets them up (flannel-spec §6)."""
+        if not (self.opts.ip_masq or self.opts.iptables_forward_rules):
+            return
         try:
-            subnetenv.write(self.opts.subnet_file, config.network, own.subnet, tun_mtu)
-        except OSError as exc:
-            raise StartupError(f"cannot write --subnet-file {self.opts.subnet_file}: {exc.strerror}") from None
-
-        if self.opts.healthz_port:
-            source = MetricsSource(
-                dataplane=self.dataplane, codec=self.codec, registry=self._registry_metrics,
-                info={"vni": str(backend.vni), "port": str(backend.port), "subnet": str(own.subnet),
-                      "vtep_mac": wire.mac_to_str(own.vtep_mac), "fastpath": fastpath.IMPLEMENTATION})
-            hub, allow = self.hub, list(self.opts.debug_allow)
+            ipt = await asyncio.to_thread(iptables.IPTables)
+        except iptables.IPTablesError as exc:
+            raise StartupError(f"--ip-masq / --iptables-forward-rules: {exc}") from None
+        rule_sets = []
+        if self.opts.ip_masq:
+            random_fully = self.opts.masq_random_fully and ipt.random_fully
+            old = subnetenv.read_values(self.opts.subnet_file)
+            prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(self.opts.subnet_file)
+            if prev_net and prev_subnet is not None and (prev_net != str(network) or prev_subnet != subnet):
+                log.info("network or subnet (%s, %s) differ from the previous ones (%s, %s): removing the old "
+                         "masquerade rules", network, subnet, prev_net, prev_subnet)
+                try:
+                    old_rules = iptables.masq_rules(ipaddress.IPv4Network(prev_net, strict=False), prev_subnet,
+                                                    random_fully)
+                    await asyncio.to_thread(ipt.delete, old_rules)
+                except (ValueError, iptables.IPTablesError) as exc:
+                    log.warning("could not remove the old masquerade rules: %s", exc)
+            rule_sets.append(("masquerade", iptables.masq_rules(network, subnet, random_fully)))
+        if self.opts.iptables_forward_rules:
+            rule_sets.append(("forward", iptables.forward_rules(network)))
+        for name, rules in rule_sets:
             try:
-                runner = await start_health_server(source, self.opts.healthz_ip, self.opts.healthz_port,
-                                                   lambda app: debug_http.add_routes(app, hub, allow))
-            except OSError as exc:
-                raise StartupError(f"cannot serve health on {self.opts.healthz_ip}:"
-                                   f"{self.opts.healthz_port}: {exc.strerror}") from None
-            self._cleanups.append(runner.cleanup)
+                await asyncio.to_thread(ipt.apply, rules, True)
+            except iptables.IPTablesError as exc:
+                raise StartupError(f"installing the {name} rules: {exc}") from None
+            log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
+            self._iptables_tasks.append(asyncio.create_task(self._resync_iptables(ipt, name, rules)))
 
-        log.info("vxland started: VNI %d, port %d, MTU %d, subnet %s, VtepMAC %s, %d peers "
-                 "(underlay %s %s, public IP %s, TUN %s, fastpath %s, offloads: %s)",
-                 backend.vni, backend.port, tun_mtu, own.subnet, wire.mac_to_str(own.vtep_mac),
-                 len(self.peers), iface.name, bind_ip, public_ip, tun_name, fastpath.IMPLEMENTATION,
-                 " ".join(offloads) or "none")
+    async def _resync_iptables(self, ipt, name: str, rules) -> None:
+        """ensureIPTables: every --iptables-resync seconds, rebuild the set if a rule is missing."""
+        while True:
+            await asyncio.sleep(self.opts.iptables_resync_s)
+            try:
+                if not await asyncio.to_thread(ipt.all_exist, rules):
+                    log.info("some %s rules are missing; deleting and recreating them", name)
+                    await asyncio.to_thread(ipt.apply, rules)
+            except iptables.IPTablesError as exc:
+                log.error("failed to ensure the %s rules: %s", name, exc)
+
+    async def _check_routes(self) -> None:
+        assert self.routes is not None
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            await asyncio.to_thread(self.routes.check)
+
+    def peer_report(self) -> list[dict]:
+        """/peers: every peer and how it is reached."""
+        if self.peers is None:
+            return []
+        out = []
+        for lease in self.peers.peers():
+            direct = self.routes is not None and lease.subnet in self.routes
+            out.append({"subnet": str(lease.subnet), "public_ip": lease.public_ip,
+                        "backend_type": lease.backend_type,
+                        "vtep_mac": wire.mac_to_str(lease.vtep_mac) if lease.vtep_mac else None,
+                        "vni": lease.vni, "via": "route" if direct else "tunnel"})
+        return out
 
     def _offloads(self, threaded: bool, tun: Tun, sock) -> list[str]:
         """Probe what the kernel offers; log what is off and why (wireguard-go's habit)."""
@@ -235,28 +360,51 @@ class Daemon:
         except OSError as exc:
             log.error("capture: cannot open %s: %s", self.opts.capture, exc.strerror)
 
-    def _apply(self, events: list[PeerEvent]) -> None:
+    async def _apply(self, events: list[PeerEvent]) -> None:
         for event in events:
             lease = event.lease
-            subnet = int(lease.subnet.network_address)
             if isinstance(event, PeerAdded):
-                assert lease.vtep_mac is not None
-                self.codec.set_peer(subnet, lease.vtep_mac, lease.public_ip)
-                log.info("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip,
-                         wire.mac_to_str(lease.vtep_mac))
+                await self._add_peer(lease)
             elif isinstance(event, PeerRemoved):
-                self.codec.remove_peer(subnet)
+                if self.codec is not None:
+                    self.codec.remove_peer(int(lease.subnet.network_address))
+                if self.routes is not None and lease.subnet in self.routes:
+                    await asyncio.to_thread(self.routes.remove, lease.subnet)
                 log.info("peer %s via %s removed", lease.subnet, lease.public_ip)
             elif isinstance(event, PeerSkipped):
                 log.warning("lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
 
-    def _on_change(self, change: Change) -> None:
+    async def _add_peer(self, lease) -> None:
+        subnet = int(lease.subnet.network_address)
+        direct = self.routes is not None and (
+            self.codec is None  # host-gw: every peer is a route
+            # DirectRouting, decided per event as vxlan_network.go does
+            or await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip))
+        if direct:
+            assert self.routes is not None
+            if self.codec is not None:
+                self.codec.remove_peer(subnet)
+            try:
+                await asyncio.to_thread(self.routes.add, lease.subnet, lease.public_ip)
+            except netconf.NetconfError as exc:
+                log.error("peer %s: %s", lease.subnet, exc)
+                return
+            log.info("peer %s via %s (direct route, no tunnel)", lease.subnet, lease.public_ip)
+            return
+        if self.routes is not None and lease.subnet in self.routes:
+            await asyncio.to_thread(self.routes.remove, lease.subnet)
+        assert lease.vtep_mac is not None and self.codec is not None
+        self.codec.set_peer(subnet, lease.vtep_mac, lease.public_ip)
+        log.info("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
+
+    async def _on_change(self, change: Change) -> None:
+        assert self.peers is not None
         if isinstance(change, Reset):
-            self._apply(self.peers.reset(change.leases))
+            await self._apply(self.peers.reset(change.leases))
         elif isinstance(change, Put):
-            self._apply(self.peers.update(change.lease))
+            await self._apply(self.peers.update(change.lease))
         elif isinstance(change, Deleted):
-            self._apply(self.peers.remove(change.subnet))
+            await self._apply(self.peers.remove(change.subnet))
         elif isinstance(change, OwnLeaseLost):
             # flanneld: "Lease has been revoked. Shutting down daemon." and exit 0 (main.go).
             log.warning("%s Shutting down daemon.", change.reason)
@@ -264,7 +412,7 @@ class Daemon:
 
     async def _follow_registry(self) -> None:
         async for change in self.registry.changes():
-            self._on_change(change)
+            await self._on_change(change)
 
     async def _cleanup(self) -> None:
         for cleanup in reversed(self._cleanups):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -28,12 +29,14 @@ def allowed(remote: str | None, allow: list[ipaddress.IPv4Network | ipaddress.IP
     return any(addr in net for net in allow if addr.version == net.version)
 
 
-def add_routes(app: web.Application, hub: CaptureHub | None, allow: list) -> None:
+def add_routes(app: web.Application, get_hub: Callable[[], CaptureHub | None], allow: list) -> None:
+    """``get_hub`` is read per request: the server is up before the data plane exists."""
     async def capture(request: web.Request) -> web.StreamResponse:
         if not allowed(request.remote, allow):
             raise web.HTTPForbidden(text="/debug is for loopback clients (see --debug-allow)\n")
+        hub = get_hub()
         if hub is None:
-            raise web.HTTPServiceUnavailable(text="capture needs the compiled data plane\n")
+            raise web.HTTPServiceUnavailable(text="capture needs the compiled vxlan data plane, started\n")
         try:
             seconds = float(request.query.get("seconds", "5"))
             if not 0 < seconds <= MAX_SECONDS:

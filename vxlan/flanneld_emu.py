@@ -33,7 +33,7 @@ from vxlan import netconf, subnetenv, wire  # noqa: E402
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerTable  # noqa: E402
 from vxlan.registry import Deleted, OwnLeaseLost, Put, Reset  # noqa: E402
 from vxlan.registry.etcd import DEFAULT_PREFIX, EtcdRegistry  # noqa: E402
-from vxlan.registry.etcd_client import EtcdClient, parse_endpoints  # noqa: E402
+from vxlan.registry.etcd_client import EtcdClient, TLSFiles, parse_endpoints  # noqa: E402
 
 log = logging.getLogger("flanneld-emu")
 
@@ -72,7 +72,8 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    registry = EtcdRegistry(EtcdClient(parse_endpoints(args.etcd_endpoints)), prefix=args.etcd_prefix,
+    tls = TLSFiles(args.etcd_keyfile, args.etcd_certfile, args.etcd_cafile) if args.etcd_keyfile else None
+    registry = EtcdRegistry(EtcdClient(parse_endpoints(args.etcd_endpoints), tls=tls), prefix=args.etcd_prefix,
                             previous_subnet=subnetenv.previous_subnet(args.subnet_file))
     config = await registry.get_config()
     iface = await asyncio.to_thread(netconf.find_iface, args.iface, None)
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flanneld-emu", description=__doc__.split("\n\n")[0])
     p.add_argument("--etcd-endpoints", required=True)
     p.add_argument("--etcd-prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--etcd-keyfile")
+    p.add_argument("--etcd-certfile")
+    p.add_argument("--etcd-cafile")
     p.add_argument("--iface", required=True)
     p.add_argument("--subnet-file", type=Path, required=True)
     p.add_argument("--tx-checksum-off", action="store_true")

@@ -1,4 +1,4 @@
-"""``/healthz`` and ``/metrics`` on ``--healthz-ip:--healthz-port`` (aiohttp, prometheus-client).
+"""``/healthz``, ``/readyz``, ``/peers``, ``/metrics`` on ``--healthz-ip:--healthz-port`` (aiohttp, prometheus).
 
 The counters live in the data plane and the codec; a custom collector reads them at scrape
 time, so nothing on the packet path knows about Prometheus.
@@ -20,10 +20,12 @@ from vxlan.wire import DropReason
 class MetricsSource:
     """What /metrics reads; callables so the numbers are read at scrape time."""
 
-    dataplane: object  # vxlan.dataplane.DataPlane (tx/rx packets and bytes)
-    codec: object  # drop_counts(), peer_count()
+    dataplane: object | None  # vxlan.dataplane.DataPlane (tx/rx packets and bytes); None: not (yet) vxlan
+    codec: object | None  # drop_counts(), peer_count()
     registry: Callable[[], dict[str, float]]  # Registry.metrics: lease expiry, etcd state...
     info: dict[str, str]
+    ready: Callable[[], bool] = lambda: True  # /readyz
+    peers: Callable[[], list[dict]] = list  # /peers
 
 
 # Registry metrics by the name Registry.metrics() gives them: (type, help).
@@ -42,7 +44,22 @@ class _Collector:
         self.source = source
 
     def collect(self):
+        yield GaugeMetricFamily("vxland_ready", "1 once lease, device, rules and subnet.env are in place",
+                                value=1.0 if self.source.ready() else 0.0)
+        for name, value in self.source.registry().items():
+            kind, help_text = REGISTRY_METRICS.get(name, ("gauge", name))
+            if kind == "counter":
+                yield CounterMetricFamily(f"vxland_{name.removesuffix('_total')}", help_text, value=value)
+            else:
+                yield GaugeMetricFamily(f"vxland_{name}", help_text, value=value)
+        info = GaugeMetricFamily("vxland_info", "Static facts about this node",
+                                 labels=sorted(self.source.info))
+        info.add_metric([self.source.info[k] for k in sorted(self.source.info)], 1)
+        yield info
+        yield GaugeMetricFamily("vxland_peers", "Remote nodes in the peer table", value=len(self.source.peers()))
         dp = self.source.dataplane
+        if dp is None or self.source.codec is None:
+            return
         packets = CounterMetricFamily(
             "vxland_packets", "Inner packets forwarded: tx = TUN to tunnel, rx = tunnel to TUN",
             labels=["direction"])
@@ -66,18 +83,8 @@ class _Collector:
         for name, value in dp.io_stats().items():
             io.add_metric([name], value)
         yield io
-        yield GaugeMetricFamily("vxland_peers", "Remote VTEPs in the peer table",
+        yield GaugeMetricFamily("vxland_tunnel_peers", "Remote VTEPs in the data plane's table",
                                 value=self.source.codec.peer_count())
-        for name, value in self.source.registry().items():
-            kind, help_text = REGISTRY_METRICS.get(name, ("gauge", name))
-            if kind == "counter":
-                yield CounterMetricFamily(f"vxland_{name.removesuffix('_total')}", help_text, value=value)
-            else:
-                yield GaugeMetricFamily(f"vxland_{name}", help_text, value=value)
-        info = GaugeMetricFamily("vxland_info", "Static facts about this node",
-                                 labels=sorted(self.source.info))
-        info.add_metric([self.source.info[k] for k in sorted(self.source.info)], 1)
-        yield info
 
 
 def make_app(source: MetricsSource, extra_routes=None) -> web.Application:
@@ -88,13 +95,24 @@ def make_app(source: MetricsSource, extra_routes=None) -> web.Application:
         # flanneld's body text (main.go:mustRunHealthz), so existing probes keep matching.
         return web.Response(text="flanneld is running")
 
+    async def readyz(_request: web.Request) -> web.Response:
+        # flanneld >= 0.28.9 (main.go): the same texts, so probes written for it keep working
+        if source.ready():
+            return web.Response(text="flanneld is ready")
+        return web.Response(status=503, text="flanneld is not ready yet")
+
+    async def peers(_request: web.Request) -> web.Response:
+        return web.json_response({"peers": source.peers()})
+
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     app = web.Application()
     app.router.add_route("*", "/healthz", healthz)
+    app.router.add_route("*", "/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/peers", peers)
     if extra_routes is not None:
         extra_routes(app)
     return app

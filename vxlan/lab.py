@@ -34,12 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vxlan import wire
-from vxlan.lab_etcd import EtcdLabMixin, EtcdMember
+from vxlan.lab_etcd import EtcdLabMixin, EtcdMember, make_certs
 from vxlan.labutil import LabError, sh, stop_process  # noqa: F401 (re-exported)
 
 _counter = itertools.count(1)
 _NAME_RE = re.compile(r"^vxl-(\d+)-\d+-")
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+SEGMENTS = {1: UNDERLAY, 2: ipaddress.IPv4Network("198.19.0.0/24")}  # 2: behind the underlay router
+ROUTER_HOST = 254  # the underlay namespace's address on each segment
 HEALTHZ_PORT = 2401
 
 
@@ -114,7 +116,9 @@ class Host:
     def tun_ip(self) -> str:  # the tunnel device's /32
         return str(self._net().network_address)
 
-    def lease_json(self, vni: int) -> dict:
+    def lease_json(self, vni: int, backend_type: str = "vxlan") -> dict:
+        if backend_type != "vxlan":
+            return {"PublicIP": self.public_ip, "PublicIPv6": None, "BackendType": backend_type}
         return {"PublicIP": self.public_ip, "PublicIPv6": None, "BackendType": "vxlan",
                 "BackendData": {"VNI": vni, "VtepMAC": wire.mac_to_str(self.vtep_mac)}}
 
@@ -133,7 +137,8 @@ class Lab(EtcdLabMixin):
                  subnet_len: int = 24, mtu: int = 1500, healthz_port: int = HEALTHZ_PORT,
                  pure_python: bool = False, keep_workdir: bool = False, registry: str = "file",
                  etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None,
-                 defer: tuple[int, ...] = (), kernel_tx_off: bool = True) -> None:
+                 defer: tuple[int, ...] = (), kernel_tx_off: bool = True, backend: dict | None = None,
+                 segments: tuple[int, ...] = (), etcd_tls: bool = False) -> None:
         if registry not in ("file", "etcd"):
             raise ValueError(f"registry must be file or etcd, not {registry!r}")
         self.prefix = f"vxl-{os.getpid()}-{next(_counter)}"
@@ -149,6 +154,11 @@ class Lab(EtcdLabMixin):
         self.seed_config = seed_config
         self.env = env or {}
         self.defer = set(defer)  # host indices that start() leaves for the caller to start
+        # extra keys of the config's Backend (e.g. {"Type": "host-gw"} or {"DirectRouting": True})
+        self.backend = backend or {}
+        # segments[i-1] = 2 puts host i on a second underlay segment (198.19.0.0/24) that the
+        # underlay namespace routes to: a peer "behind a router", for DirectRouting
+        self.segments = tuple(segments) or (1,) * len(kinds)
         # Checksum offload off on kernel nodes (needed when a userspace peer receives from them);
         # a kernel-only lab (the bench anchor) keeps it, as a real flannel node would.
         self.kernel_tx_off = kernel_tx_off
@@ -161,7 +171,8 @@ class Lab(EtcdLabMixin):
         next(subnets)  # flannel skips the first subnet (SubnetMin = Network + 1 subnet)
         self.hosts = [
             Host(index=i, kind=kind, ns=f"{self.prefix}-h{i}", pod_ns=f"{self.prefix}-p{i}",
-                 public_ip=str(UNDERLAY.network_address + i), subnet_file=self.workdir / f"h{i}.subnet.env")
+                 public_ip=str(SEGMENTS[self.segments[i - 1]].network_address + i),
+                 subnet_file=self.workdir / f"h{i}.subnet.env")
             for i, kind in enumerate(kinds, start=1)
         ]
         for host in self.hosts:
@@ -170,7 +181,7 @@ class Lab(EtcdLabMixin):
             if registry == "file":
                 host.subnet, host.vtep_mac = next(subnets), wire.random_vtep_mac()
         self.etcd = [EtcdMember(i, str(UNDERLAY.network_address + 250 + i), self.workdir / f"etcd-m{i}",
-                                self.workdir / f"etcd-m{i}.log")
+                                self.workdir / f"etcd-m{i}.log", tls=etcd_tls)
                      for i in range(1, etcd_members + 1)] if registry == "etcd" else []
         self._torn_down = False
 
@@ -191,8 +202,17 @@ class Lab(EtcdLabMixin):
     def build(self) -> None:
         """Namespaces, underlay bridge, etcd, host and pod links; no nodes yet."""
         self._add_ns(self.underlay_ns)
-        sh(["ip", "-n", self.underlay_ns, "link", "add", "br0", "type", "bridge"])
-        sh(["ip", "-n", self.underlay_ns, "link", "set", "br0", "up"])
+        for seg in sorted(set(self.segments) | {1}):
+            br = f"br{seg - 1}"
+            sh(["ip", "-n", self.underlay_ns, "link", "add", br, "type", "bridge"])
+            sh(["ip", "-n", self.underlay_ns, "link", "set", br, "up"])
+            if len(set(self.segments)) > 1:  # the underlay namespace routes between segments
+                router = SEGMENTS[seg].network_address + ROUTER_HOST
+                sh(["ip", "-n", self.underlay_ns, "addr", "add", f"{router}/24", "dev", br])
+        if len(set(self.segments)) > 1:
+            sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=self.underlay_ns)
+        if self.etcd and self.etcd[0].tls:
+            make_certs(self.workdir, [m.ip for m in self.etcd])
         for host in self.hosts:
             self._build_host(host)
         if self.registry == "file":
@@ -217,11 +237,17 @@ class Lab(EtcdLabMixin):
     def _build_host(self, host: Host) -> None:
         ul, ns = self.underlay_ns, host.ns
         self._add_ns(ns)
+        seg = self.segments[host.index - 1]
         sh(["ip", "-n", ul, "link", "add", f"h{host.index}", "type", "veth", "peer", "name", "eth0", "netns", ns])
-        sh(["ip", "-n", ul, "link", "set", f"h{host.index}", "master", "br0", "up"])
+        sh(["ip", "-n", ul, "link", "set", f"h{host.index}", "master", f"br{seg - 1}", "up"])
         sh(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(self.mtu), "up"])
         sh(["ip", "-n", ul, "link", "set", f"h{host.index}", "mtu", str(self.mtu)])
         sh(["ip", "-n", ns, "addr", "add", f"{host.public_ip}/{UNDERLAY.prefixlen}", "dev", "eth0"])
+        if len(set(self.segments)) > 1:
+            for other, net in SEGMENTS.items():
+                if other != seg and (other in self.segments or other == 1):
+                    via = SEGMENTS[seg].network_address + ROUTER_HOST
+                    sh(["ip", "-n", ns, "route", "replace", str(net), "via", str(via)])
         sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=ns)
         # The pod: a namespace behind a veth, MTU = FLANNEL_MTU as the CNI plugin would set.
         pod_mtu = str(self.mtu - wire.ENCAP_OVERHEAD)
@@ -269,11 +295,25 @@ class Lab(EtcdLabMixin):
         atexit.unregister(self.teardown)
 
     # -- registry file --------------------------------------------------------------------
+    def backend_config(self) -> dict:
+        """The config's Backend: vxlan with the lab's VNI and port, plus ``backend``'s keys."""
+        backend: dict = {"Type": "vxlan"}
+        if self.vni != 1:
+            backend["VNI"] = self.vni
+        if self.port != 8472:
+            backend["Port"] = self.port
+        backend.update(self.backend)
+        if backend["Type"] != "vxlan":
+            backend.pop("VNI", None)
+            backend.pop("Port", None)
+        return backend
+
     def registry_doc(self) -> dict:
         return {
             "config": {"Network": str(self.network), "SubnetLen": self.subnet_len,
-                       "Backend": {"Type": "vxlan", "VNI": self.vni, "Port": self.port}},
-            "subnets": {f"{h._net().network_address}-{h._net().prefixlen}": h.lease_json(self.vni)
+                       "Backend": {"VNI": self.vni, "Port": self.port, **self.backend_config()}},
+            "subnets": {f"{h._net().network_address}-{h._net().prefixlen}":
+                        h.lease_json(self.vni, self.backend_config()["Type"])
                         for h in self.hosts if h.registered},
         }
 
@@ -288,10 +328,11 @@ class Lab(EtcdLabMixin):
         """The command that runs ``host``'s node, and the log line that says it is up."""
         if host.kind == "kernel":
             return ([sys.executable, "-m", "vxlan.flanneld_emu", "--etcd-endpoints", self.etcd_endpoints,
-                     "--iface", "eth0", "--subnet-file", str(host.subnet_file), "--tx-checksum-off"],
+                     *self.etcd_tls_args(), "--iface", "eth0", "--subnet-file", str(host.subnet_file),
+                     "--tx-checksum-off"],
                     "flanneld-emu started")
         registry = (["--registry-file", str(self.registry_path)] if self.registry == "file"
-                    else ["--etcd-endpoints", self.etcd_endpoints])
+                    else ["--etcd-endpoints", self.etcd_endpoints, *self.etcd_tls_args()])
         return ([sys.executable, "-m", "vxlan", *registry, "--iface", "eth0", "--subnet-file",
                  str(host.subnet_file), "--healthz-port", str(self.healthz_port), *host.extra_args],
                 "vxland started")
@@ -328,12 +369,13 @@ class Lab(EtcdLabMixin):
     def _learn(self, host: Host, line: str) -> None:
         """Subnet and VtepMAC from the start-up line; then the pod gets its addresses."""
         subnet = re.search(r"subnet (\d+\.\d+\.\d+\.\d+/\d+)", line)
-        mac = re.search(r"VtepMAC ([0-9a-f:]{17})", line)
+        mac = re.search(r"VtepMAC ([0-9a-f:]{17}|none)", line)
         if subnet is None or mac is None:
             raise LabError(f"cannot read subnet and VtepMAC from: {line}")
         new_subnet = ipaddress.IPv4Network(subnet.group(1))
         changed = new_subnet != host.subnet
-        host.subnet, host.vtep_mac = new_subnet, wire.mac_to_bytes(mac.group(1))
+        host.subnet = new_subnet
+        host.vtep_mac = b"" if mac.group(1) == "none" else wire.mac_to_bytes(mac.group(1))
         if changed or self.registry == "etcd":
             self._address_pod(host)
 
@@ -368,6 +410,24 @@ class Lab(EtcdLabMixin):
                ns=host.ns)
             sh(["ip", "route", "replace", str(peer.subnet), "via", peer.tun_ip, "dev", dev, "onlink"],
                ns=host.ns)
+
+    def etcd_tls_args(self) -> list[str]:
+        if not (self.etcd and self.etcd[0].tls):
+            return []
+        d = self.workdir
+        return ["--etcd-keyfile", str(d / "client.key"), "--etcd-certfile", str(d / "client.crt"),
+                "--etcd-cafile", str(d / "ca.crt")]
+
+    def add_outside(self, index: int = 200) -> tuple[str, str]:
+        """A namespace on the underlay bridge that is no flannel node (the Internet, for
+        --ip-masq tests): it has no route to the overlay. Returns (namespace, address)."""
+        ns, ip = f"{self.prefix}-out", str(UNDERLAY.network_address + index)
+        self._add_ns(ns)
+        sh(["ip", "-n", self.underlay_ns, "link", "add", "out", "type", "veth", "peer", "name", "eth0", "netns", ns])
+        sh(["ip", "-n", self.underlay_ns, "link", "set", "out", "master", "br0", "up"])
+        sh(["ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", "eth0"])
+        sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        return ns, ip
 
     # -- helpers for tests, demo and bench ------------------------------------------------
     def popen(self, ns: str, cmd: list[str], **kwargs) -> subprocess.Popen:

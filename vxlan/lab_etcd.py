@@ -23,6 +23,7 @@ class EtcdMember:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    tls: bool = False  # https with client certificates (certs in the lab's workdir)
 
     @property
     def name(self) -> str:
@@ -30,16 +31,31 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.ip}:2379"
+        return f"{'https' if self.tls else 'http'}://{self.ip}:2379"
 
     @property
     def peer_url(self) -> str:
         return f"http://{self.ip}:2380"
 
 
+def make_certs(d: Path, ips: list[str]) -> None:
+    """A CA, a server certificate for ``ips`` and a client certificate (openssl), in ``d``."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+        "-subj", "/CN=vxland-lab-ca")
+    sans = ",".join(f"IP:{ip}" for ip in ips)
+    (d / "san.ext").write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "1", "-extfile", "san.ext")
+
+
 class EtcdLabMixin:
-    """Needs from the Lab: ``etcd`` (members), ``prefix``, ``underlay_ns``, ``popen``, ``vni``,
-    ``port``, ``network``, ``subnet_len``."""
+    """Needs from the Lab: ``etcd`` (members), ``prefix``, ``underlay_ns``, ``popen``, ``workdir``,
+    ``backend_config()``, ``network``, ``subnet_len``."""
 
     @property
     def etcd_endpoints(self) -> str:
@@ -52,6 +68,10 @@ class EtcdLabMixin:
                "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
                "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
                "--initial-cluster-state", "new", "--heartbeat-interval", "10", "--election-timeout", "100"]
+        if member.tls:
+            d = self.workdir
+            cmd += ["--cert-file", str(d / "server.crt"), "--key-file", str(d / "server.key"),
+                    "--trusted-ca-file", str(d / "ca.crt"), "--client-cert-auth"]
         with open(member.log_path, "ab") as log:
             member.proc = self.popen(self.underlay_ns, cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -76,18 +96,17 @@ class EtcdLabMixin:
 
     def etcdctl(self, *args: str, endpoints: str | None = None, check: bool = True,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+        tls = []
+        if self.etcd and self.etcd[0].tls:
+            d = self.workdir
+            tls = ["--cacert", str(d / "ca.crt"), "--cert", str(d / "client.crt"), "--key", str(d / "client.key")]
         env_cmd = ["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", endpoints or self.etcd_endpoints,
-                   "--command-timeout=5s", *args]
+                   "--command-timeout=5s", *tls, *args]
         return sh(env_cmd, ns=self.underlay_ns, check=check, input=input)
 
     def put_config(self, config: dict | None = None) -> None:
         if config is None:
-            backend: dict = {"Type": "vxlan"}
-            if self.vni != 1:
-                backend["VNI"] = self.vni
-            if self.port != 8472:
-                backend["Port"] = self.port
-            config = {"Network": str(self.network), "Backend": backend}
+            config = {"Network": str(self.network), "Backend": self.backend_config()}
             if self.subnet_len != 24:
                 config["SubnetLen"] = self.subnet_len
         self.etcdctl("put", "/coreos.com/network/config", json.dumps(config))

@@ -7,6 +7,7 @@ pyroute2's async API does not work under uvloop (reference/dependencies.md).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,40 +31,138 @@ def _ipv4_addresses(ipr: IPRoute, index: int) -> list[str]:
     return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=index)]
 
 
-def find_iface(iface: str | None, public_ip: str | None) -> Iface:
-    """The underlay interface: ``--iface`` (a name or one of its IPv4 addresses), else the
-    interface of the first IPv4 default route, as flanneld's LookupExtIface picks it."""
+def _iface_of(ipr: IPRoute, index: int, public_ip: str | None, preferred: str | None = None) -> Iface:
+    link = ipr.get_links(index)[0]
+    name = link.get_attr("IFLA_IFNAME")
+    addrs = _ipv4_addresses(ipr, index)
+    if public_ip is None and not addrs:
+        raise NetconfError(f"interface {name} has no IPv4 address; give --public-ip or --iface")
+    address = preferred if preferred in addrs else (addrs[0] if addrs else "")
+    return Iface(name=name, index=index, address=address, mtu=link.get_attr("IFLA_MTU"))
+
+
+def _lookup(ipr: IPRoute, spec: str) -> tuple[int, str | None] | None:
+    """An --iface value (a name or one of the host's IPv4 addresses) -> (index, that address)."""
+    try:
+        ipaddress.IPv4Address(spec)
+    except ValueError:
+        found = ipr.link_lookup(ifname=spec)
+        return (found[0], None) if found else None
+    for a in ipr.get_addr(family=2):
+        if a.get_attr("IFA_ADDRESS") == spec:
+            return a["index"], spec
+    return None
+
+
+def find_iface(ifaces: tuple[str, ...] | str | None = (), public_ip: str | None = None,
+               regexes: tuple[str, ...] = (), can_reach: str | None = None) -> Iface:
+    """The underlay interface, chosen as flanneld's ``pkg/ipmatch/match.go:LookupExtIface`` does:
+    the first ``--iface`` (name or address) that exists; else the first ``--iface-regex`` that
+    matches an address, then a name; else the interface of the route to ``--iface-can-reach``;
+    else the interface of the first IPv4 default route."""
+    if isinstance(ifaces, str):
+        ifaces = (ifaces,)
+    ifaces = tuple(ifaces or ())
     with IPRoute() as ipr:
-        links = {link["index"]: link for link in ipr.get_links()}
-        index = None
-        if iface:
-            try:
-                ipaddress.IPv4Address(iface)
+        if ifaces:
+            for spec in ifaces:
+                hit = _lookup(ipr, spec)
+                if hit is not None:
+                    return _iface_of(ipr, hit[0], public_ip, hit[1])
+            raise NetconfError(f"--iface {','.join(ifaces)}: no interface has that name or address")
+        if regexes:
+            for pattern in regexes:
+                rx = re.compile(pattern)
                 for a in ipr.get_addr(family=2):
-                    if a.get_attr("IFA_ADDRESS") == iface:
-                        index = a["index"]
-                        break
-                if index is None:
-                    raise NetconfError(f"--iface {iface}: no interface has that address")
-            except ValueError:
-                found = ipr.link_lookup(ifname=iface)
-                if not found:
-                    raise NetconfError(f"--iface {iface}: no such interface") from None
-                index = found[0]
-        else:
-            for route in ipr.get_default_routes(family=2):
-                index = route.get_attr("RTA_OIF")
-                if index is not None:
-                    break
-            if index is None:
-                raise NetconfError("no --iface given and no IPv4 default route to pick one from")
-        link = links[index]
-        name = link.get_attr("IFLA_IFNAME")
-        addrs = _ipv4_addresses(ipr, index)
-        if public_ip is None and not addrs:
-            raise NetconfError(f"interface {name} has no IPv4 address; give --public-ip or --iface")
-        address = iface if iface in addrs else (addrs[0] if addrs else "")
-        return Iface(name=name, index=index, address=address, mtu=link.get_attr("IFLA_MTU"))
+                    address = a.get_attr("IFA_ADDRESS")
+                    if rx.search(address):
+                        return _iface_of(ipr, a["index"], public_ip, address)
+                for link in ipr.get_links():
+                    if rx.search(link.get_attr("IFLA_IFNAME")) and _ipv4_addresses(ipr, link["index"]):
+                        return _iface_of(ipr, link["index"], public_ip)
+            raise NetconfError(f"--iface-regex {','.join(regexes)}: no interface name or IPv4 address matches")
+        if can_reach:
+            try:
+                route = ipr.route("get", dst=can_reach)[0]
+            except NetlinkError as exc:
+                raise NetconfError(f"--iface-can-reach {can_reach}: no route: {exc}") from None
+            return _iface_of(ipr, route.get_attr("RTA_OIF"), public_ip, route.get_attr("RTA_PREFSRC"))
+        for route in ipr.get_default_routes(family=2):
+            index = route.get_attr("RTA_OIF")
+            if index is not None:
+                return _iface_of(ipr, index, public_ip)
+        raise NetconfError("no --iface given and no IPv4 default route to pick one from")
+
+
+def is_directly_connected(ip: str) -> bool:
+    """flannel's ``pkg/ip/iface.go:DirectRouting``: the kernel's route to ``ip`` has no gateway,
+    i.e. ``ip`` is on a subnet this host is attached to."""
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=ip)
+        except NetlinkError:
+            return False
+        return len(routes) == 1 and routes[0].get_attr("RTA_GATEWAY") is None
+
+
+def replace_route(dst: ipaddress.IPv4Network, gateway: str, oif: int | None = None) -> None:
+    """``ip route replace DST via GW [dev OIF]``: a host-gw or direct-routing peer."""
+    with IPRoute() as ipr:
+        try:
+            kwargs = {"dst": str(dst), "gateway": gateway}
+            if oif is not None:
+                kwargs["oif"] = oif
+            ipr.route("replace", **kwargs)
+        except NetlinkError as exc:
+            raise NetconfError(f"route {dst} via {gateway}: {exc}") from None
+
+
+def delete_route(dst: ipaddress.IPv4Network, gateway: str) -> None:
+    with IPRoute() as ipr:
+        try:
+            ipr.route("del", dst=str(dst), gateway=gateway)
+        except NetlinkError:
+            pass  # already gone
+
+
+def routes_via(gateways: set[str]) -> set[tuple[str, str]]:
+    """(dst CIDR, gateway) of the main table's routes through any of ``gateways``."""
+    out = set()
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=2, table=254):
+            gw = route.get_attr("RTA_GATEWAY")
+            if gw in gateways:
+                out.add((f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}", gw))
+    return out
+
+
+def add_blackhole(subnet: ipaddress.IPv4Network) -> None:
+    """flanneld --ip-blackhole-route: packets for unassigned addresses of our subnet are dropped
+    here instead of following the Network route back into the tunnel. A high metric keeps the
+    pod bridge's connected route for the same subnet in front."""
+    with IPRoute() as ipr:
+        try:
+            ipr.route("replace", dst=str(subnet), type="blackhole", priority=BLACKHOLE_METRIC)
+        except NetlinkError as exc:
+            raise NetconfError(f"blackhole route {subnet}: {exc}") from None
+
+
+def delete_blackhole(subnet: ipaddress.IPv4Network) -> None:
+    with IPRoute() as ipr:
+        try:
+            ipr.route("del", dst=str(subnet), type="blackhole", priority=BLACKHOLE_METRIC)
+        except NetlinkError:
+            pass
+
+
+BLACKHOLE_METRIC = 4096
+
+
+def ip_forward_enabled() -> bool:
+    try:
+        return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def configure_tun(name: str, address: ipaddress.IPv4Address, mtu: int, network: ipaddress.IPv4Network) -> None:

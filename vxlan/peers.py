@@ -3,7 +3,7 @@
 Mirrors flannel's ``pkg/lease/lease.go:LeaseWatcher`` (flannel-spec §1.5): our own subnet is
 never a peer; ``reset(snapshot)`` reports new and changed leases as added and vanished ones as
 removed, unchanged ones not at all; a removal carries the stored lease so the data plane knows
-what to unprogram. Leases of other backends are ignored as ``vxlan_network.go`` does.
+what to unprogram. Leases of other backends are ignored as ``vxlan_network.go`` and ``route_network.go`` do.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ PeerEvent = PeerAdded | PeerRemoved | PeerSkipped
 
 
 class PeerTable:
-    def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int) -> None:
+    def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int, backend_type: str = "vxlan") -> None:
         self.own_subnet = own_subnet
         self.subnet_len = subnet_len
+        self.backend_type = backend_type
         self._peers: dict[ipaddress.IPv4Network, Lease] = {}
 
     def __len__(self) -> int:
@@ -52,8 +53,9 @@ class PeerTable:
 
     def _admit(self, lease: Lease) -> str | None:
         """Why ``lease`` is no peer of ours, or None if it is one."""
-        if lease.backend_type != "vxlan":
-            return f"backend type {lease.backend_type or '(none)'} is not vxlan"
+        # vxlan_network.go:handleSubnetEvents and route_network.go compare BackendType exactly.
+        if lease.backend_type != self.backend_type:
+            return f"backend type {lease.backend_type or '(none)'} is not {self.backend_type}"
         if lease.subnet.prefixlen != self.subnet_len:
             return f"prefix length /{lease.subnet.prefixlen} differs from SubnetLen /{self.subnet_len}"
         return None

@@ -45,7 +45,7 @@ def test_host_bits_are_masked():
     ({"Network": "10.0.0.0/16", "SubnetMax": "10.0.3.1", "Backend": VXLAN}, "SubnetMax",
      "SubnetMax is not on a SubnetLen boundary: 10.0.3.1"),
     ({"Network": "10.0.0.0/16"}, "Backend", "udp"),
-    ({"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw"}}, "Backend.Type", "unknown backend type: host-gw"),
+    ({"Network": "10.0.0.0/16", "Backend": {"Type": "udp"}}, "Backend.Type", "unknown backend type: udp"),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": "1"}}, "Backend.VNI", "must be an integer"),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, "Backend.VNI", "out of range"),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}, "Backend.Port", "out of range"),

@@ -146,7 +146,10 @@ class EtcdRegistry:
                     log.info("deleting our old lease %s: it no longer fits the config", stale.key)
                     await self.client.delete(self._key(stale.subnet))
                 reused_mac = decision.reuse.vtep_mac if decision.reuse is not None else None
-                lease = Lease(decision.subnet, public_ip, "vxlan", reused_mac or new_vtep_mac, config.backend.vni)
+                if config.backend.type == "vxlan":
+                    lease = Lease(decision.subnet, public_ip, "vxlan", reused_mac or new_vtep_mac, config.backend.vni)
+                else:  # host-gw leases carry no BackendData (hostgw.go)
+                    lease = Lease(decision.subnet, public_ip, config.backend.type)
                 key, value = self._key(lease.subnet), lease.to_json().encode()
                 lease_id, ttl = await self.client.grant(self.lease_ttl_s)
                 if decision.reuse is not None:

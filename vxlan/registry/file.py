@@ -64,7 +64,7 @@ def parse_registry(raw: Any) -> Snapshot:
             if subnet.overlaps(other):
                 raise ConfigError(path, f"subnet {subnet} overlaps {other}")
         lease = lease_from_attrs(subnet, attrs, path)
-        if lease.backend_type == "vxlan":
+        if lease.backend_type in ("vxlan", "host-gw"):
             if lease.public_ip in owners:
                 raise ConfigError(
                     f"{path}.PublicIP",
@@ -119,9 +119,9 @@ class FileRegistry:
         for lease in self._snapshot.leases.values():
             if lease.public_ip != public_ip:
                 continue
-            if lease.backend_type != "vxlan":
+            if lease.backend_type != config.backend.type:
                 raise AcquireError(f"the lease {lease.key} for PublicIP {public_ip} has BackendType "
-                                   f"{lease.backend_type!r}; vxland needs a vxlan lease")
+                                   f"{lease.backend_type!r}; the config's backend is {config.backend.type!r}")
             if not config.contains_subnet(lease.subnet):
                 raise AcquireError(f"our lease {lease.key} is outside SubnetMin..SubnetMax or not "
                                    f"/{config.subnet_len} (flannel's isSubnetConfigCompat)")

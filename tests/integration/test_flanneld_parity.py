@@ -1,0 +1,276 @@
+"""vxland as a drop-in flanneld: a supervisord command line with TLS to etcd, host-gw and
+vxlan DirectRouting clusters, --ip-masq rules as flanneld installs them, /readyz and
+sd_notify, the systemd unit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import wait_for
+from vxlan.lab import Lab, LabError, sh, stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PEER_ADDR_SERVER = """
+import socket, sys
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("listening", flush=True)
+conn, addr = srv.accept()
+conn.sendall(addr[0].encode())
+conn.close()
+"""
+PEER_ADDR_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    print(s.recv(64).decode())
+"""
+
+
+def seen_source(lab: Lab, client_ns: str, server_ns: str, server_ip: str, port: int = 9000) -> str:
+    """The source address a TCP server in ``server_ns`` sees for a client in ``client_ns``."""
+    srv = lab.popen(server_ns, [sys.executable, "-c", PEER_ADDR_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "listening"
+        return sh([sys.executable, "-c", PEER_ADDR_CLIENT, server_ip, str(port)], ns=client_ns).stdout.strip()
+    finally:
+        stop_process(srv)
+
+
+def http_status(lab: Lab, host, path: str) -> int | None:
+    code = ("import sys, urllib.request, urllib.error\n"
+            "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=2).status)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+            "except OSError:\n    print(0)\n")
+    out = sh([sys.executable, "-c", code, f"http://127.0.0.1:{lab.healthz_port}{path}"], ns=host.ns).stdout
+    return int(out.strip() or 0) or None
+
+
+def all_pairs_ping(lab: Lab) -> None:
+    for src in lab.hosts:
+        for dst in lab.hosts:
+            if src is not dst:
+                ok = lab.ping(src, dst, count=2).returncode == 0
+                assert ok, f"h{src.index}->h{dst.index}\n{lab.log(src)[-1500:]}"
+
+
+# -- a supervisord program section, taken literally ---------------------------------------
+
+def supervisord_command() -> list[str]:
+    text = (ROOT / "contrib" / "supervisord.conf").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("command="))
+    return shlex.split(line.removeprefix("command="))
+
+
+def test_supervisord_command_line_with_tls_joins_mixed_cluster(kernel_vxlan):
+    """contrib/supervisord.conf's command line, only addresses and file paths swapped for the
+    lab's, against an etcd that demands client certificates; a kernel flanneld node shares it."""
+    with Lab(["vxland", "kernel"], registry="etcd", etcd_tls=True, defer=(1,)) as lab:
+        v = lab.hosts[0]
+        cert = lab.workdir
+        swap = {"--public-ip": v.public_ip, "--etcd-endpoints": lab.etcd_endpoints,
+                "--etcd-keyfile": str(cert / "client.key"), "--etcd-certfile": str(cert / "client.crt"),
+                "--etcd-cafile": str(cert / "ca.crt"), "--iface": "eth0", "--subnet-file": str(v.subnet_file),
+                "--healthz-port": str(lab.healthz_port)}
+        cmd = supervisord_command()
+        assert Path(cmd[0]).name == "vxland"
+        args = []
+        for arg in cmd[1:]:
+            name, eq, _ = arg.partition("=")
+            assert name in swap or not eq or name.lstrip("-") in ("ip-masq", "iptables-forward-rules", "v"), arg
+            args.append(f"{name}={swap[name]}" if name in swap else arg)
+        assert set(swap) <= {a.partition("=")[0] for a in args}
+        v.log_path = lab.workdir / "h1.log"
+        with open(v.log_path, "wb") as log:
+            v.proc = lab.popen(v.ns, [sys.executable, "-m", "vxlan", *args], stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+        lab.wait_node(v)
+        all_pairs_ping(lab)
+        assert http_status(lab, v, "/readyz") == 200
+        leases = lab.etcd_leases()
+        assert {val["PublicIP"] for val in leases.values()} == {h.public_ip for h in lab.hosts}
+        assert "FLANNEL_IPMASQ=true" in v.subnet_file.read_text()
+
+
+# -- host-gw and DirectRouting ------------------------------------------------------------
+
+def routes(lab: Lab, host) -> str:
+    return sh(["ip", "route", "show"], ns=host.ns).stdout
+
+
+def test_host_gw_cluster():
+    with Lab(["vxland", "vxland", "vxland"], registry="etcd", backend={"Type": "host-gw"}) as lab:
+        all_pairs_ping(lab)
+        h1, h2, h3 = lab.hosts
+        leases = lab.etcd_leases()
+        assert all(v["BackendType"] == "host-gw" and "BackendData" not in v for v in leases.values()), leases
+        table = routes(lab, h1)
+        for peer in (h2, h3):
+            assert f"{peer.subnet} via {peer.public_ip} dev eth0" in table, table
+        assert "flannel" not in sh(["ip", "link"], ns=h1.ns).stdout  # no tunnel device
+        assert "FLANNEL_MTU=1500" in h1.subnet_file.read_text()
+        peers = json.loads(lab.http_get(h1, "/peers"))["peers"]
+        assert sorted(p["via"] for p in peers) == ["route", "route"]
+        # routeCheck: a route someone deleted comes back within the 10 s period
+        sh(["ip", "route", "del", str(h2.subnet)], ns=h1.ns)
+        assert wait_for(lambda: f"{h2.subnet} via {h2.public_ip}" in routes(lab, h1), timeout=15), routes(lab, h1)
+
+
+def test_host_gw_refuses_a_nat_public_ip():
+    with Lab(["vxland"], registry="etcd", backend={"Type": "host-gw"}, defer=(1,)) as lab:
+        h = lab.hosts[0]
+        h.extra_args = ["--public-ip", "203.0.113.9"]
+        with pytest.raises(LabError):
+            lab.start_node(h, wait_s=8)
+        assert h.proc is not None and h.proc.wait(5) == 1
+        assert "probably you're on a NAT, which is not supported by host-gw backend" in lab.log(h)
+
+
+def vxlan_packets(lab: Lab, link: str, action) -> int:
+    """VXLAN datagrams on the underlay link ``link`` (in the underlay namespace) while ``action`` runs."""
+    out = lab.workdir / f"cap-{link}.txt"
+    with open(out, "w") as f:
+        dump = lab.popen(lab.underlay_ns, ["tcpdump", "-i", link, "-n", "-l", "udp port 8472"], stdout=f,
+                         stderr=subprocess.PIPE, text=True)
+        assert dump.stderr is not None
+        dump.stderr.readline()  # "listening on ..."
+        action()
+        time.sleep(0.3)
+        stop_process(dump)
+    return len([ln for ln in out.read_text().splitlines() if "VXLAN" in ln or ".8472" in ln])
+
+
+def test_direct_routing_bypasses_the_tunnel_on_the_same_segment():
+    """h1 and h2 share a segment: plain routed packets. h3 is behind a router: VXLAN."""
+    with Lab(["vxland", "vxland", "vxland"], registry="etcd", backend={"DirectRouting": True},
+             segments=(1, 1, 2)) as lab:
+        h1, h2, h3 = lab.hosts
+        all_pairs_ping(lab)
+        table = routes(lab, h1)
+        assert f"{h2.subnet} via {h2.public_ip} dev eth0" in table, table
+        assert f"{h3.subnet} via" not in table, table
+        vias = {p["subnet"]: p["via"] for p in json.loads(lab.http_get(h1, "/peers"))["peers"]}
+        assert vias == {str(h2.subnet): "route", str(h3.subnet): "tunnel"}
+        same = vxlan_packets(lab, "h1", lambda: lab.ping(h1, h2, count=5, interval=0.05))
+        routed = vxlan_packets(lab, "h1", lambda: lab.ping(h1, h3, count=5, interval=0.05))
+        assert same == 0 and routed >= 10, (same, routed)
+
+
+# -- --ip-masq ----------------------------------------------------------------------------
+
+def expected_rules(network: str, subnet: str) -> list[str]:
+    m, f = '-m comment --comment "flanneld masq"', '-m comment --comment "flanneld forward"'
+    return [
+        "*filter", ":INPUT ACCEPT", ":FORWARD ACCEPT", ":OUTPUT ACCEPT", ":FLANNEL-FWD -",
+        f"-A FORWARD {f} -j FLANNEL-FWD",
+        f"-A FLANNEL-FWD -s {network} {f} -j ACCEPT",
+        f"-A FLANNEL-FWD -d {network} {f} -j ACCEPT",
+        "COMMIT",
+        "*nat", ":PREROUTING ACCEPT", ":INPUT ACCEPT", ":OUTPUT ACCEPT", ":POSTROUTING ACCEPT", ":FLANNEL-POSTRTG -",
+        f"-A POSTROUTING {m} -j FLANNEL-POSTRTG",
+        f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN",
+        f"-A FLANNEL-POSTRTG -s {subnet} -d {network} {m} -j RETURN",
+        f"-A FLANNEL-POSTRTG -s {network} -d {subnet} {m} -j RETURN",
+        f"-A FLANNEL-POSTRTG ! -s {network} -d {subnet} {m} -j RETURN",
+        f"-A FLANNEL-POSTRTG -s {network} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully",
+        f"-A FLANNEL-POSTRTG ! -s {network} -d {network} {m} -j MASQUERADE --random-fully",
+        "COMMIT",
+    ]
+
+
+def iptables_save(lab: Lab, host, env: dict) -> list[str]:
+    out = sh(["env", f"PATH={env.get('PATH', os.environ['PATH'])}", "iptables-save"], ns=host.ns).stdout
+    # comments and packet counters say nothing about the rules
+    return [ln.split(" [")[0] for ln in out.splitlines() if ln and not ln.startswith("#")]
+
+
+@pytest.fixture(params=["nft", "legacy"])
+def iptables_flavour(request):
+    """PATH with iptables, iptables-restore and iptables-save of one flavour first."""
+    d = Path(tempfile.mkdtemp(prefix="vxlan-ipt-"))
+    for tool in ("iptables", "iptables-restore", "iptables-save"):
+        target = shutil.which(tool.replace("iptables", f"iptables-{request.param}"))
+        if target is None:
+            pytest.fail(f"iptables-{request.param} is not installed (make install)")
+        (d / tool).symlink_to(target)
+    yield {"PATH": f"{d}:{os.environ['PATH']}"}
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ip_masq_rules_and_masquerade(iptables_flavour):
+    env = iptables_flavour
+    with Lab(["vxland", "vxland"], registry="etcd", defer=(1, 2), env=env) as lab:
+        h1, h2 = lab.hosts
+        for h in lab.hosts:
+            h.extra_args = ["--ip-masq", "--iptables-resync=1"]
+            lab.start_node(h)
+        want = expected_rules(str(lab.network), str(h1.subnet))
+        assert iptables_save(lab, h1, env) == want
+        flavour = "nf_tables" if "nft" in env["PATH"].split(":")[0] or "nft" in os.readlink(
+            Path(env["PATH"].split(":")[0]) / "iptables") else "legacy"
+        assert f"rules installed ({flavour})" in lab.log(h1)
+
+        out_ns, out_ip = lab.add_outside()
+        assert seen_source(lab, h1.pod_ns, out_ns, out_ip) == h1.public_ip  # masqueraded
+        assert seen_source(lab, h1.pod_ns, h2.pod_ns, h2.pod_ip, port=9001) == h1.pod_ip  # pod to pod: not
+
+        # the resync puts back a rule someone deleted, in its place
+        sh(["env", f"PATH={env['PATH']}", "iptables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "-s", str(lab.network),
+            "-d", str(h1.subnet), "-m", "comment", "--comment", "flanneld masq", "-j", "RETURN"], ns=h1.ns)
+        assert iptables_save(lab, h1, env) != want
+        assert wait_for(lambda: iptables_save(lab, h1, env) == want, timeout=5), iptables_save(lab, h1, env)
+
+
+# -- readiness ----------------------------------------------------------------------------
+
+def test_readyz_goes_503_to_200_and_systemd_hears_ready():
+    notify_dir = Path(tempfile.mkdtemp(prefix="vxlan-notify-"))
+    sock_path = notify_dir / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(15)
+    try:
+        with Lab(["vxland"], registry="etcd", seed_config=False, defer=(1,),
+                 env={"NOTIFY_SOCKET": str(sock_path)}) as lab:
+            h = lab.hosts[0]
+            lab.start_node(h, wait=False)
+            # up, waiting for the network config: alive but not ready
+            assert wait_for(lambda: http_status(lab, h, "/healthz") == 200, timeout=10), lab.log(h)
+            assert http_status(lab, h, "/readyz") == 503
+            assert lab.metrics(h)["vxland_ready"] == 0
+            lab.put_config()
+            lab.wait_node(h)
+            assert http_status(lab, h, "/readyz") == 200
+            assert lab.http_get(h, "/readyz") == "flanneld is ready"
+            message = listener.recv(4096).decode()
+            assert "READY=1" in message.split("\n"), message
+            lab.stop_vxland(h)
+            assert "STOPPING=1" in listener.recv(4096).decode()
+    finally:
+        listener.close()
+        shutil.rmtree(notify_dir, ignore_errors=True)
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """contrib/vxland.service passes systemd-analyze verify (ExecStart pointed at where this
+    machine installed vxland; the unit is otherwise as shipped)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is not installed (make install)")
+    binary = shutil.which("vxland")
+    assert binary is not None, "vxland is not installed (make install)"
+    unit = (ROOT / "contrib" / "vxland.service").read_text().replace("/usr/local/bin/vxland", binary)
+    (tmp_path / "vxland.service").write_text(unit)
+    proc = subprocess.run([analyze, "verify", str(tmp_path / "vxland.service")], capture_output=True, text=True)
+    assert proc.returncode == 0 and "vxland.service" not in proc.stderr, proc.stderr
+    assert "Type=notify" in unit and "Restart=on-failure" in unit
