@@ -350,10 +350,45 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     decode.add_argument("file", type=Path)
     decode.add_argument("-d", "--vxlan-port", type=int, action="append", default=[],
                         help="also decode UDP on this port as VXLAN (8472 and 4789 always are)")
+    doctor = sub.add_parser("doctor", help="check that this host can run vxland; say how to fix what is not")
+    doctor.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS))
+    doctor.add_argument("--etcd-prefix", default=_env("etcd-prefix", "/coreos.com/network"))
+    for flag in ("etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password"):
+        doctor.add_argument(f"--{flag}", default=_env(flag))
+    doctor.add_argument("--registry-file", type=Path, default=_env("registry-file"),
+                        help="check this static registry instead of etcd")
+    doctor.add_argument("--iface", action="append", default=_env_list("iface"))
+    doctor.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
+                        help="a running vxland's health port: its UDP port then counts as in use by it")
+    peers = sub.add_parser("peers", help="the running vxland's peer table (from its /peers endpoint)")
+    peers.add_argument("--healthz-ip", default="127.0.0.1")
+    peers.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "2401") or "2401"))
+    peers.add_argument("--json", action="store_true", help="print the JSON as served")
     lab = sub.add_parser("lab", help="lab housekeeping")
     lab.add_argument("action", choices=["clean"],
                      help="clean: delete namespaces left by labs whose process is gone")
     return p
+
+
+def print_peers(ip: str, port: int, as_json: bool) -> int:
+    import json
+    import urllib.request
+
+    url = f"http://{ip}:{port}/peers"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            doc = json.load(resp)
+    except OSError as exc:
+        print(f"cannot read {url}: {exc} (is vxland running with --healthz-port={port}?)", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"{'SUBNET':<20} {'PUBLIC IP':<16} {'VIA':<7} {'VTEP MAC':<18} VNI")
+    for p in doc["peers"]:
+        print(f"{p['subnet']:<20} {p['public_ip']:<16} {p['via']:<7} {p['vtep_mac'] or '-':<18} {p['vni'] or '-'}")
+    print(f"{len(doc['peers'])} peer(s)")
+    return 0
 
 
 def vxlanctl_main(argv: list[str] | None = None) -> int:
@@ -378,6 +413,14 @@ def vxlanctl_main(argv: list[str] | None = None) -> int:
         from vxlan import decode
 
         return decode.run(args.file, args.vxlan_port)
+    if args.command == "doctor":
+        from vxlan import doctor
+
+        checks = doctor.run_all(args)
+        print(doctor.render(checks))
+        return 1 if any(c.status == "FAIL" for c in checks) else 0
+    if args.command == "peers":
+        return print_peers(args.healthz_ip, args.healthz_port, args.json)
     if args.command == "lab":
         from vxlan import lab
 

@@ -274,3 +274,51 @@ def test_systemd_unit_verifies(tmp_path):
     proc = subprocess.run([analyze, "verify", str(tmp_path / "vxland.service")], capture_output=True, text=True)
     assert proc.returncode == 0 and "vxland.service" not in proc.stderr, proc.stderr
     assert "Type=notify" in unit and "Restart=on-failure" in unit
+
+
+# -- vxlanctl doctor and peers ------------------------------------------------------------
+
+def doctor(lab: Lab, host, *extra: str, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "vxlan.ctl", "doctor", "--etcd-endpoints", lab.etcd_endpoints, "--iface", "eth0",
+           *extra]
+    return sh([*(wrap or []), *cmd], ns=host.ns, check=False)
+
+
+def test_doctor_all_good_and_each_fix():
+    with Lab(["vxland", "vxland"], registry="etcd", defer=(2,)) as lab:
+        h1, h2 = lab.hosts
+        # a host running vxland: its port counts as held by vxland
+        ok = doctor(lab, h1, "--healthz-port", str(lab.healthz_port))
+        assert ok.returncode == 0 and ok.stdout.strip().endswith("all good"), ok.stdout + ok.stderr
+        # ... and one about to run it
+        ok = doctor(lab, h2)
+        assert ok.returncode == 0 and "all good" in ok.stdout, ok.stdout
+        # port taken by someone else
+        holder = lab.popen(h2.ns, [sys.executable, "-c", "import socket, time; s = socket.socket(2, 2); "
+                                   "s.bind(('0.0.0.0', 8472)); print('bound', flush=True); time.sleep(60)"],
+                           stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+        bad = doctor(lab, h2)
+        stop_process(holder)
+        assert bad.returncode == 1 and "FAIL port" in bad.stdout and "ss -ulpn" in bad.stdout, bad.stdout
+        # no TUN: /dev/net hidden in a private mount namespace
+        bad = doctor(lab, h2, wrap=["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /dev/net && exec "$@"', "-"])
+        assert bad.returncode == 1 and "FAIL tun" in bad.stdout and "mknod /dev/net/tun" in bad.stdout, bad.stdout
+        # etcd down
+        bad = doctor(lab, h2, "--etcd-endpoints", "http://198.18.0.99:2379")
+        assert bad.returncode == 1 and "FAIL etcd" in bad.stdout and "fix: start etcd" in bad.stdout, bad.stdout
+        # missing config
+        lab.etcdctl("del", "/coreos.com/network/config")
+        bad = doctor(lab, h2)
+        assert bad.returncode == 1 and "FAIL config" in bad.stdout and "etcdctl put /coreos.com/network/config" \
+            in bad.stdout, bad.stdout
+
+
+def test_vxlanctl_peers():
+    with Lab(["vxland", "vxland", "vxland"], registry="etcd") as lab:
+        h1, h2, h3 = lab.hosts
+        out = sh([sys.executable, "-m", "vxlan.ctl", "peers", "--healthz-port", str(lab.healthz_port)],
+                 ns=h1.ns).stdout
+        for peer in (h2, h3):
+            assert f"{peer.subnet}" in out and peer.public_ip in out
+        assert "2 peer(s)" in out and "tunnel" in out

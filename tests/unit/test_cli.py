@@ -81,3 +81,96 @@ def test_pure_python_fallback_is_logged():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k != "VXLAN_PURE_PYTHON"})
     assert proc.stdout.split() == ["cython", "fastpath._fastpath"]
+
+
+# -- flanneld flag parity -------------------------------------------------------------------
+
+FLANNELD_FLAGS = ["etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username",
+                  "etcd-password", "iface", "iface-regex", "iface-can-reach", "public-ip", "public-ipv6",
+                  "subnet-file", "subnet-lease-renew-margin", "ip-masq", "ip-masq-fully-random-disable",
+                  "iptables-resync", "iptables-forward-rules", "ip-blackhole-route", "healthz-ip", "healthz-port",
+                  "kube-subnet-mgr", "kube-api-url", "kubeconfig-file", "kube-annotation-prefix", "net-config-path",
+                  "set-node-network-unavailable", "v", "vmodule", "log_backtrace_at", "version"]
+
+
+def parse(*argv, env=None):
+    from vxlan import cli
+
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        parser = cli.vxland_parser()
+        return parser.parse_args(cli.go_style_argv(parser, list(argv)))
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def test_every_flanneld_flag_is_accepted():
+    from vxlan import cli
+
+    parser = cli.vxland_parser()
+    known = {opt.lstrip("-") for action in parser._actions for opt in action.option_strings}
+    assert set(FLANNELD_FLAGS) <= known, set(FLANNELD_FLAGS) - known
+
+
+def test_flanneld_defaults():
+    a = parse()
+    assert (a.etcd_endpoints, a.etcd_prefix, str(a.subnet_file)) == (
+        "http://127.0.0.1:4001,http://127.0.0.1:2379", "/coreos.com/network", "/run/flannel/subnet.env")
+    assert (a.ip_masq, a.ip_masq_fully_random_disable, a.iptables_resync, a.iptables_forward_rules,
+            a.ip_blackhole_route, a.healthz_ip, a.healthz_port, a.subnet_lease_renew_margin) == (
+        False, False, 5, True, False, "0.0.0.0", 0, 60)
+
+
+def test_go_style_flags_and_booleans():
+    """Go's flag package: -name and --name, -name=value, bools as -name, -name=true/false/1/0/t/f."""
+    a = parse("-etcd-endpoints=http://10.0.0.1:2379", "-iface", "eth0", "--iface=ens33", "-ip-masq",
+              "--iptables-forward-rules=false", "-ip-blackhole-route=1", "-v=2", "--iptables-resync", "9")
+    assert a.etcd_endpoints == "http://10.0.0.1:2379" and a.iface == ["eth0", "ens33"]
+    assert (a.ip_masq, a.iptables_forward_rules, a.ip_blackhole_route, a.verbosity, a.iptables_resync) == (
+        True, False, True, 2, 9)
+
+
+def test_env_vars_including_repeatable_and_bool():
+    a = parse(env={"FLANNELD_IFACE": "eth1,eth2", "FLANNELD_IP_MASQ": "true", "FLANNELD_IPTABLES_FORWARD_RULES": "0",
+                   "FLANNELD_IPTABLES_RESYNC": "7"})
+    assert (a.iface, a.ip_masq, a.iptables_forward_rules, a.iptables_resync) == (["eth1", "eth2"], True, False, 7)
+    assert parse("--ip-masq=false", env={"FLANNELD_IP_MASQ": "true"}).ip_masq is False  # the command line wins
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--kube-subnet-mgr"], "--kube-subnet-mgr: not supported"),
+    (["-kube-subnet-mgr=true", "--kubeconfig-file=/k"], "--kube-subnet-mgr, --kubeconfig-file: not supported"),
+    (["--net-config-path", "/etc/x.json"], "--net-config-path: not supported"),
+])
+def test_kubernetes_flags_are_refused_clearly(args, text):
+    proc = vxland(*args)
+    assert proc.returncode == 2 and text in proc.stderr and "Kubernetes subnet manager" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--ip-masq=maybe"], "is not a boolean"),
+    (["--iptables-resync", "0"], "must be 1 or more"),
+    (["--iface-regex", "(unclosed"], "--iface-regex"),
+])
+def test_bad_parity_flags(args, text):
+    proc = vxland(*args)
+    assert proc.returncode == 2 and text in proc.stderr, proc.stderr
+
+
+def test_version_and_grouped_help():
+    proc = vxland("-version")
+    assert proc.returncode == 0 and proc.stdout.startswith("vxland ")
+    help_text = vxland("--help").stdout
+    groups = ["flanneld flags: etcd", "flanneld flags: this node", "flanneld flags: iptables and routes",
+              "flanneld flags: health and logging", "vxland flags"]
+    positions = [help_text.index(g) for g in groups]
+    assert positions == sorted(positions)
+    assert "not support" in help_text
+
+
+def test_kube_flags_at_their_defaults_are_no_error():
+    from vxlan import cli
+
+    assert cli.kube_flags_used(parse("--kube-subnet-mgr=false", "--set-node-network-unavailable=true")) == []

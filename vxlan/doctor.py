@@ -1,0 +1,209 @@
+"""``vxlanctl doctor``: can vxland run on this host, and if not, what to do about it.
+
+Each check says ok, warn or FAIL, and with anything but ok the fix. Read-only apart from two
+short-lived probes that leave nothing behind: a TUN device that vanishes when closed, and a
+vxlan device made in a scratch network namespace. Exit status 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import json
+import os
+import socket
+import struct
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+
+from vxlan import iptables, netconf, wire
+from vxlan.config import ConfigError, parse_config
+
+TUNSETIFF = 0x400454CA
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "warn" or "FAIL"
+    detail: str
+    fix: str = ""
+
+
+def check_tun(path: str = "/dev/net/tun") -> Check:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        return Check("tun", "FAIL", f"cannot open {path}: {exc.strerror}",
+                     "load the module (modprobe tun); in a container pass the device (docker run --device "
+                     "/dev/net/tun --cap-add NET_ADMIN); or create it: "
+                     "mkdir -p /dev/net && mknod /dev/net/tun c 10 200")
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", f"vxdoc{os.getpid() % 100000}".encode(), IFF_TUN | IFF_NO_PI))
+    except OSError as exc:
+        fix = ("run as root or give CAP_NET_ADMIN" if exc.errno == errno.EPERM
+               else f"{path} is not a working TUN device (is the tun module loaded?)")
+        return Check("tun", "FAIL", f"cannot create a TUN device: {exc.strerror}", fix)
+    finally:
+        os.close(fd)
+    return Check("tun", "ok", f"{path} works")
+
+
+def check_kernel_vxlan() -> Check:
+    ns = f"vxl-{os.getpid()}-doctor"
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return Check("kernel-vxlan", "warn", "could not probe (no ip command or no namespaces)", "install iproute2")
+    try:
+        proc = subprocess.run(["ip", "-n", ns, "link", "add", "vxprobe", "type", "vxlan", "id", "1", "dstport", "8472"],
+                              capture_output=True, text=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    if proc.returncode == 0:
+        return Check("kernel-vxlan", "ok", "this kernel could do vxlan itself (flanneld's vxlan backend would work "
+                     "too); vxland works either way")
+    return Check("kernel-vxlan", "ok", f"no kernel vxlan ({proc.stderr.strip()}): the case vxland is for")
+
+
+def check_etcd(endpoints: str, prefix: str, tls, username: str | None, password: str | None) -> list[Check]:
+    """etcd reachable, and the network config present and valid."""
+    from vxlan.registry.etcd_client import EtcdClient, parse_endpoints
+
+    try:
+        client = EtcdClient(parse_endpoints(endpoints), tls=tls, username=username, password=password, timeout_s=3)
+    except ValueError as exc:
+        return [Check("etcd", "FAIL", str(exc), "fix --etcd-endpoints")]
+
+    async def get() -> bytes | None:
+        try:
+            value, _revision = await asyncio.wait_for(client.get((prefix + "/config").encode()), 6)
+        finally:
+            await client.close()
+        return value
+
+    try:
+        value = asyncio.run(get())
+    except Exception as exc:  # any failure to talk to etcd is the finding here
+        return [Check("etcd", "FAIL", f"cannot reach etcd at {endpoints}: {exc or type(exc).__name__}",
+                      "start etcd, or point --etcd-endpoints (and --etcd-*file for TLS) at a running member")]
+    checks = [Check("etcd", "ok", f"reachable at {endpoints}")]
+    example = json.dumps({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
+    if value is None:
+        checks.append(Check("config", "FAIL", f"no network config at {prefix}/config",
+                            f"etcdctl put {prefix}/config '{example}'"))
+        return checks
+    try:
+        config = parse_config(json.loads(value))
+    except (ValueError, ConfigError) as exc:
+        checks.append(Check("config", "FAIL", f"{prefix}/config is invalid: {exc}",
+                            f"correct it, e.g. etcdctl put {prefix}/config '{example}'"))
+        return checks
+    checks.append(Check("config", "ok", f"Network {config.network}, backend {config.backend.type}"
+                        + (f", VNI {config.backend.vni}, port {config.backend.port}"
+                           if config.backend.type == "vxlan" else "")))
+    return checks
+
+
+def check_mtu(ifaces: tuple[str, ...]) -> tuple[Check, netconf.Iface | None]:
+    try:
+        iface = netconf.find_iface(ifaces, None)
+    except netconf.NetconfError as exc:
+        return Check("underlay", "FAIL", str(exc), "pass --iface NAME (or its IPv4 address)"), None
+    inner = iface.mtu - wire.ENCAP_OVERHEAD
+    if iface.mtu < 1500:
+        return Check("underlay", "warn", f"{iface.name} {iface.address} MTU {iface.mtu}: pods get MTU {inner}",
+                     "fine if every node agrees; CNI reads FLANNEL_MTU from subnet.env"), iface
+    return Check("underlay", "ok", f"{iface.name} {iface.address} MTU {iface.mtu} (overlay MTU {inner})"), iface
+
+
+def check_port(port: int, healthz_port: int) -> Check:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+            return Check("port", "ok", f"UDP {port} is free")
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return Check("port", "FAIL", f"UDP {port}: {exc.strerror}", "run as root")
+    if healthz_port and _running_vxland(healthz_port):
+        return Check("port", "ok", f"UDP {port} is held by the vxland answering on :{healthz_port}")
+    return Check("port", "FAIL", f"UDP {port} is taken by another program",
+                 f"find it with: ss -ulpn 'sport = :{port}' (a kernel vxlan device such as flannel.1, flanneld, or "
+                 "another vxland); stop it, or use another Backend.Port on every node")
+
+
+def _running_vxland(healthz_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{healthz_port}/metrics", timeout=2) as resp:
+            return b"vxland_info" in resp.read()
+    except OSError:
+        return False
+
+
+def check_ip_forward() -> Check:
+    if netconf.ip_forward_enabled():
+        return Check("ip_forward", "ok", "net.ipv4.ip_forward = 1")
+    return Check("ip_forward", "FAIL", "net.ipv4.ip_forward = 0: this host will not forward pod traffic",
+                 "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d/); flanneld does not set it either")
+
+
+def check_iptables() -> Check:
+    try:
+        ipt = iptables.IPTables()
+    except iptables.IPTablesError as exc:
+        return Check("iptables", "warn", str(exc),
+                     "needed for --ip-masq and the FORWARD rules: apt-get install iptables")
+    flavour = iptables.flavour(ipt.version)
+    other = "iptables-legacy-save" if flavour == "nf_tables" else "iptables-nft-save"
+    detail = f"{ipt.version}; --random-fully {'supported' if ipt.random_fully else 'not supported'}"
+    try:
+        foreign = subprocess.run([other], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        foreign = ""
+    if any(line.startswith("-A ") for line in foreign.splitlines()):
+        return Check("iptables", "warn", f"{detail}; but {other} shows rules too",
+                     "two iptables back ends in use: make kube-proxy, docker and vxland use the same one "
+                     "(update-alternatives --config iptables)")
+    return Check("iptables", "ok", detail)
+
+
+def run_all(args) -> list[Check]:
+    checks = [check_tun(), check_kernel_vxlan()]
+    port = wire.DEFAULT_PORT
+    if args.registry_file is not None:
+        from vxlan.registry.file import load_registry
+
+        try:
+            snap = load_registry(args.registry_file)
+            checks.append(Check("config", "ok", f"{args.registry_file}: Network {snap.config.network}"))
+            port = snap.config.backend.port or port
+        except ConfigError as exc:
+            checks.append(Check("config", "FAIL", f"{args.registry_file}: {exc}", "fix the field named"))
+    else:
+        tls = None
+        if args.etcd_keyfile and args.etcd_certfile:
+            from vxlan.registry.etcd_client import TLSFiles
+
+            tls = TLSFiles(args.etcd_keyfile, args.etcd_certfile, args.etcd_cafile)
+        etcd_checks = check_etcd(args.etcd_endpoints, args.etcd_prefix, tls, args.etcd_username, args.etcd_password)
+        checks += etcd_checks
+        for word in (c.detail for c in etcd_checks if c.name == "config" and c.status == "ok"):
+            if ", port " in word:
+                port = int(word.rsplit(", port ", 1)[1])
+    mtu_check, _ = check_mtu(tuple(args.iface))
+    checks += [mtu_check, check_port(port, args.healthz_port), check_ip_forward(), check_iptables()]
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for c in checks:
+        lines.append(f"{c.status:<4} {c.name:<12} {c.detail}")
+        if c.fix and c.status != "ok":
+            lines.append(f"{'':<17} fix: {c.fix}")
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    lines.append(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "all good")
+    return "\n".join(lines)
