@@ -67,6 +67,22 @@ class KernelNode:
                 log.info("removed %s via %s", lease.subnet, lease.public_ip)
 
 
+class HostGwNode:
+    """flannel's host-gw backend (route_network.go): ``S via P dev IFACE`` per peer."""
+
+    def __init__(self, iface: str) -> None:
+        self.iface = iface
+
+    async def program(self, events: list[PeerEvent]) -> None:
+        for event in events:
+            lease = event.lease
+            if isinstance(event, PeerAdded):
+                await sh("ip", "route", "replace", str(lease.subnet), "via", lease.public_ip, "dev", self.iface)
+                log.info("route %s via %s", lease.subnet, lease.public_ip)
+            elif isinstance(event, PeerRemoved):
+                await sh("ip", "route", "del", str(lease.subnet), "via", lease.public_ip, check=False)
+
+
 async def run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,8 +94,16 @@ async def run(args: argparse.Namespace) -> int:
     config = await registry.get_config()
     iface = await asyncio.to_thread(netconf.find_iface, args.iface, None)
     own, others = await registry.acquire(config, iface.address, wire.random_vtep_mac())
+    mtu = config.tun_mtu(iface.mtu)
+    if config.backend.type == "host-gw":
+        node: KernelNode | HostGwNode = HostGwNode(iface.name)
+        peers = PeerTable(own.subnet, config.subnet_len, "host-gw")
+        await node.program(peers.reset(others))
+        subnetenv.write(args.subnet_file, config.network, own.subnet, mtu)
+        log.info("flanneld-emu started: backend host-gw, subnet %s, VtepMAC none, %d peers", own.subnet, len(peers))
+        return await follow_until_stopped(registry, node, peers, stop)
     assert own.vtep_mac is not None
-    vni, port, mtu = config.backend.vni, config.backend.port, config.tun_mtu(iface.mtu)
+    vni, port = config.backend.vni, config.backend.port
     dev = f"flannel.{vni}"
     await sh("ip", "link", "add", dev, "address", wire.mac_to_str(own.vtep_mac), "type", "vxlan", "id", str(vni),
              "local", iface.address, "dev", iface.name, "dstport", str(port), "nolearning")
@@ -94,7 +118,10 @@ async def run(args: argparse.Namespace) -> int:
     subnetenv.write(args.subnet_file, config.network, own.subnet, mtu)
     log.info("flanneld-emu started: subnet %s, VtepMAC %s, VNI %d, port %d, %d peers",
              own.subnet, wire.mac_to_str(own.vtep_mac), vni, port, len(peers))
+    return await follow_until_stopped(registry, node, peers, stop)
 
+
+async def follow_until_stopped(registry, node, peers: PeerTable, stop: asyncio.Event) -> int:
     async def follow() -> None:
         async for change in registry.changes():
             if isinstance(change, Reset):

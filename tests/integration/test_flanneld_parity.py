@@ -109,7 +109,7 @@ def routes(lab: Lab, host) -> str:
 
 
 def test_host_gw_cluster():
-    with Lab(["vxland", "vxland", "vxland"], registry="etcd", backend={"Type": "host-gw"}) as lab:
+    with Lab(["vxland", "vxland", "kernel"], registry="etcd", backend={"Type": "host-gw"}) as lab:
         all_pairs_ping(lab)
         h1, h2, h3 = lab.hosts
         leases = lab.etcd_leases()
