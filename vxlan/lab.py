@@ -333,8 +333,11 @@ class Lab(EtcdLabMixin):
                     "flanneld-emu started")
         registry = (["--registry-file", str(self.registry_path)] if self.registry == "file"
                     else ["--etcd-endpoints", self.etcd_endpoints, *self.etcd_tls_args()])
+        # No FLANNEL-FWD rules unless a test asks (the lab's FORWARD policy is ACCEPT anyway):
+        # the kernel nodes it compares against have none, and each rule costs per packet.
         return ([sys.executable, "-m", "vxlan", *registry, "--iface", "eth0", "--subnet-file",
-                 str(host.subnet_file), "--healthz-port", str(self.healthz_port), *host.extra_args],
+                 str(host.subnet_file), "--healthz-port", str(self.healthz_port), "--iptables-forward-rules=false",
+                 *host.extra_args],
                 "vxland started")
 
     def start_node(self, host: Host, wait_s: float = 20.0, wait: bool = True) -> None:

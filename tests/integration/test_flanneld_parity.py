@@ -212,7 +212,7 @@ def test_ip_masq_rules_and_masquerade(iptables_flavour):
     with Lab(["vxland", "vxland"], registry="etcd", defer=(1, 2), env=env) as lab:
         h1, h2 = lab.hosts
         for h in lab.hosts:
-            h.extra_args = ["--ip-masq", "--iptables-resync=1"]
+            h.extra_args = ["--ip-masq", "--iptables-resync=1", "--iptables-forward-rules=true"]
             lab.start_node(h)
         want = expected_rules(str(lab.network), str(h1.subnet))
         assert iptables_save(lab, h1, env) == want
