@@ -25,7 +25,7 @@ enum {
     VX_OK = 0, VX_TOO_SHORT = 1, VX_NO_I_FLAG = 2, VX_WRONG_VNI = 3, VX_UNKNOWN_SENDER = 4,
     VX_DST_MAC_MISMATCH = 5, VX_DST_MAC_BROADCAST = 6, VX_ARP = 7, VX_BAD_ETHERTYPE = 8,
     VX_BAD_INNER_IP = 9, VX_TOO_BIG = 10, VX_NO_ROUTE = 11, VX_NOT_IP = 12, VX_SEND_FAILED = 13,
-    VX_TUN_WRITE_FAILED = 14, VX_BAD_OFFLOAD = 15,
+    VX_TUN_WRITE_FAILED = 14, VX_BAD_OFFLOAD = 15, VX_TTL_EXPIRED = 16,  /* 16: udp backend only */
 };
 
 /* virtio_net_hdr (linux/virtio_net.h); host byte order as the TUN uses it. */

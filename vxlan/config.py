@@ -35,9 +35,12 @@ def get_ci(obj: dict[str, Any], key: str, default: Any = None) -> Any:
     return default
 
 
+DEFAULT_UDP_PORT = 8285  # pkg/backend/udp/udp_amd64.go defaultPort
+
+
 @dataclass(frozen=True)
 class BackendConfig:
-    type: str
+    type: str  # "vxlan", "host-gw" or "udp"
     vni: int = 1  # pkg/backend/vxlan/vxlan.go const defaultVNI
     port: int = wire.DEFAULT_PORT  # 0 in the config = kernel default 8472
     mtu: int = 0  # 0 = external interface MTU (flannel >= 0.21.3 "MTU" option)
@@ -53,6 +56,7 @@ class NetworkConfig:
     subnet_min: ipaddress.IPv4Address
     subnet_max: ipaddress.IPv4Address
     backend: BackendConfig
+    backend_missing: bool = False  # no "Backend" key: flanneld's code falls back to udp
 
     def subnet_mask(self) -> int:
         return (0xFFFFFFFF << (32 - self.subnet_len)) & 0xFFFFFFFF
@@ -69,6 +73,8 @@ class NetworkConfig:
         host-gw adds no header, so its FLANNEL_MTU is the underlay's (route_network.go:MTU)."""
         if self.backend.type == "host-gw":
             return underlay_mtu
+        if self.backend.type == "udp":  # udp_network_amd64.go: encapOverhead = 28
+            return underlay_mtu - 28
         return (self.backend.mtu or underlay_mtu) - wire.ENCAP_OVERHEAD
 
 
@@ -91,23 +97,22 @@ def _bool_field(obj: dict[str, Any], key: str, path: str) -> bool:
 def parse_backend(raw: Any, path: str = "Backend") -> BackendConfig:
     if raw is None:
         # config.go:parseBackendType defaults to "udp" when Backend is absent (the docs say
-        # vxlan; the code says udp). vxland only speaks vxlan, so say so instead of guessing.
-        raise ConfigError(
-            path,
-            'missing; flanneld would fall back to the "udp" backend, which vxland does not provide. '
-            'Add "Backend": {"Type": "vxlan"}',
-        )
+        # vxlan; the code says udp), so vxland runs flannel's udp backend too; the daemon logs it.
+        return BackendConfig(type="udp", vni=0, port=DEFAULT_UDP_PORT)
     if not isinstance(raw, dict):
         raise ConfigError(path, f"error decoding Backend property of config: not an object: {json.dumps(raw)}")
     btype = get_ci(raw, "Type", "")
     if not isinstance(btype, str):
         raise ConfigError(f"{path}.Type", f"must be a string, got {json.dumps(btype)}")
+    if btype.lower() == "udp":
+        return BackendConfig(type="udp", vni=0, port=_int_field(raw, "Port", path, 0, 0, 65535) or DEFAULT_UDP_PORT)
     if btype.lower() == "host-gw":
         # hostgw.go: no options; routes only, so the MTU is the underlay's.
         return BackendConfig(type="host-gw", vni=0, port=0)
     if btype.lower() != "vxlan":
         # manager.go:GetBackend lower-cases the type; "" gives flannel's "unknown backend type: ".
-        raise ConfigError(f"{path}.Type", f'unknown backend type: {btype} (vxland provides "vxlan" and "host-gw")')
+        raise ConfigError(f"{path}.Type",
+                          f'unknown backend type: {btype} (vxland provides "vxlan", "host-gw" and "udp")')
     port = _int_field(raw, "Port", path, 0, 0, 65535)
     mtu = _int_field(raw, "MTU", path, 0, 0, 65535)
     if mtu and mtu - wire.ENCAP_OVERHEAD < 68:
@@ -181,4 +186,5 @@ def parse_config(raw: Any) -> NetworkConfig:
         subnet_min=subnet_min,
         subnet_max=subnet_max,
         backend=parse_backend(get_ci(raw, "Backend")),
+        backend_missing=get_ci(raw, "Backend") is None,
     )

@@ -27,6 +27,7 @@ from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTabl
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Registry, Reset
 from vxlan.routes import CHECK_INTERVAL_S, PeerRoutes
 from vxlan.tun import Tun
+from vxlan.udpbackend import UdpCodec
 
 log = logging.getLogger("vxland")
 
@@ -118,6 +119,10 @@ class Daemon:
         except ConfigError as exc:
             raise StartupError(f"invalid network config: {exc}") from None
         self.backend_type = config.backend.type
+        if config.backend_missing:
+            log.warning('the network config has no "Backend": as flanneld\'s code does (config.go:parseBackendType; '
+                        'its docs say vxlan), vxland runs flannel\'s udp backend on port %d. Add "Backend": '
+                        '{"Type": "vxlan"} to every node\'s config for VXLAN', config.backend.port)
         try:
             iface = await asyncio.to_thread(netconf.find_iface, self.opts.iface, self.opts.public_ip,
                                             self.opts.iface_regex, self.opts.iface_can_reach)
@@ -134,13 +139,19 @@ class Daemon:
         except AcquireError as exc:
             raise StartupError(str(exc)) from None
         mtu = config.tun_mtu(iface.mtu)
-        self.peers = PeerTable(own.subnet, config.subnet_len, config.backend.type)
+        self.peers = PeerTable(own.subnet, config.subnet_len,
+                               None if config.backend.type == "udp" else config.backend.type)
         if config.backend.type == "vxlan":
             tun_name = await self._start_vxlan(loop, config, own, iface, public_ip, mtu)
             device = f"TUN {tun_name}"
             if config.backend.direct_routing:
                 self.routes = PeerRoutes()
+        elif config.backend.type == "udp":
+            tun_name = await self._start_udp(loop, config, own, iface, public_ip, mtu)
+            device = f"TUN {tun_name}"
         else:
+            if self.opts.capture is not None or self.opts.trace_rate:
+                raise StartupError("--capture and --trace need the vxlan backend (host-gw has no tunnel to watch)")
             self.routes = PeerRoutes(oif=iface.index)
             device = f"routes via {iface.name}"
         await self._apply(self.peers.reset(others))
@@ -170,9 +181,9 @@ class Daemon:
                      iface.address or public_ip, public_ip, device, fastpath.IMPLEMENTATION,
                      " ".join(self._offload_names) or "none")
         else:
-            log.info("vxland started: backend host-gw, MTU %d, subnet %s, VtepMAC none, %d peers "
-                     "(underlay %s %s, public IP %s, %s)", mtu, own.subnet, len(self.peers), iface.name,
-                     iface.address, public_ip, device)
+            log.info("vxland started: backend %s, MTU %d, subnet %s, VtepMAC none, %d peers "
+                     "(underlay %s %s, public IP %s, %s)", config.backend.type, mtu, own.subnet, len(self.peers),
+                     iface.name, iface.address, public_ip, device)
 
     async def _start_health(self) -> None:
         self.metrics_source = MetricsSource(
@@ -246,6 +257,37 @@ class Daemon:
                 raise StartupError(f"--capture {self.opts.capture}: {getattr(exc, 'strerror', None) or exc}") from None
             loop.add_signal_handler(signal.SIGUSR1, self._capture_toggle)
         return tun_name
+
+    async def _start_udp(self, loop, config, own, iface, public_ip: str, tun_mtu: int) -> str:
+        """flannel's udp backend: TUN flannel0, bare IP packets over UDP (vxlan.udpbackend)."""
+        if self.opts.capture is not None or self.opts.trace_rate:
+            raise StartupError("--capture and --trace need the vxlan backend (the udp backend has no capture hook)")
+        port = config.backend.port
+        self.codec = UdpCodec(own.subnet.network_address, config.subnet_len, port)
+        bind_ip = iface.address or public_ip
+        try:
+            sock = open_udp_socket(bind_ip, port)
+        except OSError as exc:
+            raise StartupError(f"cannot bind UDP {bind_ip}:{port}: {exc.strerror} (flanneld's udp backend "
+                               "or another vxland on this port?)") from None
+        self._cleanups.append(sock.close)
+        try:  # "flannel%d", as ip.OpenTun: the kernel picks flannel0, flannel1 ...
+            tun = Tun(self.opts.tun_name or "flannel%d", offload=False)
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from None
+        self._cleanups.append(tun.close)
+        self._cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, config.network))
+        try:
+            await asyncio.to_thread(netconf.configure_tun, tun.name, own.subnet.network_address, tun_mtu,
+                                    config.network)
+        except netconf.NetconfError as exc:
+            raise StartupError(str(exc)) from None
+        self.dataplane = DataPlane(self.codec, tun.fd, sock)
+        self.dataplane.start(loop)
+        self._cleanups.append(self.dataplane.stop)
+        if self.metrics_source is not None:
+            self.metrics_source.dataplane, self.metrics_source.codec = self.dataplane, self.codec
+        return tun.name
 
     async def _start_iptables(self, network, subnet) -> None:
         """--ip-masq and the forward rules, as flanneld's main.go sets them up (flannel-spec §6)."""
@@ -393,7 +435,12 @@ class Daemon:
             return
         if self.routes is not None and lease.subnet in self.routes:
             await asyncio.to_thread(self.routes.remove, lease.subnet)
-        assert lease.vtep_mac is not None and self.codec is not None
+        assert self.codec is not None
+        if self.backend_type == "udp":
+            self.codec.set_peer(subnet, None, lease.public_ip)
+            log.info("peer %s via %s (udp)", lease.subnet, lease.public_ip)
+            return
+        assert lease.vtep_mac is not None
         self.codec.set_peer(subnet, lease.vtep_mac, lease.public_ip)
         log.info("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
 

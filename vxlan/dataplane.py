@@ -35,10 +35,10 @@ BUF_SIZE = HEADROOM + 65536  # room for any datagram or TUN packet
 class _Pool:
     """``n`` reusable buffers and the per-packet result slots of one direction."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, headroom: int = HEADROOM) -> None:
         self.bufs = [bytearray(BUF_SIZE) for _ in range(n)]
         self.views = [memoryview(b) for b in self.bufs]
-        self.payload_views = [v[HEADROOM:] for v in self.views]  # where TUN reads land
+        self.payload_views = [v[headroom:] for v in self.views]  # where TUN reads land
         self.lengths = [0] * n
         self.verdicts = [0] * n
         self.aux: list = [None] * n  # destinations (tx) or senders (rx)
@@ -51,8 +51,10 @@ class DataPlane:
         self.tun_fd = tun_fd
         self.sock = sock
         self.batch = batch
-        self._tx = _Pool(batch)
-        self._rx = _Pool(batch)
+        # bytes in front of the inner packet: VXLAN + Ethernet, or none for flannel's udp backend
+        self.headroom = getattr(codec, "headroom", HEADROOM)
+        self._tx = _Pool(batch, self.headroom)
+        self._rx = _Pool(batch, self.headroom)
         self.tx_packets = self.tx_bytes = 0  # inner packets/bytes sent into the tunnel
         self.rx_packets = self.rx_bytes = 0  # inner packets/bytes written to the TUN
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,8 +87,18 @@ class DataPlane:
             n += 1
         if not n:
             return
-        if not self.codec.encap_batch(pool.bufs, pool.lengths, n, pool.verdicts, pool.aux):
+        ok = self.codec.encap_batch(pool.bufs, pool.lengths, n, pool.verdicts, pool.aux)
+        pending = getattr(self.codec, "pending_tun", None)
+        if pending:  # ICMP errors the codec wants delivered back into the TUN
+            for reply in pending:
+                try:
+                    os.write(fd, reply)
+                except OSError:
+                    self.codec.count_drop(DropReason.TUN_WRITE_FAILED)
+            pending.clear()
+        if not ok:
             return
+        hr = self.headroom
         sendto = self.sock.sendto
         sent = sent_bytes = failed = 0
         for i in range(n):
@@ -94,7 +106,7 @@ class DataPlane:
                 continue
             length = pool.lengths[i]
             try:
-                sendto(pool.views[i][: HEADROOM + length], pool.aux[i])
+                sendto(pool.views[i][: hr + length], pool.aux[i])
             except OSError:
                 failed += 1
                 continue
@@ -124,13 +136,14 @@ class DataPlane:
         if not self.codec.decap_batch(pool.bufs, pool.lengths, pool.aux, n, pool.verdicts, pool.inner):
             return
         fd = self.tun_fd
+        hr = self.headroom
         written = written_bytes = failed = 0
         for i in range(n):
             if pool.verdicts[i]:
                 continue
             length = pool.inner[i]
             try:
-                os.write(fd, pool.views[i][HEADROOM : HEADROOM + length])
+                os.write(fd, pool.views[i][hr : hr + length])
             except OSError:
                 failed += 1
                 continue

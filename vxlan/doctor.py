@@ -102,9 +102,14 @@ def check_etcd(endpoints: str, prefix: str, tls, username: str | None, password:
         checks.append(Check("config", "FAIL", f"{prefix}/config is invalid: {exc}",
                             f"correct it, e.g. etcdctl put {prefix}/config '{example}'"))
         return checks
-    checks.append(Check("config", "ok", f"Network {config.network}, backend {config.backend.type}"
-                        + (f", VNI {config.backend.vni}, port {config.backend.port}"
-                           if config.backend.type == "vxlan" else "")))
+    detail = f"Network {config.network}, backend {config.backend.type}"
+    if config.backend_missing:
+        detail += " (no Backend in the config: flanneld's code, and vxland, then run udp)"
+    if config.backend.type == "vxlan":
+        detail += f", VNI {config.backend.vni}"
+    if config.backend.type in ("vxlan", "udp"):
+        detail += f", port {config.backend.port}"
+    checks.append(Check("config", "ok", detail))
     return checks
 
 

@@ -106,7 +106,9 @@ class EtcdLabMixin:
 
     def put_config(self, config: dict | None = None) -> None:
         if config is None:
-            config = {"Network": str(self.network), "Backend": self.backend_config()}
+            config = {"Network": str(self.network)}
+            if self.backend.get("Type", "vxlan") is not None:  # Type None: no Backend at all (udp)
+                config["Backend"] = self.backend_config()
             if self.subnet_len != 24:
                 config["SubnetLen"] = self.subnet_len
         self.etcdctl("put", "/coreos.com/network/config", json.dumps(config))

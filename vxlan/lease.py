@@ -59,6 +59,11 @@ class Lease:
         return json.dumps(attrs, separators=(",", ":"))
 
 
+def lease_backend_type(config) -> str:
+    """The BackendType our lease carries: flannel's udp backend writes none (udp_amd64.go)."""
+    return "" if config.backend.type == "udp" else config.backend.type
+
+
 def lease_from_attrs(subnet: ipaddress.IPv4Network, attrs: Any, path: str) -> Lease:
     """Decode a lease value; ``path`` prefixes the field name in errors."""
     if not isinstance(attrs, dict):

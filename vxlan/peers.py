@@ -35,7 +35,7 @@ PeerEvent = PeerAdded | PeerRemoved | PeerSkipped
 
 
 class PeerTable:
-    def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int, backend_type: str = "vxlan") -> None:
+    def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int, backend_type: str | None = "vxlan") -> None:
         self.own_subnet = own_subnet
         self.subnet_len = subnet_len
         self.backend_type = backend_type
@@ -53,8 +53,9 @@ class PeerTable:
 
     def _admit(self, lease: Lease) -> str | None:
         """Why ``lease`` is no peer of ours, or None if it is one."""
-        # vxlan_network.go:handleSubnetEvents and route_network.go compare BackendType exactly.
-        if lease.backend_type != self.backend_type:
+        # vxlan_network.go:handleSubnetEvents and route_network.go compare BackendType exactly;
+        # the udp backend (backend_type None) takes every lease (udp_network_amd64.go).
+        if self.backend_type is not None and lease.backend_type != self.backend_type:
             return f"backend type {lease.backend_type or '(none)'} is not {self.backend_type}"
         if lease.subnet.prefixlen != self.subnet_len:
             return f"prefix length /{lease.subnet.prefixlen} differs from SubnetLen /{self.subnet_len}"

@@ -67,6 +67,7 @@ class DropReason(enum.IntEnum):
     SEND_FAILED = 13  # sendto() on the UDP socket failed
     TUN_WRITE_FAILED = 14  # write() to the TUN failed
     BAD_OFFLOAD = 15  # a TUN super-packet that cannot be split, or a bad checksum offset in its header
+    TTL_EXPIRED = 16  # udp backend: TTL reached 0 (flannel's proxy decrements it on both sides)
 
     @property
     def label(self) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import MB, transfer, wait_for
 from vxlan.lab import Lab, LabError, sh, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -322,3 +322,49 @@ def test_vxlanctl_peers():
         for peer in (h2, h3):
             assert f"{peer.subnet}" in out and peer.public_ip in out
         assert "2 peer(s)" in out and "tunnel" in out
+
+
+# -- no Backend: flannel's udp backend ----------------------------------------------------
+
+def test_config_without_backend_runs_flannels_udp_backend():
+    """flanneld's code picks "udp" when the config has no Backend; so does vxland, and says so.
+    On the wire: the bare inner IP packet in UDP 8285."""
+    with Lab(["vxland", "vxland"], registry="etcd", backend={"Type": None}) as lab:
+        h1, h2 = lab.hosts
+        assert 'no "Backend"' in lab.log(h1) and "udp backend" in lab.log(h1)
+        leases = lab.etcd_leases()
+        assert all(set(v) == {"PublicIP", "PublicIPv6"} for v in leases.values()), leases  # no BackendType
+        assert "FLANNEL_MTU=1472" in h1.subnet_file.read_text()
+        all_pairs_ping(lab)
+        sent, received = transfer(lab, h1, h2, 5 * MB)
+        assert received == sent
+        out = lab.workdir / "udp8285.txt"
+        with open(out, "w") as f:
+            dump = lab.popen(lab.underlay_ns, ["tcpdump", "-i", "h1", "-n", "-l", "-x", "udp port 8285"], stdout=f,
+                             stderr=subprocess.PIPE, text=True)
+            assert dump.stderr is not None
+            dump.stderr.readline()
+            lab.ping(h1, h2, count=3, interval=0.05)
+            time.sleep(0.3)
+            stop_process(dump)
+        text = out.read_text()
+        # outer IPv4 (20) + UDP (8): the payload's first byte is the inner header's 0x45
+        assert text.count("UDP, length 84") >= 6, text[:2000]
+        assert "0x0010:" in text and " 4500 " in text.split("0x0010:")[1].split("\n")[0] + " 4500 "
+        # a destination in no peer's subnet: an ICMP net unreachable (56 bytes) written into the
+        # TUN, as flannel's proxy does. Its source is the TUN's own /32, as flannel's, so the
+        # kernel drops it as a martian unless accept_local is set (then the sender sees it).
+        def tun_rx() -> tuple[int, int]:
+            stats = json.loads(sh(["ip", "-s", "-j", "link", "show", "flannel0"], ns=h1.ns).stdout)[0]["stats64"]["rx"]
+            return stats["packets"], stats["bytes"]
+        before = tun_rx()
+        probe = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                 "s.setsockopt(socket.IPPROTO_IP, 11, 1)\n"  # IP_RECVERR: net unreachable is no fatal error
+                 "s.connect(('172.7.200.9', 9)); s.send(b'x'); time.sleep(0.5)\n"
+                 "try:\n    s.send(b'x'); print('no error')\nexcept OSError as e:\n    print(e.errno)\n")
+        sh([sys.executable, "-c", probe], ns=h1.pod_ns)
+        after = tun_rx()
+        assert (after[0] - before[0], after[1] - before[1]) == (2, 112), (before, after)
+        assert lab.metrics(h1)['vxland_drops_total{reason="no_route"}'] == 2
+        sh(["sysctl", "-qw", "net.ipv4.conf.flannel0.accept_local=1"], ns=h1.ns)
+        assert sh([sys.executable, "-c", probe], ns=h1.pod_ns).stdout.strip() == "101"  # ENETUNREACH

@@ -44,8 +44,8 @@ def test_host_bits_are_masked():
      "SubnetMin is not in the range of the Network"),
     ({"Network": "10.0.0.0/16", "SubnetMax": "10.0.3.1", "Backend": VXLAN}, "SubnetMax",
      "SubnetMax is not on a SubnetLen boundary: 10.0.3.1"),
-    ({"Network": "10.0.0.0/16"}, "Backend", "udp"),
-    ({"Network": "10.0.0.0/16", "Backend": {"Type": "udp"}}, "Backend.Type", "unknown backend type: udp"),
+    ({"Network": "10.0.0.0/16", "Backend": {"Type": "ipip"}}, "Backend.Type", "unknown backend type: ipip"),
+    ({"Network": "10.0.0.0/16", "Backend": {}}, "Backend.Type", "unknown backend type: "),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": "1"}}, "Backend.VNI", "must be an integer"),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, "Backend.VNI", "out of range"),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}, "Backend.Port", "out of range"),
@@ -56,3 +56,14 @@ def test_errors_name_field_and_reason(raw, field, text):
         parse_config(raw)
     assert info.value.field == field
     assert text in info.value.reason
+
+
+def test_backend_types_and_their_mtus():
+    """No Backend: udp on 8285, as flanneld's code (config.go:parseBackendType), MTU - 28;
+    host-gw: the underlay MTU; vxlan: MTU - 50."""
+    cfg = parse_config({"Network": "10.0.0.0/16"})
+    assert (cfg.backend.type, cfg.backend.port, cfg.backend_missing, cfg.tun_mtu(1500)) == ("udp", 8285, True, 1472)
+    cfg = parse_config({"Network": "10.0.0.0/16", "Backend": {"Type": "UDP", "Port": 7890}})
+    assert (cfg.backend.type, cfg.backend.port, cfg.backend_missing) == ("udp", 7890, False)
+    assert parse_config({"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw"}}).tun_mtu(1500) == 1500
+    assert parse_config({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan"}}).tun_mtu(1500) == 1450

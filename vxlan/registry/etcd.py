@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 
 from vxlan.allocator import OutOfSubnets, choose_subnet
 from vxlan.config import ConfigError, NetworkConfig, parse_config
-from vxlan.lease import Lease, lease_from_attrs, parse_subnet_key
+from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, parse_subnet_key
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Reset
 from vxlan.registry.etcd_client import Compacted, EtcdClient, EtcdError, EtcdUnavailable
 
@@ -148,8 +148,8 @@ class EtcdRegistry:
                 reused_mac = decision.reuse.vtep_mac if decision.reuse is not None else None
                 if config.backend.type == "vxlan":
                     lease = Lease(decision.subnet, public_ip, "vxlan", reused_mac or new_vtep_mac, config.backend.vni)
-                else:  # host-gw leases carry no BackendData (hostgw.go)
-                    lease = Lease(decision.subnet, public_ip, config.backend.type)
+                else:  # host-gw leases carry no BackendData (hostgw.go), udp ones not even a type
+                    lease = Lease(decision.subnet, public_ip, lease_backend_type(config))
                 key, value = self._key(lease.subnet), lease.to_json().encode()
                 lease_id, ttl = await self.client.grant(self.lease_ttl_s)
                 if decision.reuse is not None:

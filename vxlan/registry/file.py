@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vxlan.config import ConfigError, NetworkConfig, parse_config
-from vxlan.lease import Lease, lease_from_attrs, parse_subnet_key
+from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, parse_subnet_key
 from vxlan.registry import AcquireError, Change, Reset
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def parse_registry(raw: Any) -> Snapshot:
             if subnet.overlaps(other):
                 raise ConfigError(path, f"subnet {subnet} overlaps {other}")
         lease = lease_from_attrs(subnet, attrs, path)
-        if lease.backend_type in ("vxlan", "host-gw"):
+        if lease.backend_type in ("vxlan", "host-gw", ""):
             if lease.public_ip in owners:
                 raise ConfigError(
                     f"{path}.PublicIP",
@@ -119,7 +119,7 @@ class FileRegistry:
         for lease in self._snapshot.leases.values():
             if lease.public_ip != public_ip:
                 continue
-            if lease.backend_type != config.backend.type:
+            if lease.backend_type != lease_backend_type(config):
                 raise AcquireError(f"the lease {lease.key} for PublicIP {public_ip} has BackendType "
                                    f"{lease.backend_type!r}; the config's backend is {config.backend.type!r}")
             if not config.contains_subnet(lease.subnet):
