@@ -4,6 +4,7 @@ sd_notify, the systemd unit."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import MB, transfer, wait_for
+from vxlan import iptables as ipt
 from vxlan.lab import Lab, LabError, sh, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,3 +370,24 @@ def test_config_without_backend_runs_flannels_udp_backend():
         assert lab.metrics(h1)['vxland_drops_total{reason="no_route"}'] == 2
         sh(["sysctl", "-qw", "net.ipv4.conf.flannel0.accept_local=1"], ns=h1.ns)
         assert sh([sys.executable, "-c", probe], ns=h1.pod_ns).stdout.strip() == "101"  # ENETUNREACH
+
+
+def test_ip_masq_removes_the_rules_of_a_previous_network():
+    """subnet.env of an earlier run names another Network and subnet: their rules go (flannel's
+    SetupAndEnsureMasqRules), the current ones come, nothing else is touched."""
+    with Lab(["vxland"], registry="etcd", defer=(1,)) as lab:
+        h = lab.hosts[0]
+        old_net, old_sub = "10.99.0.0/16", "10.99.3.0/24"
+        h.subnet_file.write_text(f"FLANNEL_NETWORK={old_net}\nFLANNEL_SUBNET=10.99.3.1/24\nFLANNEL_MTU=1450\n"
+                                 "FLANNEL_IPMASQ=true\n")
+        old = ipt.masq_rules(ipaddress.IPv4Network(old_net), ipaddress.IPv4Network(old_sub), True)
+        payload = "*nat\n:FLANNEL-POSTRTG - [0:0]\n" + "\n".join(r.line() for r in old) + \
+            "\n-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE\nCOMMIT\n"
+        sh(["iptables-restore", "--noflush"], ns=h.ns, input=payload)
+        h.extra_args = ["--ip-masq"]
+        lab.start_node(h)
+        rules = sh(["iptables-save", "-t", "nat"], ns=h.ns).stdout
+        assert old_net not in rules and old_sub not in rules, rules
+        assert f"-s {h.subnet} -d {lab.network}" in rules
+        assert "-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE" in rules  # someone else's rule stays
+        assert rules.count("-j FLANNEL-POSTRTG") == 1
