@@ -391,3 +391,26 @@ def test_ip_masq_removes_the_rules_of_a_previous_network():
         assert f"-s {h.subnet} -d {lab.network}" in rules
         assert "-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE" in rules  # someone else's rule stays
         assert rules.count("-j FLANNEL-POSTRTG") == 1
+
+
+def test_iface_selection_like_flanneld():
+    """--iface list (first that exists), --iface-regex (addresses, then names), --iface-can-reach."""
+    with Lab(["plain", "plain"]) as lab:
+        h = lab.hosts[0]
+        code = ("import sys, json; from vxlan import netconf\n"
+                "cases = json.loads(sys.argv[1]); out = []\n"
+                "for c in cases:\n"
+                "    try:\n"
+                "        i = netconf.find_iface(tuple(c.get('iface', ())), None, tuple(c.get('regex', ())),"
+                " c.get('reach'))\n"
+                "        out.append([i.name, i.address])\n"
+                "    except netconf.NetconfError as e:\n"
+                "        out.append(['error', str(e)])\n"
+                "print(json.dumps(out))\n")
+        cases = [{"iface": ["nosuch0", "eth0"]}, {"iface": [h.public_ip]}, {"regex": [r"^198\.18\."]},
+                 {"regex": ["^eth"]}, {"reach": lab.hosts[1].public_ip}, {"iface": ["nosuch0"]},
+                 {"regex": ["^nomatch$"]}]
+        got = json.loads(sh([sys.executable, "-c", code, json.dumps(cases)], ns=h.ns).stdout)
+        assert got[:5] == [["eth0", h.public_ip]] * 5, got
+        assert got[5][0] == "error" and "--iface nosuch0" in got[5][1]
+        assert got[6][0] == "error" and "--iface-regex" in got[6][1]
