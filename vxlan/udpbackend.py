@@ -17,7 +17,7 @@ import ipaddress
 import struct
 from typing import Any
 
-from vxlan.wire import N_REASONS, DropReason
+from vxlan.wire import DropCounters, DropReason
 
 DEFAULT_UDP_PORT = 8285  # udp_amd64.go defaultPort
 UDP_ENCAP_OVERHEAD = 28  # udp_network_amd64.go encapOverhead: IPv4 + UDP headers
@@ -69,7 +69,7 @@ def net_unreachable(offender: bytes, source: bytes) -> bytes | None:
     return bytes(ip + icmp)
 
 
-class UdpCodec:
+class UdpCodec(DropCounters):
     """Peers (subnet -> PublicIP, port) and the per-packet rules of flannel's udp proxy."""
 
     headroom = 0  # nothing in front of the inner packet
@@ -79,7 +79,7 @@ class UdpCodec:
         self.mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
         self.port = port
         self._peers: dict[int, tuple[str, int]] = {}
-        self._drops = [0] * N_REASONS
+        super().__init__()
         self.pending_tun: list[bytes] = []  # ICMP replies for the TUN, written after a batch
 
     def set_peer(self, subnet: int, _vtep_mac: bytes | None, public_ip: str) -> None:
@@ -91,11 +91,12 @@ class UdpCodec:
     def peer_count(self) -> int:
         return len(self._peers)
 
-    def drop_counts(self) -> list[int]:
-        return list(self._drops)
-
-    def count_drop(self, reason: int, n: int = 1) -> None:
-        self._drops[reason] += n
+    def _verdict(self, verdicts: list[int], i: int, verdict: int) -> bool:
+        """Record packet ``i``'s verdict; True if it goes on."""
+        verdicts[i] = verdict
+        if verdict:
+            self._drops[verdict] += 1
+        return not verdict
 
     def encap_batch(self, bufs: list, lengths: list[int], n: int, verdicts: list[int], aux: list) -> bool:
         """TUN packets -> (verdict, destination); the datagram is the packet itself."""
@@ -117,11 +118,7 @@ class UdpCodec:
                     verdict = DropReason.TTL_EXPIRED
                 else:
                     aux[i] = peer
-            verdicts[i] = verdict
-            if verdict:
-                self._drops[verdict] += 1
-            else:
-                any_ok = True
+            any_ok = self._verdict(verdicts, i, verdict) or any_ok
         return any_ok
 
     def decap_batch(self, bufs: list, lengths: list[int], _senders: list, n: int, verdicts: list[int],
@@ -137,9 +134,5 @@ class UdpCodec:
                 verdict = DropReason.TTL_EXPIRED
             else:
                 inner[i] = min(length, (buf[2] << 8) | buf[3]) or length
-            verdicts[i] = verdict
-            if verdict:
-                self._drops[verdict] += 1
-            else:
-                any_ok = True
+            any_ok = self._verdict(verdicts, i, verdict) or any_ok
         return any_ok

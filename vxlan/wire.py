@@ -166,7 +166,22 @@ class PeerMap:
                 del self.senders[ip]
 
 
-class Codec:
+class DropCounters:
+    """Drops by ``DropReason`` value, kept by a codec and read by ``/metrics``."""
+
+    def __init__(self) -> None:
+        self._drops = [0] * N_REASONS
+
+    def drop_counts(self) -> list[int]:
+        """Drops by ``DropReason`` value (index 0, OK, stays 0)."""
+        return list(self._drops)
+
+    def count_drop(self, reason: int, n: int = 1) -> None:
+        """Count drops decided outside the codec (I/O errors)."""
+        self._drops[reason] += n
+
+
+class Codec(DropCounters):
     """Encapsulates TUN packets for their peer and checks and strips received datagrams.
 
     Reads the peer table (``PeerMap``) and keeps the drop counters by reason.
@@ -182,7 +197,7 @@ class Codec:
         self._tun_mtu = tun_mtu
         self._peers = self._map.entries
         self._senders = self._map.senders
-        self._drops = [0] * N_REASONS
+        super().__init__()
 
     # -- control plane ------------------------------------------------------------------
     def set_peer(self, subnet: int, vtep_mac: bytes, public_ip: str) -> None:
@@ -194,14 +209,6 @@ class Codec:
 
     def peer_count(self) -> int:
         return len(self._peers)
-
-    def drop_counts(self) -> list[int]:
-        """Drops by ``DropReason`` value (index 0, OK, stays 0)."""
-        return list(self._drops)
-
-    def count_drop(self, reason: int, n: int = 1) -> None:
-        """Count drops decided outside the codec (I/O errors)."""
-        self._drops[reason] += n
 
     # -- data plane ---------------------------------------------------------------------
     def encap_batch(
