@@ -56,37 +56,41 @@ def _lookup(ipr: IPRoute, spec: str) -> tuple[int, str | None] | None:
 
 def find_iface(ifaces: tuple[str, ...] | str | None = (), public_ip: str | None = None,
                regexes: tuple[str, ...] = (), can_reach: str | None = None) -> Iface:
-    """The underlay interface, chosen as flanneld's ``pkg/ipmatch/match.go:LookupExtIface`` does:
-    the first ``--iface`` (name or address) that exists; else the first ``--iface-regex`` that
-    matches an address, then a name; else the interface of the route to ``--iface-can-reach``;
-    else the interface of the first IPv4 default route."""
+    """The underlay interface, chosen as flanneld's ``main.go`` and ``pkg/ipmatch/match.go:LookupExtIface``
+    do: the first ``--iface`` (name or address) that exists; else the first ``--iface-regex``
+    that matches an address, then a name; else the interface of the route to
+    ``--iface-can-reach``; with none of them given, the interface of the first IPv4 default route."""
     if isinstance(ifaces, str):
         ifaces = (ifaces,)
     ifaces = tuple(ifaces or ())
     with IPRoute() as ipr:
-        if ifaces:
-            for spec in ifaces:
-                hit = _lookup(ipr, spec)
-                if hit is not None:
-                    return _iface_of(ipr, hit[0], public_ip, hit[1])
-            raise NetconfError(f"--iface {','.join(ifaces)}: no interface has that name or address")
-        if regexes:
-            for pattern in regexes:
-                rx = re.compile(pattern)
-                for a in ipr.get_addr(family=2):
-                    address = a.get_attr("IFA_ADDRESS")
-                    if rx.search(address):
-                        return _iface_of(ipr, a["index"], public_ip, address)
-                for link in ipr.get_links():
-                    if rx.search(link.get_attr("IFLA_IFNAME")) and _ipv4_addresses(ipr, link["index"]):
-                        return _iface_of(ipr, link["index"], public_ip)
-            raise NetconfError(f"--iface-regex {','.join(regexes)}: no interface name or IPv4 address matches")
+        # main.go: each --iface, then each --iface-regex, then --iface-can-reach; the first hit wins
+        for spec in ifaces:
+            hit = _lookup(ipr, spec)
+            if hit is not None:
+                return _iface_of(ipr, hit[0], public_ip, hit[1])
+        for pattern in regexes:
+            rx = re.compile(pattern)
+            for a in ipr.get_addr(family=2):
+                address = a.get_attr("IFA_ADDRESS")
+                if rx.search(address):
+                    return _iface_of(ipr, a["index"], public_ip, address)
+            for link in ipr.get_links():
+                if rx.search(link.get_attr("IFLA_IFNAME")) and _ipv4_addresses(ipr, link["index"]):
+                    return _iface_of(ipr, link["index"], public_ip)
         if can_reach:
             try:
                 route = ipr.route("get", dst=can_reach)[0]
-            except NetlinkError as exc:
-                raise NetconfError(f"--iface-can-reach {can_reach}: no route: {exc}") from None
-            return _iface_of(ipr, route.get_attr("RTA_OIF"), public_ip, route.get_attr("RTA_PREFSRC"))
+                return _iface_of(ipr, route.get_attr("RTA_OIF"), public_ip, route.get_attr("RTA_PREFSRC"))
+            except NetlinkError:
+                pass
+        if ifaces or regexes or can_reach:
+            tried = ([f"--iface {','.join(ifaces)}"] if ifaces else []) + \
+                ([f"--iface-regex {','.join(regexes)}"] if regexes else []) + \
+                ([f"--iface-can-reach {can_reach}"] if can_reach else [])
+            # flanneld's words (main.go), then what was tried
+            raise NetconfError("Failed to find interface to use that matches the interfaces and/or regexes "
+                               f"provided ({'; '.join(tried)})")
         for route in ipr.get_default_routes(family=2):
             index = route.get_attr("RTA_OIF")
             if index is not None:

@@ -409,8 +409,10 @@ def test_iface_selection_like_flanneld():
                 "print(json.dumps(out))\n")
         cases = [{"iface": ["nosuch0", "eth0"]}, {"iface": [h.public_ip]}, {"regex": [r"^198\.18\."]},
                  {"regex": ["^eth"]}, {"reach": lab.hosts[1].public_ip}, {"iface": ["nosuch0"]},
-                 {"regex": ["^nomatch$"]}]
+                 {"regex": ["^nomatch$"]}, {"iface": ["nosuch0"], "regex": ["^eth"]}]
         got = json.loads(sh([sys.executable, "-c", code, json.dumps(cases)], ns=h.ns).stdout)
         assert got[:5] == [["eth0", h.public_ip]] * 5, got
-        assert got[5][0] == "error" and "--iface nosuch0" in got[5][1]
-        assert got[6][0] == "error" and "--iface-regex" in got[6][1]
+        assert got[5][0] == "error" and "matches the interfaces and/or regexes" in got[5][1] \
+            and "--iface nosuch0" in got[5][1]
+        assert got[6][0] == "error" and "--iface-regex ^nomatch$" in got[6][1]
+        assert got[7] == ["eth0", h.public_ip]  # no --iface matched: the regexes are tried next
