@@ -290,13 +290,25 @@ class Daemon:
         return tun.name
 
     async def _start_iptables(self, network, subnet) -> None:
-        """--ip-masq and the forward rules, as flanneld's main.go sets them up (flannel-spec §6)."""
+        """--ip-masq and the forward rules, as flanneld's main.go sets them up (flannel-spec §6).
+
+        Hosts without iptables (or without netfilter, as under gVisor) are among vxland's
+        users: there the default forward rules are skipped with an error in the log, as
+        flanneld does; an explicit --ip-masq that cannot be honoured stops start-up instead,
+        so pods do not come up without the masquerading they were promised."""
         if not (self.opts.ip_masq or self.opts.iptables_forward_rules):
             return
+
+        def failed(what: str, exc: Exception) -> None:
+            if self.opts.ip_masq:
+                raise StartupError(f"--ip-masq: {what}: {exc}") from None
+            log.error("forward rules not installed (%s: %s); pass --iptables-forward-rules=false if this "
+                      "host has no iptables", what, exc)
+
         try:
             ipt = await asyncio.to_thread(iptables.IPTables)
         except iptables.IPTablesError as exc:
-            raise StartupError(f"--ip-masq / --iptables-forward-rules: {exc}") from None
+            return failed("iptables", exc)
         rule_sets = []
         if self.opts.ip_masq:
             random_fully = self.opts.masq_random_fully and ipt.random_fully
@@ -318,7 +330,8 @@ class Daemon:
             try:
                 await asyncio.to_thread(ipt.apply, rules, True)
             except iptables.IPTablesError as exc:
-                raise StartupError(f"installing the {name} rules: {exc}") from None
+                failed(f"installing the {name} rules", exc)
+                continue
             log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
             self._iptables_tasks.append(asyncio.create_task(self._resync_iptables(ipt, name, rules)))
 

@@ -416,3 +416,22 @@ def test_iface_selection_like_flanneld():
             and "--iface nosuch0" in got[5][1]
         assert got[6][0] == "error" and "--iface-regex ^nomatch$" in got[6][1]
         assert got[7] == ["eth0", h.public_ip]  # no --iface matched: the regexes are tried next
+
+
+def test_no_iptables_on_the_host(tmp_path):
+    """Minimal hosts may lack iptables: the default forward rules are skipped with an error
+    (as flanneld does) and the node still joins; an explicit --ip-masq refuses to start."""
+    (tmp_path / "ip").symlink_to(shutil.which("ip"))  # PATH with no iptables at all
+    with Lab(["vxland", "vxland"], registry="etcd", defer=(1,), env={"PATH": str(tmp_path)}) as lab:
+        h1, h2 = lab.hosts
+        h1.extra_args = ["--iptables-forward-rules=true"]
+        lab.start_node(h1)
+        assert "forward rules not installed" in lab.log(h1) and "apt-get install iptables" in lab.log(h1)
+        assert lab.ping(h1, h2, count=2).returncode == 0
+        assert http_status(lab, h1, "/readyz") == 200
+        lab.stop_vxland(h1)
+        h1.extra_args = ["--ip-masq"]
+        with pytest.raises(LabError):
+            lab.start_node(h1, wait_s=8)
+        assert h1.proc is not None and h1.proc.wait(5) == 1
+        assert "--ip-masq: iptables: iptables is not installed" in lab.log(h1)
