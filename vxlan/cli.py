@@ -107,6 +107,19 @@ KLOG_FLAGS = ("vmodule", "log_backtrace_at", "logtostderr", "alsologtostderr", "
               "log_file")
 
 
+def add_etcd_flags(group) -> None:
+    """flanneld's etcd flags, for vxland and for vxlanctl doctor."""
+    group.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS),
+                       help=f"comma-separated etcd endpoints (default {DEFAULT_ENDPOINTS})")
+    group.add_argument("--etcd-prefix", default=_env("etcd-prefix", "/coreos.com/network"),
+                       help="etcd prefix of the network config and leases (default /coreos.com/network)")
+    group.add_argument("--etcd-keyfile", default=_env("etcd-keyfile"), help="TLS key for etcd")
+    group.add_argument("--etcd-certfile", default=_env("etcd-certfile"), help="TLS certificate for etcd")
+    group.add_argument("--etcd-cafile", default=_env("etcd-cafile"), help="CA to verify etcd's certificate")
+    group.add_argument("--etcd-username", default=_env("etcd-username"), help="etcd user")
+    group.add_argument("--etcd-password", default=_env("etcd-password"), help="etcd password")
+
+
 def vxland_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vxland",
@@ -124,16 +137,7 @@ def vxland_parser() -> argparse.ArgumentParser:
                            default=_gobool(env) if env else default,
                            help=f"{help_text} (default {str(default).lower()})")
 
-    etcd = p.add_argument_group("flanneld flags: etcd")
-    etcd.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS),
-                      help=f"comma-separated etcd endpoints (default {DEFAULT_ENDPOINTS})")
-    etcd.add_argument("--etcd-prefix", default=_env("etcd-prefix", "/coreos.com/network"),
-                      help="etcd prefix of the network config and leases (default /coreos.com/network)")
-    etcd.add_argument("--etcd-keyfile", default=_env("etcd-keyfile"), help="TLS key for etcd")
-    etcd.add_argument("--etcd-certfile", default=_env("etcd-certfile"), help="TLS certificate for etcd")
-    etcd.add_argument("--etcd-cafile", default=_env("etcd-cafile"), help="CA to verify etcd's certificate")
-    etcd.add_argument("--etcd-username", default=_env("etcd-username"), help="etcd user")
-    etcd.add_argument("--etcd-password", default=_env("etcd-password"), help="etcd password")
+    add_etcd_flags(p.add_argument_group("flanneld flags: etcd"))
     node = p.add_argument_group("flanneld flags: this node")
     node.add_argument("--iface", action="append", default=_env_list("iface"),
                       help="underlay interface, by name or IPv4 address; repeatable, the first that exists "
@@ -351,10 +355,7 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     decode.add_argument("-d", "--vxlan-port", type=int, action="append", default=[],
                         help="also decode UDP on this port as VXLAN (8472 and 4789 always are)")
     doctor = sub.add_parser("doctor", help="check that this host can run vxland; say how to fix what is not")
-    doctor.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS))
-    doctor.add_argument("--etcd-prefix", default=_env("etcd-prefix", "/coreos.com/network"))
-    for flag in ("etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password"):
-        doctor.add_argument(f"--{flag}", default=_env(flag))
+    add_etcd_flags(doctor)
     doctor.add_argument("--registry-file", type=Path, default=_env("registry-file"),
                         help="check this static registry instead of etcd")
     doctor.add_argument("--iface", action="append", default=_env_list("iface"))

@@ -186,7 +186,7 @@ def run_all(args) -> list[Check]:
             checks.append(Check("config", "ok", f"{args.registry_file}: Network {snap.config.network}"))
             port = snap.config.backend.port or port
         except ConfigError as exc:
-            checks.append(Check("config", "FAIL", f"{args.registry_file}: {exc}", "fix the field named"))
+            checks.append(Check("config", "FAIL", str(exc), "fix the file or the field named"))
     else:
         tls = None
         if args.etcd_keyfile and args.etcd_certfile:
