@@ -77,6 +77,7 @@ class Daemon:
         self.routes: PeerRoutes | None = None  # host-gw, or vxlan DirectRouting peers
         self.backend_type = ""
         self.metrics_source: MetricsSource | None = None
+        self._iptables_tasks: list[asyncio.Task] = []  # resync loops, started with the rules
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -97,19 +98,17 @@ class Daemon:
                      asyncio.create_task(self.registry.keep_lease())]
             if self.routes is not None:
                 tasks.append(asyncio.create_task(self._check_routes()))
-            tasks += self._iptables_tasks
             await self._stop.wait()
             log.info("shutting down")
             sdnotify.notify("STOPPING=1")
         finally:
-            for task in tasks:
+            for task in tasks + self._iptables_tasks:  # the resync loops also when start-up failed
                 task.cancel()
             await self._cleanup()
         return 0
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._cleanups.append(self.registry.close)
-        self._iptables_tasks: list[asyncio.Task] = []
         if self.opts.healthz_port:
             # up before anything else, as flanneld's: /healthz answers and /readyz says 503
             # while we wait for etcd and the config

@@ -435,3 +435,18 @@ def test_no_iptables_on_the_host(tmp_path):
             lab.start_node(h1, wait_s=8)
         assert h1.proc is not None and h1.proc.wait(5) == 1
         assert "--ip-masq: iptables: iptables is not installed" in lab.log(h1)
+
+
+def test_blackhole_route_for_our_subnet():
+    """--ip-blackhole-route: our subnet gets a blackhole route behind the pod link's own route,
+    so a packet for an unused address of it is dropped here instead of looping into the tunnel."""
+    with Lab(["vxland", "vxland"], registry="etcd", defer=(1,)) as lab:
+        h1, h2 = lab.hosts
+        h1.extra_args = ["--ip-blackhole-route"]
+        lab.start_node(h1)
+        blackholes = sh(["ip", "route", "show", "type", "blackhole"], ns=h1.ns).stdout
+        assert f"blackhole {h1.subnet} proto static metric 4096" in blackholes, blackholes
+        assert lab.ping(h2, h1, count=2).returncode == 0  # the pod link's route still wins
+        sh(["ip", "link", "set", "pod", "down"], ns=h1.ns)  # pod network gone: the blackhole answers
+        get = sh(["ip", "route", "get", str(h1.subnet.network_address + 9)], ns=h1.ns, check=False)
+        assert "blackhole" in get.stdout or "Invalid argument" in get.stderr, (get.stdout, get.stderr)
