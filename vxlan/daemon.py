@@ -207,38 +207,16 @@ class Daemon:
         codec_cls = fastpath.Engine if threaded else fastpath.Codec
         self.codec = codec_cls(backend.vni, own.vtep_mac, config.subnet_len, tun_mtu, backend.port)
 
-        bind_ip = iface.address or public_ip
-        try:
-            sock = open_udp_socket(bind_ip, backend.port)
-        except OSError as exc:
-            raise StartupError(f"cannot bind UDP {bind_ip}:{backend.port}: {exc.strerror} "
-                               "(a kernel vxlan device or another vxland on this port?)") from None
-        self._cleanups.append(sock.close)
-
-        tun_name = self.opts.tun_name or f"flannel.{backend.vni}"
-        try:
-            tun = Tun(tun_name, offload=threaded and self.opts.offload)
-        except RuntimeError as exc:
-            raise StartupError(str(exc)) from None
-        self._cleanups.append(tun.close)
-        # pyroute2's sync API must not run on the event-loop thread (reference/dependencies.md)
-        self._cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun_name, config.network))
-        try:
-            await asyncio.to_thread(netconf.configure_tun, tun_name, own.subnet.network_address,
-                                    tun_mtu, config.network)
-        except netconf.NetconfError as exc:
-            raise StartupError(str(exc)) from None
-
+        sock = self._open_socket(iface.address or public_ip, backend.port,
+                                 "a kernel vxlan device or another vxland on this port?")
+        tun = await self._open_tun(self.opts.tun_name or f"flannel.{backend.vni}", threaded and self.opts.offload,
+                                   config, own, tun_mtu)
         offloads = self._offload_names = self._offloads(threaded, tun, sock)
         if threaded:
-            self.dataplane = ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in offloads,
-                                               "udp-gro" in offloads, "tun-uso" in offloads)
+            self._run_dataplane(loop, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in offloads,
+                                                        "udp-gro" in offloads, "tun-uso" in offloads))
         else:
-            self.dataplane = DataPlane(self.codec, tun.fd, sock)
-        self.dataplane.start(loop)
-        self._cleanups.append(self.dataplane.stop)
-        if self.metrics_source is not None:
-            self.metrics_source.dataplane, self.metrics_source.codec = self.dataplane, self.codec
+            self._run_dataplane(loop, DataPlane(self.codec, tun.fd, sock))
         if threaded:
             self.hub = CaptureHub(self.codec, self.opts.capture_snaplen)
             self._cleanups.append(self.hub.close)
@@ -255,7 +233,7 @@ class Daemon:
             except (OSError, ValueError) as exc:
                 raise StartupError(f"--capture {self.opts.capture}: {getattr(exc, 'strerror', None) or exc}") from None
             loop.add_signal_handler(signal.SIGUSR1, self._capture_toggle)
-        return tun_name
+        return tun.name
 
     async def _start_udp(self, loop, config, own, iface, public_ip: str, tun_mtu: int) -> str:
         """flannel's udp backend: TUN flannel0, bare IP packets over UDP (vxlan.udpbackend)."""
@@ -263,30 +241,42 @@ class Daemon:
             raise StartupError("--capture and --trace need the vxlan backend (the udp backend has no capture hook)")
         port = config.backend.port
         self.codec = UdpCodec(own.subnet.network_address, config.subnet_len, port)
-        bind_ip = iface.address or public_ip
+        sock = self._open_socket(iface.address or public_ip, port, "flanneld's udp backend or another vxland "
+                                 "on this port?")
+        # "flannel%d", as flannel's ip.OpenTun: the kernel picks flannel0, flannel1 ...
+        tun = await self._open_tun(self.opts.tun_name or "flannel%d", False, config, own, tun_mtu)
+        self._run_dataplane(loop, DataPlane(self.codec, tun.fd, sock))
+        return tun.name
+
+    def _open_socket(self, bind_ip: str, port: int, hint: str):
         try:
             sock = open_udp_socket(bind_ip, port)
         except OSError as exc:
-            raise StartupError(f"cannot bind UDP {bind_ip}:{port}: {exc.strerror} (flanneld's udp backend "
-                               "or another vxland on this port?)") from None
+            raise StartupError(f"cannot bind UDP {bind_ip}:{port}: {exc.strerror} ({hint})") from None
         self._cleanups.append(sock.close)
-        try:  # "flannel%d", as ip.OpenTun: the kernel picks flannel0, flannel1 ...
-            tun = Tun(self.opts.tun_name or "flannel%d", offload=False)
+        return sock
+
+    async def _open_tun(self, name: str, offload: bool, config, own, mtu: int) -> Tun:
+        """The TUN with MTU, our subnet's /32 and the Network route; all undone at exit."""
+        try:
+            tun = Tun(name, offload=offload)
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         self._cleanups.append(tun.close)
+        # pyroute2's sync API must not run on the event-loop thread (reference/dependencies.md)
         self._cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, config.network))
         try:
-            await asyncio.to_thread(netconf.configure_tun, tun.name, own.subnet.network_address, tun_mtu,
-                                    config.network)
+            await asyncio.to_thread(netconf.configure_tun, tun.name, own.subnet.network_address, mtu, config.network)
         except netconf.NetconfError as exc:
             raise StartupError(str(exc)) from None
-        self.dataplane = DataPlane(self.codec, tun.fd, sock)
-        self.dataplane.start(loop)
-        self._cleanups.append(self.dataplane.stop)
+        return tun
+
+    def _run_dataplane(self, loop, dataplane) -> None:
+        self.dataplane = dataplane
+        dataplane.start(loop)
+        self._cleanups.append(dataplane.stop)
         if self.metrics_source is not None:
-            self.metrics_source.dataplane, self.metrics_source.codec = self.dataplane, self.codec
-        return tun.name
+            self.metrics_source.dataplane, self.metrics_source.codec = dataplane, self.codec
 
     async def _start_iptables(self, network, subnet) -> None:
         """--ip-masq and the forward rules, as flanneld's main.go sets them up (flannel-spec §6).
