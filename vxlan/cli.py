@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import vxlan
+from vxlan.dataplane import ENGINE_NICE
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
 
@@ -186,6 +187,9 @@ def vxland_parser() -> argparse.ArgumentParser:
                        help="TUN device name (default flannel.<VNI>)")
     extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
+    extra.add_argument("--engine-nice", type=int, default=int(_env("engine-nice", str(ENGINE_NICE))),
+                       help=f"nice value of the two data-plane threads, -20..19 (default {ENGINE_NICE}; they also "
+                            "run SCHED_BATCH); a negative value needs CAP_SYS_NICE")
     extra.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"),
                        help="text (default) or json: one object per line with time, level, logger, message")
     cap = p.add_argument_group("vxland flags: capture (debugging)")
@@ -301,6 +305,9 @@ def vxland_main(argv: list[str] | None = None) -> int:
     if not 64 <= args.capture_snaplen <= 65535:
         log.error("--capture-snaplen %d: must be 64..65535", args.capture_snaplen)
         return 2
+    if not -20 <= args.engine_nice <= 19:
+        log.error("--engine-nice %d: must be -20..19", args.engine_nice)
+        return 2
     if args.trace_rate < 1:
         log.error("--trace-rate %d: must be 1 or more", args.trace_rate)
         return 2
@@ -329,7 +336,8 @@ def vxland_main(argv: list[str] | None = None) -> int:
                    iptables_resync_s=args.iptables_resync, iptables_forward_rules=args.iptables_forward_rules,
                    blackhole_route=args.ip_blackhole_route,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
-                   offload=not args.no_offload, capture=args.capture, capture_filter=args.capture_filter,
+                   offload=not args.no_offload, engine_nice=args.engine_nice,
+                   capture=args.capture, capture_filter=args.capture_filter,
                    capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,
                    capture_snaplen=args.capture_snaplen, debug_allow=tuple(args.debug_allow),
                    trace_rate=args.trace_rate if args.trace else 0)

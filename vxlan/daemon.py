@@ -21,7 +21,7 @@ import fastpath
 from vxlan import debug_http, iptables, netconf, sdnotify, subnetenv, wire
 from vxlan.capture import DEFAULT_SNAPLEN, CaptureHub, FileSink, Filter, TraceSink
 from vxlan.config import ConfigError
-from vxlan.dataplane import DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
+from vxlan.dataplane import ENGINE_NICE, DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Registry, Reset
@@ -52,6 +52,7 @@ class Options:
     iptables_forward_rules: bool = True
     blackhole_route: bool = False
     offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
+    engine_nice: int = ENGINE_NICE  # nice value of the compiled engine's two threads
     capture: Path | None = None  # --capture: pcapng file, toggled by SIGUSR1
     capture_filter: str | None = None
     capture_count: int = 0
@@ -214,7 +215,8 @@ class Daemon:
         offloads = self._offload_names = self._offloads(threaded, tun, sock)
         if threaded:
             self._run_dataplane(loop, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in offloads,
-                                                        "udp-gro" in offloads, "tun-uso" in offloads))
+                                                        "udp-gro" in offloads, "tun-uso" in offloads,
+                                                        self.opts.engine_nice))
         else:
             self._run_dataplane(loop, DataPlane(self.codec, tun.fd, sock))
         if threaded:

@@ -13,11 +13,14 @@ instead of dropping, while receives never wait.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
 
 from vxlan.wire import HEADROOM, DropReason
+
+log = logging.getLogger(__name__)
 
 BATCH = 64
 # <linux/in.h>, <linux/udp.h>, <asm-generic/socket.h>: Python 3.11's socket module lacks them.
@@ -197,13 +200,46 @@ def probe_udp_offloads(sock: socket.socket) -> tuple[bool, bool, list[str]]:
     return gso, gro, reasons
 
 
+ENGINE_NICE = -10  # default nice value of the engine threads (--engine-nice)
+
+
+def tune_engine_thread(tid: int, name: str, nice: int) -> list[str]:
+    """Name an engine thread (``top -H``, ``ps -L``), make it SCHED_BATCH and give it ``nice``.
+
+    SCHED_BATCH: a woken engine thread does not preempt the task running on its CPU, which is
+    usually the application that will consume or produce the packets; on 2 cores this cut the
+    64-byte UDP loss at 205k pps from 2-4 % (receiver socket overflow) to 0.1-1 %.
+    Nice -10 weighs the threads as the kernel's own data path would be (softirq runs before
+    any task): 4-stream TCP median 10.35 -> 11.45 Gbit/s (SCHED_BATCH alone 10.84), A/B in
+    one vxland <-> vxland lab, 2026-11-26. Returns what could not be done (e.g. a negative
+    nice without CAP_SYS_NICE): the engine then runs with the defaults.
+    """
+    problems = []
+    try:
+        with open(f"/proc/self/task/{tid}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError as exc:
+        problems.append(f"thread name: {exc.strerror}")
+    try:
+        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as exc:
+        problems.append(f"SCHED_BATCH: {exc.strerror}")
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)  # per thread on Linux (setpriority(2), BUGS)
+    except OSError as exc:
+        hint = " (a negative value needs CAP_SYS_NICE)" if nice < 0 else ""
+        problems.append(f"nice {nice}: {exc.strerror}{hint}")
+    return problems
+
+
 class ThreadedDataPlane:
     """Runs the compiled engine's two loops in two threads (no GIL inside them)."""
 
     def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
-                 udp_gro: bool, tun_uso: bool = False) -> None:
+                 udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE) -> None:
         self.engine = engine
         self.sock = sock
+        self.engine_nice = engine_nice
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
         engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port)
@@ -214,6 +250,9 @@ class ThreadedDataPlane:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+            problems = tune_engine_thread(thread.native_id, name, self.engine_nice)
+            if problems:
+                log.warning("engine thread %s keeps some scheduling defaults: %s", name, "; ".join(problems))
 
     def stop(self) -> None:
         if self._stop_fd >= 0:

@@ -49,6 +49,8 @@ def test_bad_etcd_flags(args, rc, text):
     (["--public-ip", "300.1.1.1"], "is not an IPv4 address"),
     (["--healthz-port", "99999"], "out of range"),
     (["--bogus"], "unrecognized arguments"),
+    (["--engine-nice", "-21"], "--engine-nice -21: must be -20..19"),
+    (["--engine-nice", "x"], "invalid int value"),
 ])
 def test_bad_flags(args, text):
     proc = vxland(*args)

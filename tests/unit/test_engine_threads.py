@@ -1,0 +1,37 @@
+"""The engine threads' name, scheduling policy and nice value (vxlan.dataplane.tune_engine_thread)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from vxlan.dataplane import tune_engine_thread
+
+
+def test_names_the_thread_and_makes_it_sched_batch_with_the_nice_value():
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    try:
+        tid = thread.native_id
+        assert tune_engine_thread(tid, "vxland-test", 5) == []  # raising nice needs no privilege
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            assert f.read().strip() == "vxland-test"
+        assert os.sched_getscheduler(tid) == os.SCHED_BATCH
+        assert os.getpriority(os.PRIO_PROCESS, tid) == 5
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 5  # only that thread
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_what_cannot_be_done_is_reported_not_raised():
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    tid = thread.native_id
+    release.set()
+    thread.join()  # the thread is gone: every step fails
+    problems = tune_engine_thread(tid, "vxland-gone", -10)
+    assert len(problems) == 3, problems
+    assert problems[2].startswith("nice -10:") and "CAP_SYS_NICE" in problems[2]
