@@ -46,11 +46,12 @@ cdef extern from "vxengine.h" nogil:
         VX_N_REASONS
         VX_MAX_PACKET
         VX_MAX_SEGS
+        VX_SCATTER_MAX_IOV
     ctypedef struct vx_core:
         uint32_t peer_count
         uint64_t drops[32]
         uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes
-        uint64_t tun_reads, tso_packets, udp_sends, gso_sends
+        uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends
         uint64_t udp_recvs, gro_trains, tun_writes, coalesced
     ctypedef struct vx_gro:
         int active
@@ -90,6 +91,10 @@ cdef extern from "vxengine.h" nogil:
     uint16_t vx_csum_fold(uint64_t acc)
     int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                        int max_segs, int *hdr_stride, int *hdr_len)
+    int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, iovec *iov, int max_iov)
+    void vx_scatter_compact(uint8_t *buf, int lead, int hlen, int mss, int len)
+    int vx_split_read(uint8_t *buf, int len, int gso_size, int hlen, int mss, uint8_t *hdrs, size_t hdrs_cap,
+                      int *lens, int *stride, int *hdr, int *inplace)
     void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx)
     void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx)
     int vx_run_tx(vx_io *io)
@@ -170,6 +175,7 @@ cdef class Codec:
         c = &self.core
         return {"tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes, "rx_packets": c.rx_packets,
                 "rx_bytes": c.rx_bytes, "tun_reads": c.tun_reads, "tso_packets": c.tso_packets,
+                "tso_in_place": c.tso_in_place,
                 "udp_sends": c.udp_sends, "gso_sends": c.gso_sends, "udp_recvs": c.udp_recvs,
                 "gro_trains": c.gro_trains, "tun_writes": c.tun_writes, "coalesced": c.coalesced}
 
@@ -347,6 +353,83 @@ def gso_split(packet, int gso_size):
                 + pkt[hlen + k * gso_size: hlen + k * gso_size + lens[k] - hlen]
                 for k in range(n)]
     finally:
+        free(hdrs)
+
+
+cdef size_t _READ_BUF = VX_VNET_HDR_LEN + 2 * (VX_HEADROOM + 65535) + 64   # vx_run_tx's slot
+
+
+cdef int _read_into(uint8_t *buf, bytes data, int hlen, int mss, int *niov) except -1:
+    """What the TX loop's read does: the vnet header and ``data`` into buf's plain or scattered layout."""
+    cdef iovec iov[VX_SCATTER_MAX_IOV]
+    cdef bytes stream = bytes(VX_VNET_HDR_LEN) + data
+    cdef const uint8_t *src = <const uint8_t*>PyBytes_AS_STRING(stream)
+    cdef size_t left = len(stream), n
+    cdef int i = 0
+    niov[0] = vx_scatter_iov(buf, VX_VNET_HDR_LEN, hlen, mss, iov, VX_SCATTER_MAX_IOV) if mss else 0
+    if niov[0] < 0:
+        raise ValueError("no scattered layout for this shape")
+    if niov[0] == 0:
+        memcpy(buf + VX_HEADROOM - VX_VNET_HDR_LEN, src, left)
+        return 0
+    while left:
+        n = iov[i].iov_len if iov[i].iov_len < left else left
+        memcpy(iov[i].iov_base, src, n)
+        src += n
+        left -= n
+        i += 1
+    return 0
+
+
+def scatter_roundtrip(packet, int hlen, int mss):
+    """Read ``packet`` scattered for (hlen, mss), then compact it: the bytes the TX loop works on."""
+    cdef bytes pkt = bytes(packet)
+    cdef uint8_t *buf = <uint8_t*>malloc(_READ_BUF)
+    cdef int niov
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        _read_into(buf + VX_VNET_HDR_LEN, pkt, hlen, mss, &niov)
+        if len(pkt) > hlen + mss:
+            vx_scatter_compact(buf + VX_VNET_HDR_LEN, VX_VNET_HDR_LEN, hlen, mss, len(pkt))
+        return PyBytes_FromStringAndSize(<char*>buf + VX_VNET_HDR_LEN + VX_HEADROOM, len(pkt))
+    finally:
+        free(buf)
+
+
+def gso_split_read(packet, int gso_size, int hlen, int mss):
+    """Split ``packet`` as the TX loop does after a read laid out for (hlen, mss) (0, 0: a plain
+    read): (segments, split in place)."""
+    cdef bytes pkt = bytes(packet)
+    cdef uint8_t *slot = <uint8_t*>malloc(_READ_BUF)
+    cdef size_t cap = <size_t>VX_MAX_SEGS * 256
+    cdef uint8_t *hdrs = <uint8_t*>malloc(cap)
+    cdef int lens[VX_MAX_SEGS]
+    cdef int stride = 0, hdr = 0, inplace = 0, n, k, niov
+    cdef uint8_t *buf
+    cdef uint8_t *h
+    if slot == NULL or hdrs == NULL:
+        free(slot)
+        free(hdrs)
+        raise MemoryError()
+    buf = slot + VX_VNET_HDR_LEN
+    try:
+        _read_into(buf, pkt, hlen, mss, &niov)
+        n = vx_split_read(buf, len(pkt), gso_size, hlen, mss, hdrs, cap, lens, &stride, &hdr, &inplace)
+        if n < 0:
+            raise ValueError("not a splittable IPv4 TCP or UDP packet")
+        out = []
+        for k in range(n):
+            if inplace:
+                h = buf + <size_t>k * stride + VX_HEADROOM
+                out.append(PyBytes_FromStringAndSize(<char*>h, lens[k]))
+            else:
+                h = hdrs + <size_t>k * stride + VX_HEADROOM
+                out.append(PyBytes_FromStringAndSize(<char*>h, hdr) + PyBytes_FromStringAndSize(
+                    <char*>buf + VX_HEADROOM + hdr + <size_t>k * gso_size, lens[k] - hdr))
+        return out, bool(inplace)
+    finally:
+        free(slot)
         free(hdrs)
 
 

@@ -336,29 +336,41 @@ int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset) {
 /* ---------------------------------------------------------------------------------------- */
 /* GSO split (kernel tcp_gso_segment semantics)                                              */
 
-int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
-                   int max_segs, int *hdr_stride, int *hdr_len) {
+/* Checks a super-packet and plans its split: header length, segment count; -1 if it cannot be split. */
+static int gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hdr_len) {
     if (len < 28 || (pkt[0] >> 4) != 4 || gso_size <= 0) return -1;
     int proto = pkt[9];
     int ihl = (pkt[0] & 0x0F) * 4;
     if (ihl < 20 || (proto != 6 && proto != 17)) return -1;
     int l4 = proto == 6 ? (ihl + 20 <= len ? (pkt[ihl + 12] >> 4) * 4 : 0) : 8;
     int hdr = ihl + l4;
-    if ((proto == 6 && l4 < 20) || hdr > len) return -1;
+    if ((proto == 6 && l4 < 20) || hdr > len || hdr > VX_GSO_MAX_HDR) return -1;
     int payload = len - hdr;
     int nseg = payload > 0 ? (payload + gso_size - 1) / gso_size : 1;
-    int step = (VX_HEADROOM + hdr + 7) & ~7;
-    if (nseg > max_segs || (size_t)step * nseg > hdrs_cap) return -1;
-    uint16_t id0 = (pkt[4] << 8) | pkt[5];
-    uint32_t seq0 = proto == 6 ? ((uint32_t)pkt[ihl + 4] << 24) | ((uint32_t)pkt[ihl + 5] << 16) |
-                                 ((uint32_t)pkt[ihl + 6] << 8) | pkt[ihl + 7] : 0;
-    uint8_t flags = proto == 6 ? pkt[ihl + 13] : 0;
+    if (nseg > max_segs) return -1;
+    *hdr_len = hdr;
+    return nseg;
+}
+
+/* Writes the headers of every segment: segment k's IP + L4 header at hdrs + k * hdr_stride +
+ * VX_HEADROOM, its payload read (for the checksum) at pay0 + k * pay_stride. tmpl is a copy of
+ * the super-packet's headers: with the in-place layout, segment 0's header is the original. */
+static void gso_write(const uint8_t *tmpl, int hdr, int len, int gso_size, int nseg, const uint8_t *pay0,
+                      size_t pay_stride, uint8_t *hdrs, size_t hdr_stride, int *lens) {
+    int proto = tmpl[9];
+    int ihl = (tmpl[0] & 0x0F) * 4;
+    int l4 = hdr - ihl;
+    int payload = len - hdr;
+    uint16_t id0 = (tmpl[4] << 8) | tmpl[5];
+    uint32_t seq0 = proto == 6 ? ((uint32_t)tmpl[ihl + 4] << 24) | ((uint32_t)tmpl[ihl + 5] << 16) |
+                                 ((uint32_t)tmpl[ihl + 6] << 8) | tmpl[ihl + 7] : 0;
+    uint8_t flags = proto == 6 ? tmpl[ihl + 13] : 0;
     for (int k = 0; k < nseg; k++) {
         int off = k * gso_size;
         int chunk = payload - off < gso_size ? payload - off : gso_size;
         if (chunk < 0) chunk = 0;
-        uint8_t *s = hdrs + (size_t)k * step + VX_HEADROOM;
-        memcpy(s, pkt, hdr);
+        uint8_t *s = hdrs + (size_t)k * hdr_stride + VX_HEADROOM;
+        memcpy(s, tmpl, hdr);
         int total = hdr + chunk;
         s[2] = total >> 8; s[3] = total & 0xFF;
         uint16_t id = id0 + k;
@@ -379,18 +391,98 @@ int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, siz
             csum_at = 6;
         }
         th[csum_at] = th[csum_at + 1] = 0;
-        /* one pass over the payload, read where it lies: the segment is sent as two pieces */
+        /* one pass over the payload, read where it lies */
         uint64_t acc = vx_pseudo_v4(s, (uint8_t)proto, (uint16_t)(l4 + chunk));
         acc = vx_csum_add(th, l4, acc);
-        acc = vx_csum_add(pkt + hdr + off, chunk, acc);
+        acc = vx_csum_add(pay0 + (size_t)k * pay_stride, chunk, acc);
         uint16_t csum = (uint16_t)~vx_csum_fold(acc);
         if (proto == 17 && csum == 0) csum = 0xFFFF;  /* 0 means "no checksum" in UDP */
         memcpy(th + csum_at, &csum, 2);
         lens[k] = total;
     }
+}
+
+int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
+                   int max_segs, int *hdr_stride, int *hdr_len) {
+    int hdr = 0;
+    int nseg = gso_plan(pkt, len, gso_size, max_segs, &hdr);
+    if (nseg < 0) return -1;
+    int step = (VX_HEADROOM + hdr + 7) & ~7;
+    if ((size_t)step * nseg > hdrs_cap) return -1;
+    gso_write(pkt, hdr, len, gso_size, nseg, pkt + hdr, (size_t)gso_size, hdrs, (size_t)step, lens);
     *hdr_stride = step;
     *hdr_len = hdr;
     return nseg;
+}
+
+/* The scattered TUN read: a super-packet of header length hlen and MSS mss is read so that it
+ * lands already cut, segment k's payload at buf + k * S + VX_HEADROOM + hlen (S = VX_HEADROOM +
+ * hlen + mss), with the room for its headers in front of it. Then every datagram of the split
+ * is one piece of memory and a train of them is one iovec for sendmsg: the UDP send costs
+ * ~45 ns less per iovec it does not have to walk (2 per datagram before). iov[0] also takes
+ * the vnet header (lead bytes, in front of segment 0's headroom's end) and segment 0's headers. */
+int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, struct iovec *iov, int max_iov) {
+    size_t stride = (size_t)(VX_HEADROOM + hlen + mss);
+    size_t want = (size_t)lead + VX_MAX_PACKET, got;
+    iov[0].iov_base = buf + VX_HEADROOM - lead;
+    iov[0].iov_len = got = (size_t)(lead + hlen + mss);
+    int n = 1;
+    while (got < want && n < max_iov) {
+        iov[n].iov_base = buf + (size_t)n * stride + VX_HEADROOM + hlen;
+        iov[n].iov_len = (size_t)mss;
+        got += (size_t)mss;
+        n++;
+    }
+    return got >= want ? n : -1;
+}
+
+/* Undoes the scatter for a packet that did not have the guessed shape: moves the pieces
+ * together behind iov[0] (each moves down, so in order is safe). */
+void vx_scatter_compact(uint8_t *buf, int lead, int hlen, int mss, int len) {
+    size_t stride = (size_t)(VX_HEADROOM + hlen + mss);
+    long left = (long)len - (hlen + mss);  /* bytes past iov[0] */
+    uint8_t *to = buf + VX_HEADROOM + hlen + mss;
+    (void)lead;
+    for (int k = 1; left > 0; k++) {
+        size_t n = left < mss ? (size_t)left : (size_t)mss;
+        memmove(to, buf + (size_t)k * stride + VX_HEADROOM + hlen, n);
+        to += n;
+        left -= (long)n;
+    }
+}
+
+/* Splits a super-packet read with vx_scatter_iov(buf, _, hlen, gso_size): headers written in
+ * the room in front of each payload. -1 if its shape is not the one the read was laid out
+ * for (the caller compacts it and splits it the ordinary way). */
+int vx_gso_inplace(uint8_t *buf, int len, int gso_size, int hlen, int *lens, int max_segs) {
+    const uint8_t *pkt = buf + VX_HEADROOM;
+    int hdr = 0;
+    int nseg = gso_plan(pkt, len, gso_size, max_segs, &hdr);
+    if (nseg < 0 || hdr != hlen) return -1;
+    uint8_t tmpl[VX_GSO_MAX_HDR];
+    memcpy(tmpl, pkt, (size_t)hdr);
+    size_t stride = (size_t)(VX_HEADROOM + hlen + gso_size);
+    gso_write(tmpl, hdr, len, gso_size, nseg, buf + VX_HEADROOM + hdr, stride, buf, stride, lens);
+    return nseg;
+}
+
+int vx_split_read(uint8_t *buf, int len, int gso_size, int hlen, int mss, uint8_t *hdrs, size_t hdrs_cap,
+                  int *lens, int *stride, int *hdr, int *inplace) {
+    uint8_t *pkt = buf + VX_HEADROOM;
+    *inplace = 0;
+    if (mss && len > hlen + mss) {  /* it reached past iov[0]: it lies scattered */
+        if (gso_size == mss) {
+            int n = vx_gso_inplace(buf, len, gso_size, hlen, lens, VX_MAX_SEGS);
+            if (n >= 0) {
+                *inplace = 1;
+                *stride = VX_HEADROOM + hlen + mss;
+                *hdr = hlen;
+                return n;
+            }
+        }
+        vx_scatter_compact(buf, VX_VNET_HDR_LEN, hlen, mss, len);  /* not the guessed shape */
+    }
+    return vx_gso_headers(pkt, len, gso_size, hdrs, hdrs_cap, lens, VX_MAX_SEGS, stride, hdr);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -553,6 +645,7 @@ typedef struct {
     struct sockaddr_in addr[TXQ];
     /* one sendmmsg entry per run of equal-size datagrams to one peer (UDP GSO) */
     struct mmsghdr runs[TXQ];
+    struct iovec merged[2 * TXQ];   /* the runs' iovecs, neighbours in memory joined */
     int run_first[TXQ], run_cnt[TXQ];
     char run_ctl[TXQ][CMSG_SPACE(sizeof(uint16_t))];
 } tx_queue;
@@ -570,7 +663,7 @@ static void tx_flush(vx_io *io, tx_queue *q) {
     int from = 0;
     while (from < q->n) {
         int gso = io->udp_gso && !io->gso_disabled;
-        int nr = 0;
+        int nr = 0, nm = 0;
         for (int i = from; i < q->n;) {
             int first = i, seg = q->len[i];
             size_t total = (size_t)seg;
@@ -584,8 +677,18 @@ static void tx_flush(vx_io *io, tx_queue *q) {
             memset(m, 0, sizeof *m);
             m->msg_name = &q->addr[first];
             m->msg_namelen = sizeof q->addr[first];
-            m->msg_iov = &q->iov[q->iov_at[first]];
-            m->msg_iovlen = (size_t)(q->iov_at[i - 1] + q->iov_cnt[i - 1] - q->iov_at[first]);
+            /* datagrams split in place lie back to back: one iovec for the whole run */
+            struct iovec *mi = &q->merged[nm];
+            int cnt = 0;
+            for (int j = q->iov_at[first]; j < q->iov_at[i - 1] + q->iov_cnt[i - 1]; j++) {
+                if (cnt && (uint8_t *)mi[cnt - 1].iov_base + mi[cnt - 1].iov_len == (uint8_t *)q->iov[j].iov_base)
+                    mi[cnt - 1].iov_len += q->iov[j].iov_len;
+                else
+                    mi[cnt++] = q->iov[j];
+            }
+            nm += cnt;
+            m->msg_iov = mi;
+            m->msg_iovlen = (size_t)cnt;
             if (i - first > 1) {
                 m->msg_control = q->run_ctl[nr];
                 m->msg_controllen = sizeof q->run_ctl[nr];
@@ -644,15 +747,34 @@ static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, in
     q->addr[i] = *dst;
 }
 
+/* The overlay capture record of a super-packet read scattered: its pieces, without the vnet header. */
+static int scatter_view(const struct iovec *riov, int niov, int lead, int len, struct iovec *out) {
+    int n = 0;
+    size_t left = (size_t)len;
+    for (int i = 0; i < niov && left; i++) {
+        size_t skip = i == 0 ? (size_t)lead : 0;
+        size_t take = riov[i].iov_len - skip < left ? riov[i].iov_len - skip : left;
+        out[n].iov_base = (uint8_t *)riov[i].iov_base + skip;
+        out[n++].iov_len = take;
+        left -= take;
+    }
+    return n;
+}
+
 int vx_run_tx(vx_io *io) {
     vx_core *c = io->core;
-    size_t slot_size = VX_VNET_HDR_LEN + VX_HEADROOM + VX_MAX_PACKET + 64;
+    /* room for the scattered layout of any MSS >= VX_SCATTER_MIN_MSS (checked per read) */
+    size_t slot_size = VX_VNET_HDR_LEN + 2 * (VX_HEADROOM + VX_MAX_PACKET) + 64;
     uint8_t *slots = malloc((size_t)TX_SLOTS * slot_size);
     uint8_t *hdrs = malloc(HDR_ARENA);
     tx_queue *q = calloc(1, sizeof *q);
+    struct iovec *riov = malloc(sizeof(struct iovec) * VX_SCATTER_MAX_IOV);
     int seg_lens[VX_MAX_SEGS];
-    if (!slots || !hdrs || !q) { free(slots); free(hdrs); free(q); return -1; }
+    if (!slots || !hdrs || !q || !riov) { free(slots); free(hdrs); free(q); free(riov); return -1; }
     int lead = io->vnet ? VX_VNET_HDR_LEN : 0;
+    /* the shape the next read is laid out for: the last super-packet's header length and MSS
+     * (a host's TCP flows mostly share both); 0 = a plain read */
+    int want_hlen = 0, want_mss = 0;
     for (;;) {
         int w = wait_readable(io->tun_fd, io->stop_fd);
         if (w <= 0) break;
@@ -661,7 +783,9 @@ int vx_run_tx(vx_io *io) {
         for (int slot = 0; slot < TX_SLOTS; ) {
             uint8_t *buf = slots + (size_t)slot * slot_size + VX_VNET_HDR_LEN;  /* headroom start */
             uint8_t *rd = buf + VX_HEADROOM - lead;
-            ssize_t r = read(io->tun_fd, rd, VX_MAX_PACKET + lead);
+            int niov = want_mss ? vx_scatter_iov(buf, lead, want_hlen, want_mss, riov, VX_SCATTER_MAX_IOV) : 0;
+            int hlen = want_hlen, mss = want_mss;
+            ssize_t r = niov > 0 ? readv(io->tun_fd, riov, niov) : read(io->tun_fd, rd, VX_MAX_PACKET + lead);
             if (r < 0) break;  /* EAGAIN: drained */
             c->tun_reads++;
             int len = (int)r - lead;
@@ -670,6 +794,13 @@ int vx_run_tx(vx_io *io) {
             memset(&vh, 0, sizeof vh);
             if (lead) memcpy(&vh, rd, VX_VNET_HDR_LEN);
             uint8_t *pkt = buf + VX_HEADROOM;
+            int scattered = niov > 1 && len > hlen + mss;  /* reached past iov[0] */
+            int split_gso = (vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
+                            (vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17);
+            if (scattered && vh.gso_type == VX_VNET_GSO_NONE) {
+                vx_scatter_compact(buf, lead, hlen, mss, len);
+                scattered = 0;
+            }
             struct sockaddr_in dst;
             if (vh.gso_type == VX_VNET_GSO_NONE) {
                 if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && vx_finish_csum(pkt, len, vh.csum_start, vh.csum_offset)) {
@@ -694,43 +825,67 @@ int vx_run_tx(vx_io *io) {
                 slot++;
                 continue;
             }
-            /* A TCP (or, with USO, UDP) super-packet: per segment, headers in the arena and the
-             * payload where it lies, so it is read once (checksum) and copied once (by the kernel). */
+            /* A TCP (or, with USO, UDP) super-packet: every segment's headers are written in
+             * front of its payload where it lies, so it is read once (checksum) and copied once
+             * (by the kernel); read scattered, each datagram is one piece of memory. */
             c->tso_packets++;
             if ((pkt[0] >> 4) == 6) { c->drops[VX_NO_ROUTE]++; continue; }  /* no IPv6 overlay yet */
-            int stride = 0, hlen = 0;
             if (q->n + VX_MAX_SEGS > TXQ || hdr_used + (size_t)VX_MAX_SEGS * 128 > HDR_ARENA) {
                 tx_flush(io, q);
                 hdr_used = 0;
             }
-            int nseg = (vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
-                       (vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17)
-                ? vx_gso_headers(pkt, len, vh.gso_size, hdrs + hdr_used, HDR_ARENA - hdr_used, seg_lens,
-                                 VX_MAX_SEGS, &stride, &hlen)
-                : -1;
-            if (nseg < 0) { c->drops[VX_BAD_OFFLOAD]++; continue; }
-            uint8_t *h0 = hdrs + hdr_used;
             pthread_mutex_lock(&c->lock);
-            int v = vx_encap(c, h0, seg_lens[0], &dst);
+            int v = vx_encap(c, buf, len, &dst);  /* segment 0's outer header; every segment's is the same */
             pthread_mutex_unlock(&c->lock);
             if (cap) {
-                struct iovec one = {pkt, (size_t)len};
-                vx_cap_put(cap, VX_CAP_OVERLAY, VX_CAP_OUT, v, 0, 0, 0, 0, &one, 1, (uint32_t)len);
+                struct iovec view[VX_SCATTER_MAX_IOV];
+                int nv = 1;
+                view[0].iov_base = pkt;
+                view[0].iov_len = (size_t)len;
+                if (scattered) nv = scatter_view(riov, niov, lead, len, view);
+                vx_cap_put(cap, VX_CAP_OVERLAY, VX_CAP_OUT, v, 0, 0, 0, 0, view, nv, (uint32_t)len);
             }
-            if (v) { c->drops[v] += nseg; continue; }
+            if (v) {
+                int ph = 0, ns = gso_plan(pkt, len, vh.gso_size, VX_MAX_SEGS, &ph);
+                c->drops[v] += ns > 0 ? (uint64_t)ns : 1;  /* counted as the segments it carried */
+                continue;
+            }
+            int stride = 0, hdr = 0, inplace = 0;
+            int nseg = split_gso ? vx_split_read(buf, len, vh.gso_size, scattered ? hlen : 0, scattered ? mss : 0,
+                                                 hdrs + hdr_used, HDR_ARENA - hdr_used, seg_lens, &stride, &hdr,
+                                                 &inplace)
+                                 : -1;
+            if (nseg < 0) { c->drops[VX_BAD_OFFLOAD]++; continue; }
+            scattered = inplace;
+            c->tso_in_place += (uint64_t)inplace;
+            if (!scattered) memcpy(hdrs + hdr_used, buf, VX_HEADROOM);
+            uint8_t *h0 = scattered ? buf : hdrs + hdr_used;
             for (int k = 0; k < nseg; k++) {
                 uint8_t *h = h0 + (size_t)k * stride;
-                if (k) memcpy(h, h0, VX_HEADROOM);
-                int chunk = seg_lens[k] - hlen;
-                uint8_t *body = pkt + hlen + (size_t)k * vh.gso_size;
-                tx_queue_add(q, h, VX_HEADROOM + hlen, body, chunk, &dst, seg_lens[k]);
+                if (k) memcpy(h, buf, VX_HEADROOM);
+                int chunk = seg_lens[k] - hdr;
+                const uint8_t *body = pkt + hdr + (size_t)k * vh.gso_size;
+                if (scattered)  /* headers and payload are one piece */
+                    tx_queue_add(q, h, VX_HEADROOM + seg_lens[k], NULL, 0, &dst, seg_lens[k]);
+                else
+                    tx_queue_add(q, h, VX_HEADROOM + hdr, body, chunk, &dst, seg_lens[k]);
                 if (cap) {
-                    struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hlen)}, {body, (size_t)chunk}};
+                    struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)}, {(void *)body, (size_t)chunk}};
+                    if (scattered) two[1].iov_base = h + VX_HEADROOM + hdr;
                     vx_cap_put(cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, io->local_port, dst.sin_addr.s_addr,
                                ntohs(dst.sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg_lens[k]));
                 }
             }
-            hdr_used += (size_t)nseg * stride;
+            if (!scattered) hdr_used += (size_t)nseg * stride;
+            /* lay the next read out for this one's shape, if its layout fits a slot */
+            if (lead && vh.gso_size >= VX_SCATTER_MIN_MSS && hdr + vh.gso_size < VX_MAX_PACKET) {
+                int g = vh.gso_size;
+                size_t pieces = 1 + (size_t)((VX_MAX_PACKET - hdr - g + g - 1) / g);
+                if (pieces <= VX_SCATTER_MAX_IOV && pieces * (size_t)(VX_HEADROOM + hdr + g) <= slot_size - VX_VNET_HDR_LEN) {
+                    want_hlen = hdr;
+                    want_mss = vh.gso_size;
+                }
+            }
             slot++;
         }
         tx_flush(io, q);
@@ -738,6 +893,7 @@ int vx_run_tx(vx_io *io) {
     free(slots);
     free(hdrs);
     free(q);
+    free(riov);
     return 0;
 }
 

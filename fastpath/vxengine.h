@@ -19,6 +19,9 @@
 #define VX_N_REASONS 32
 #define VX_MAX_PACKET 65535
 #define VX_MAX_SEGS 256       /* segments of one split super-packet */
+#define VX_GSO_MAX_HDR 120    /* IPv4 header with options + TCP header with options */
+#define VX_SCATTER_MIN_MSS 256   /* smaller MSS: a plain read (too many iovecs) */
+#define VX_SCATTER_MAX_IOV (VX_MAX_PACKET / VX_SCATTER_MIN_MSS + 2)
 
 /* Verdicts; the numbers are vxlan.wire.DropReason's. */
 enum {
@@ -69,7 +72,7 @@ typedef struct {
     /* counters (read racily by /metrics: 64-bit loads do not tear on x86-64/arm64) */
     uint64_t drops[VX_N_REASONS];
     uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
-    uint64_t tun_reads, tso_packets, udp_sends, gso_sends;
+    uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends;
     uint64_t udp_recvs, gro_trains, tun_writes, coalesced;
 } vx_core;
 
@@ -98,6 +101,17 @@ int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);
  * Returns the number of segments, or -1 if the packet cannot be split. */
 int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                    int max_segs, int *hdr_stride, int *hdr_len);
+
+/* The scattered TUN read and the in-place split (see vxengine.c). */
+int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, struct iovec *iov, int max_iov);
+void vx_scatter_compact(uint8_t *buf, int lead, int hlen, int mss, int len);
+int vx_gso_inplace(uint8_t *buf, int len, int gso_size, int hlen, int *lens, int max_segs);
+/* Splits a super-packet read into buf (its headroom start) with vx_scatter_iov(buf, VX_VNET_HDR_LEN,
+ * hlen, mss), or plainly (mss = 0). *inplace = 1: segment k is one piece, headers and payload, at
+ * buf + k * *stride; 0: its headers are at hdrs + k * *stride + VX_HEADROOM and its payload at
+ * buf + VX_HEADROOM + *hdr + k * gso_size (a scattered packet of another shape is compacted first). */
+int vx_split_read(uint8_t *buf, int len, int gso_size, int hlen, int mss, uint8_t *hdrs, size_t hdrs_cap,
+                  int *lens, int *stride, int *hdr, int *inplace);
 
 /* GRO: coalesce in-order TCP segments of one flow into a super-packet with a virtio_net_hdr.
  * Nothing is copied but the first segment's headers: the payloads are gathered by iovecs

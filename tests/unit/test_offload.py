@@ -67,13 +67,50 @@ def test_tso_split_matches_reference(case):
     assert b"".join(ref.parse(s)["payload"] for s in segments) == ref.parse(packet)["payload"]
 
 
+def _guess(kind, hlen, mss):
+    """The (header length, MSS) a TX read is laid out for: the packet's own, or another's."""
+    return {"right": (hlen, mss), "other_mss": (hlen, 1398 if mss != 1398 else 1000),
+            "other_hlen": (hlen + 12, mss), "plain": (0, 0)}[kind]
+
+
+@settings(max_examples=400, **SETTINGS)
+@given(super_packets(), st.sampled_from(["right", "other_mss", "other_hlen", "plain"]))
+def test_split_of_a_scattered_read_matches_reference(case, kind):
+    """The TX loop reads a super-packet already cut for the last one's shape; whatever the
+    guess, the segments are the reference split's, and only the right guess splits in place."""
+    packet, mss = case
+    hlen = 20 + (packet[32] >> 4) * 4
+    g_hlen, g_mss = _guess(kind, hlen, mss) if mss >= 256 else (0, 0)
+    segments, inplace = fp.gso_split_read(packet, mss, g_hlen, g_mss)
+    assert segments == ref.split(packet, mss)
+    assert inplace == (g_mss > 0 and kind == "right" and len(packet) > hlen + mss)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(st.integers(256, 1472), st.integers(0, 60000), st.sampled_from(["right", "other_mss", "plain"]))
+def test_udp_split_of_a_scattered_read_matches_reference(size, total, kind):
+    total = min(total, size * 200)
+    packet = ref.udp_packet(SRC, DST, 4433, 443, bytes(i * 13 & 0xFF for i in range(total)))
+    segments, inplace = fp.gso_split_read(packet, size, *_guess(kind, 28, size))
+    assert segments == ref.udp_split(packet, size)
+    assert inplace == (kind == "right" and len(packet) > 28 + size)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(st.integers(0, 65535), st.integers(20, 120), st.integers(256, 9000), st.integers(0, 255))
+def test_scattered_read_compacts_back_to_the_packet(size, hlen, mss, seed):
+    data = bytes((i * 31 + seed) & 0xFF for i in range(size))
+    assert fp.scatter_roundtrip(data, hlen, mss) == data
+
+
 def test_tso_split_refuses_what_it_cannot_split():
     for bad in (b"", b"\x45" + bytes(30), b"\x60" + bytes(60)):
-        try:
-            fp.gso_split(bad, 1000)
-        except ValueError:
-            continue
-        raise AssertionError(f"split {bad!r}")
+        for split in (lambda b: fp.gso_split(b, 1000), lambda b: fp.gso_split_read(b, 1000, 40, 1000)):
+            try:
+                split(bad)
+            except ValueError:
+                continue
+            raise AssertionError(f"split {bad!r}")
 
 
 def flow(sport, seq, sizes, options=TS_OPTION, psh_last=True):
