@@ -775,6 +775,9 @@ int vx_run_tx(vx_io *io) {
     /* the shape the next read is laid out for: the last super-packet's header length and MSS
      * (a host's TCP flows mostly share both); 0 = a plain read */
     int want_hlen = 0, want_mss = 0;
+    /* ... used only while super-packets come: a small packet read scattered costs the kernel
+     * the whole iovec array (~47 entries) for nothing */
+    int last_tso = 0;
     for (;;) {
         int w = wait_readable(io->tun_fd, io->stop_fd);
         if (w <= 0) break;
@@ -783,7 +786,8 @@ int vx_run_tx(vx_io *io) {
         for (int slot = 0; slot < TX_SLOTS; ) {
             uint8_t *buf = slots + (size_t)slot * slot_size + VX_VNET_HDR_LEN;  /* headroom start */
             uint8_t *rd = buf + VX_HEADROOM - lead;
-            int niov = want_mss ? vx_scatter_iov(buf, lead, want_hlen, want_mss, riov, VX_SCATTER_MAX_IOV) : 0;
+            int niov = want_mss && last_tso ? vx_scatter_iov(buf, lead, want_hlen, want_mss, riov, VX_SCATTER_MAX_IOV)
+                                            : 0;
             int hlen = want_hlen, mss = want_mss;
             ssize_t r = niov > 0 ? readv(io->tun_fd, riov, niov) : read(io->tun_fd, rd, VX_MAX_PACKET + lead);
             if (r < 0) break;  /* EAGAIN: drained */
@@ -793,6 +797,7 @@ int vx_run_tx(vx_io *io) {
             struct vx_vnet_hdr vh;
             memset(&vh, 0, sizeof vh);
             if (lead) memcpy(&vh, rd, VX_VNET_HDR_LEN);
+            last_tso = vh.gso_type != VX_VNET_GSO_NONE;
             uint8_t *pkt = buf + VX_HEADROOM;
             int scattered = niov > 1 && len > hlen + mss;  /* reached past iov[0] */
             int split_gso = (vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
