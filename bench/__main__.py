@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -61,9 +62,9 @@ def measure_once(lab: Lab, client_i: int, server_i: int, seconds: float, search_
     out["machine_cpu_s_per_gb"] = cpu.machine_s / gb if gb else float("nan")
     tcp4, _ = measure.iperf3(lab, client, server, seconds, streams=4)
     out["tcp4_gbps"] = tcp4.bits_per_second / 1e9
-    flood_pps, _ = measure.udp_flood_pps(lab, client, server, min(seconds, 5))
+    flood_pps, _, offered_pps = measure.udp_flood_pps(lab, client, server, min(seconds, 5))
     out["udp64_flood_pps"] = flood_pps
-    out["udp64_lossless_pps"] = measure.udp_lossless_pps(lab, client, server, min(seconds, 3), flood_pps,
+    out["udp64_lossless_pps"] = measure.udp_lossless_pps(lab, client, server, min(seconds, 3), offered_pps,
                                                          steps=search_steps)
     out["rtt_p50_ms"], out["rtt_p99_ms"] = measure.ping_rtt_ms(lab, client, server)
     # CPU per small packet at a fixed rate: steadier than a loss threshold for comparing builds
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: skipping kernel scenarios: {missing}")
         names = [n for n in names if "kernel" not in n]
 
+    # SIGTERM (or a SIGINT where the shell left it ignored) still tears the labs down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     labs: dict[str, Lab] = {}
     samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     started = dt.datetime.now(dt.UTC)
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 _, ci, si, _ = SCENARIOS[name]
                 t0 = time.monotonic()
-                result = measure_once(labs[name], ci, si, args.seconds, search_steps=3 if args.quick else 5)
+                result = measure_once(labs[name], ci, si, args.seconds, search_steps=4 if args.quick else 7)
                 samples[name].append(result)
                 print(f"round {rnd}/{args.rounds} {name:<14} tcp1 {result['tcp1_gbps']:.2f} Gbit/s, "
                       f"tcp4 {result['tcp4_gbps']:.2f}, udp64 {result['udp64_flood_pps']:,.0f} pps "
