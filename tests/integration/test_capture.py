@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def check_tso_records(pkts):
             sent[inner[TCP].seq] = bytes(inner[TCP].payload)
     supers = [p for iface, direction, _, p in pkts if iface == "overlay" and direction == 2 and TCP in p
               and p.len > 1500]
-    assert supers and sent
+    assert sent
+    # FLANNELD_NO_OFFLOAD=1 (make test's second pass): no TSO, so no super-packets to check
+    assert bool(supers) == (os.environ.get("FLANNELD_NO_OFFLOAD") != "1")
     for p in supers:
         captured = bytes(p[TCP].payload)  # cut at the snap length
         joined, seq = b"", p[TCP].seq
