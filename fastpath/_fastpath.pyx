@@ -92,7 +92,7 @@ cdef extern from "vxengine.h" nogil:
     int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                        int max_segs, int *hdr_stride, int *hdr_len)
     int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, iovec *iov, int max_iov)
-    void vx_scatter_compact(uint8_t *buf, int lead, int hlen, int mss, int len)
+    void vx_scatter_compact(uint8_t *buf, int hlen, int mss, int len)
     int vx_split_read(uint8_t *buf, int len, int gso_size, int hlen, int mss, uint8_t *hdrs, size_t hdrs_cap,
                       int *lens, int *stride, int *hdr, int *inplace)
     void vx_gro_push(vx_gro *g, const uint8_t *p, int len, vx_emit_fn emit, void *ctx)
@@ -391,7 +391,7 @@ def scatter_roundtrip(packet, int hlen, int mss):
     try:
         _read_into(buf + VX_VNET_HDR_LEN, pkt, hlen, mss, &niov)
         if len(pkt) > hlen + mss:
-            vx_scatter_compact(buf + VX_VNET_HDR_LEN, VX_VNET_HDR_LEN, hlen, mss, len(pkt))
+            vx_scatter_compact(buf + VX_VNET_HDR_LEN, hlen, mss, len(pkt))
         return PyBytes_FromStringAndSize(<char*>buf + VX_VNET_HDR_LEN + VX_HEADROOM, len(pkt))
     finally:
         free(buf)

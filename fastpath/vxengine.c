@@ -438,11 +438,10 @@ int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, struct iovec *iov,
 
 /* Undoes the scatter for a packet that did not have the guessed shape: moves the pieces
  * together behind iov[0] (each moves down, so in order is safe). */
-void vx_scatter_compact(uint8_t *buf, int lead, int hlen, int mss, int len) {
+void vx_scatter_compact(uint8_t *buf, int hlen, int mss, int len) {
     size_t stride = (size_t)(VX_HEADROOM + hlen + mss);
     long left = (long)len - (hlen + mss);  /* bytes past iov[0] */
     uint8_t *to = buf + VX_HEADROOM + hlen + mss;
-    (void)lead;
     for (int k = 1; left > 0; k++) {
         size_t n = left < mss ? (size_t)left : (size_t)mss;
         memmove(to, buf + (size_t)k * stride + VX_HEADROOM + hlen, n);
@@ -480,7 +479,7 @@ int vx_split_read(uint8_t *buf, int len, int gso_size, int hlen, int mss, uint8_
                 return n;
             }
         }
-        vx_scatter_compact(buf, VX_VNET_HDR_LEN, hlen, mss, len);  /* not the guessed shape */
+        vx_scatter_compact(buf, hlen, mss, len);  /* not the guessed shape */
     }
     return vx_gso_headers(pkt, len, gso_size, hdrs, hdrs_cap, lens, VX_MAX_SEGS, stride, hdr);
 }
@@ -803,7 +802,7 @@ int vx_run_tx(vx_io *io) {
             int split_gso = (vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
                             (vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17);
             if (scattered && vh.gso_type == VX_VNET_GSO_NONE) {
-                vx_scatter_compact(buf, lead, hlen, mss, len);
+                vx_scatter_compact(buf, hlen, mss, len);
                 scattered = 0;
             }
             struct sockaddr_in dst;

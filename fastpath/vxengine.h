@@ -104,7 +104,7 @@ int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, siz
 
 /* The scattered TUN read and the in-place split (see vxengine.c). */
 int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, struct iovec *iov, int max_iov);
-void vx_scatter_compact(uint8_t *buf, int lead, int hlen, int mss, int len);
+void vx_scatter_compact(uint8_t *buf, int hlen, int mss, int len);
 int vx_gso_inplace(uint8_t *buf, int len, int gso_size, int hlen, int *lens, int max_segs);
 /* Splits a super-packet read into buf (its headroom start) with vx_scatter_iov(buf, VX_VNET_HDR_LEN,
  * hlen, mss), or plainly (mss = 0). *inplace = 1: segment k is one piece, headers and payload, at
