@@ -91,7 +91,7 @@ cdef extern from "vxengine.h" nogil:
     uint16_t vx_csum_fold(uint64_t acc)
     int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                        int max_segs, int *hdr_stride, int *hdr_len)
-    int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, iovec *iov, int max_iov)
+    int vx_scatter_iov(uint8_t *buf, size_t cap, int lead, int hlen, int mss, iovec *iov, int max_iov)
     void vx_scatter_compact(uint8_t *buf, int hlen, int mss, int len)
     int vx_split_read(uint8_t *buf, int len, int gso_size, int hlen, int mss, uint8_t *hdrs, size_t hdrs_cap,
                       int *lens, int *stride, int *hdr, int *inplace)
@@ -366,7 +366,7 @@ cdef int _read_into(uint8_t *buf, bytes data, int hlen, int mss, int *niov) exce
     cdef const uint8_t *src = <const uint8_t*>PyBytes_AS_STRING(stream)
     cdef size_t left = len(stream), n
     cdef int i = 0
-    niov[0] = vx_scatter_iov(buf, VX_VNET_HDR_LEN, hlen, mss, iov, VX_SCATTER_MAX_IOV) if mss else 0
+    niov[0] = vx_scatter_iov(buf, _READ_BUF - VX_VNET_HDR_LEN, VX_VNET_HDR_LEN, hlen, mss, iov, VX_SCATTER_MAX_IOV) if mss else 0
     if niov[0] < 0:
         raise ValueError("no scattered layout for this shape")
     if niov[0] == 0:

@@ -20,8 +20,7 @@
 #define VX_MAX_PACKET 65535
 #define VX_MAX_SEGS 256       /* segments of one split super-packet */
 #define VX_GSO_MAX_HDR 120    /* IPv4 header with options + TCP header with options */
-#define VX_SCATTER_MIN_MSS 256   /* smaller MSS: a plain read (too many iovecs) */
-#define VX_SCATTER_MAX_IOV (VX_MAX_PACKET / VX_SCATTER_MIN_MSS + 2)
+#define VX_SCATTER_MAX_IOV (VX_MAX_PACKET / 256 + 2)   /* an MSS below 256: a plain read */
 
 /* Verdicts; the numbers are vxlan.wire.DropReason's. */
 enum {
@@ -103,7 +102,8 @@ int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, siz
                    int max_segs, int *hdr_stride, int *hdr_len);
 
 /* The scattered TUN read and the in-place split (see vxengine.c). */
-int vx_scatter_iov(uint8_t *buf, int lead, int hlen, int mss, struct iovec *iov, int max_iov);
+/* -1: the layout needs more than max_iov pieces or more than cap bytes from buf */
+int vx_scatter_iov(uint8_t *buf, size_t cap, int lead, int hlen, int mss, struct iovec *iov, int max_iov);
 void vx_scatter_compact(uint8_t *buf, int hlen, int mss, int len);
 int vx_gso_inplace(uint8_t *buf, int len, int gso_size, int hlen, int *lens, int max_segs);
 /* Splits a super-packet read into buf (its headroom start) with vx_scatter_iov(buf, VX_VNET_HDR_LEN,
