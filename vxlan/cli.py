@@ -119,6 +119,17 @@ def add_etcd_flags(group) -> None:
     group.add_argument("--etcd-cafile", default=_env("etcd-cafile"), help="CA to verify etcd's certificate")
     group.add_argument("--etcd-username", default=_env("etcd-username"), help="etcd user")
     group.add_argument("--etcd-password", default=_env("etcd-password"), help="etcd password")
+    group.add_argument("--etcd-api", choices=("auto", "v3", "v2"), default=_env("etcd-api", "auto"),
+                       help="etcd keyspace (vxland flag): v3 as flanneld >= 0.18, v2 as flanneld <= 0.17 (etcd "
+                            "started with --enable-v2), or auto: the one holding <prefix>/config (default auto)")
+
+
+def etcd_settings(args: argparse.Namespace):
+    from vxlan.registry.select import EtcdSettings
+
+    return EtcdSettings(endpoints=args.etcd_endpoints, prefix=args.etcd_prefix, keyfile=args.etcd_keyfile,
+                        certfile=args.etcd_certfile, cafile=args.etcd_cafile, username=args.etcd_username,
+                        password=args.etcd_password, api=args.etcd_api)
 
 
 def vxland_parser() -> argparse.ArgumentParser:
@@ -254,26 +265,10 @@ def make_registry(args: argparse.Namespace):
 
         return FileRegistry(args.registry_file)
     from vxlan import subnetenv
-    from vxlan.registry.etcd import EtcdRegistry
-    from vxlan.registry.etcd_client import EtcdClient, TLSFiles, parse_endpoints
+    from vxlan.registry import select
 
-    endpoints = parse_endpoints(args.etcd_endpoints)
-    tls = None
-    if args.etcd_keyfile and args.etcd_certfile:
-        tls = TLSFiles(args.etcd_keyfile, args.etcd_certfile, args.etcd_cafile)
-        for flag, path in (("--etcd-keyfile", tls.keyfile), ("--etcd-certfile", tls.certfile),
-                           ("--etcd-cafile", tls.cafile)):
-            if path and not os.access(path, os.R_OK):
-                raise ValueError(f"{flag} {path}: not readable")
-    elif args.etcd_keyfile or args.etcd_certfile:
-        # flannel registry.go:newTlsConfig: TLS only with both; otherwise plain, with a warning.
-        logging.getLogger("vxland").warning("--etcd-keyfile and --etcd-certfile go together; using plain HTTP")
-    if (args.etcd_username is None) != (args.etcd_password is None):
-        raise ValueError("--etcd-username and --etcd-password go together")
-    client = EtcdClient(endpoints, tls=tls, username=args.etcd_username, password=args.etcd_password)
-    return EtcdRegistry(client, prefix=args.etcd_prefix,
-                        previous_subnet=subnetenv.previous_subnet(args.subnet_file),
-                        renew_margin_s=args.subnet_lease_renew_margin * 60)
+    return select.make_registry(etcd_settings(args), previous_subnet=subnetenv.previous_subnet(args.subnet_file),
+                                renew_margin_s=args.subnet_lease_renew_margin * 60)
 
 
 def vxland_main(argv: list[str] | None = None) -> int:

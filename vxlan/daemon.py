@@ -24,7 +24,7 @@ from vxlan.config import ConfigError
 from vxlan.dataplane import ENGINE_NICE, DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
-from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Registry, Reset
+from vxlan.registry import Change, Deleted, OwnLeaseLost, Put, Registry, RegistryError, Reset
 from vxlan.routes import CHECK_INTERVAL_S, PeerRoutes
 from vxlan.tun import Tun
 from vxlan.udpbackend import UdpCodec
@@ -118,6 +118,8 @@ class Daemon:
             config = await self.registry.get_config()
         except ConfigError as exc:
             raise StartupError(f"invalid network config: {exc}") from None
+        except RegistryError as exc:
+            raise StartupError(str(exc)) from None
         self.backend_type = config.backend.type
         if config.backend_missing:
             log.warning('the network config has no "Backend": as flanneld\'s code does (config.go:parseBackendType; '
@@ -136,7 +138,7 @@ class Daemon:
                                f"{iface.name} {iface.address})")
         try:
             own, others = await self.registry.acquire(config, public_ip, wire.random_vtep_mac())
-        except AcquireError as exc:
+        except RegistryError as exc:
             raise StartupError(str(exc)) from None
         mtu = config.tun_mtu(iface.mtu)
         self.peers = PeerTable(own.subnet, config.subnet_len,
@@ -170,20 +172,21 @@ class Daemon:
         mac = wire.mac_to_str(own.vtep_mac) if own.vtep_mac else "none"
         if self.metrics_source is not None:
             self.metrics_source.info.update({"backend": config.backend.type, "subnet": str(own.subnet),
+                                             "registry": self.registry.name,
                                              "vni": str(config.backend.vni), "port": str(config.backend.port),
                                              "vtep_mac": mac})
         self.ready = True
         sdnotify.notify(f"READY=1\nSTATUS=subnet {own.subnet}, {len(self.peers)} peers")
         if config.backend.type == "vxlan":
             log.info("vxland started: VNI %d, port %d, MTU %d, subnet %s, VtepMAC %s, %d peers "
-                     "(underlay %s %s, public IP %s, %s, fastpath %s, offloads: %s)",
+                     "(underlay %s %s, public IP %s, %s, fastpath %s, offloads: %s, registry %s)",
                      config.backend.vni, config.backend.port, mtu, own.subnet, mac, len(self.peers), iface.name,
                      iface.address or public_ip, public_ip, device, fastpath.IMPLEMENTATION,
-                     " ".join(self._offload_names) or "none")
+                     " ".join(self._offload_names) or "none", self.registry.name)
         else:
             log.info("vxland started: backend %s, MTU %d, subnet %s, VtepMAC none, %d peers "
-                     "(underlay %s %s, public IP %s, %s)", config.backend.type, mtu, own.subnet, len(self.peers),
-                     iface.name, iface.address, public_ip, device)
+                     "(underlay %s %s, public IP %s, %s, registry %s)", config.backend.type, mtu, own.subnet,
+                     len(self.peers), iface.name, iface.address, public_ip, device, self.registry.name)
 
     async def _start_health(self) -> None:
         self.metrics_source = MetricsSource(

@@ -1,16 +1,21 @@
-"""A small flanneld emulator for the lab: a kernel vxlan node driven from etcd as flanneld drives it.
+"""A small flanneld emulator for the lab: a kernel node driven from etcd as flanneld drives it.
 
-It takes a lease with the same registry code as vxland (flanneld's acquisition rule), creates
-``flannel.<VNI>`` the way ``pkg/backend/vxlan/device.go`` does (random locally administered
-MAC, ``nolearning``, ``local <PublicIP> dev <iface>``, MTU - 50, ``S.0/32``), and for each
-remote vxlan lease programs, in flannel's order (``vxlan_network.go:handleSubnetEvents``,
-flannel-spec §3.2): a permanent neighbour ``S.0 -> VtepMAC``, an fdb entry
-``VtepMAC -> PublicIP``, then the route ``S via S.0 dev flannel.<VNI> onlink``. Removal undoes
-the three. It exists so tests and the demo have a kernel peer that learns from etcd; it is no
-replacement for flanneld (no iptables, no health port).
+It takes a lease with the same registry code as vxland (flanneld's acquisition rule, on the
+etcd v3 or v2 store: ``--etcd-api``), then programs the kernel with the commands of
+``vxlan.plan``, as flanneld does for its backend:
+
+- vxlan: ``flannel.<VNI>`` as ``pkg/backend/vxlan/device.go`` makes it, reused if it is already
+  there from an earlier run (``ensureLink``: flanneld leaves it behind at exit; its MAC is set
+  to our lease's); per remote vxlan lease a neighbour, an fdb entry and an onlink route, or with
+  ``DirectRouting`` a plain route to a peer on a connected subnet (``vxlan_network.go``);
+- host-gw: a route per peer (``route_network.go``).
+
+Leases of another backend are ignored as flannel's backends ignore them. It exists so tests
+and the demo have a kernel peer that learns from etcd; it is no replacement for flanneld (no
+iptables, no health port).
 
     python -m vxlan.flanneld_emu --etcd-endpoints http://198.18.0.250:2379 --iface eth0 \\
-        --subnet-file /tmp/h3.env [--tx-checksum-off]
+        --subnet-file /tmp/h3.env [--etcd-api v2] [--tx-checksum-off]
 """
 
 from __future__ import annotations
@@ -29,41 +34,50 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import uvloop  # noqa: E402
 
-from vxlan import netconf, subnetenv, wire  # noqa: E402
+from vxlan import netconf, plan, subnetenv, wire  # noqa: E402
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerTable  # noqa: E402
 from vxlan.registry import Deleted, OwnLeaseLost, Put, Reset  # noqa: E402
-from vxlan.registry.etcd import DEFAULT_PREFIX, EtcdRegistry  # noqa: E402
-from vxlan.registry.etcd_client import EtcdClient, TLSFiles, parse_endpoints  # noqa: E402
+from vxlan.registry.etcd import DEFAULT_PREFIX  # noqa: E402
+from vxlan.registry.select import EtcdSettings, make_registry  # noqa: E402
 
 log = logging.getLogger("flanneld-emu")
 
 
-async def sh(*cmd: str, check: bool = True) -> None:
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    if check and proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)}: {err.decode().strip()}")
+async def run_steps(steps: list[plan.Step], check: bool = True) -> None:
+    for step in steps:
+        proc = await asyncio.create_subprocess_exec(*step.cmd, stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if check and proc.returncode:
+            raise RuntimeError(f"{' '.join(step.cmd)}: {err.decode().strip()}")
 
 
 class KernelNode:
-    def __init__(self, dev: str) -> None:
+    """flannel.<VNI> and its peers; ``direct`` decides DirectRouting per event (vxlan_network.go)."""
+
+    def __init__(self, dev: str, direct_routing: bool) -> None:
         self.dev = dev
+        self.direct_routing = direct_routing
+        self.routed: set = set()  # subnets reached by a direct route
 
     async def program(self, events: list[PeerEvent]) -> None:
         for event in events:
             lease = event.lease
-            gw, mac = str(lease.subnet.network_address), wire.mac_to_str(lease.vtep_mac or b"")
             if isinstance(event, PeerAdded):
-                await sh("ip", "neigh", "replace", gw, "lladdr", mac, "dev", self.dev, "nud", "permanent")
-                await sh("bridge", "fdb", "replace", mac, "dev", self.dev, "dst", lease.public_ip, "self",
-                         "permanent")
-                await sh("ip", "route", "replace", str(lease.subnet), "via", gw, "dev", self.dev, "onlink")
-                log.info("programmed %s via %s (%s)", lease.subnet, lease.public_ip, mac)
+                if self.direct_routing and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
+                    await run_steps([plan.direct_route(lease)])
+                    self.routed.add(lease.subnet)
+                    log.info("programmed %s via %s (direct route)", lease.subnet, lease.public_ip)
+                    continue
+                self.routed.discard(lease.subnet)
+                await run_steps(plan.vxlan_peer(self.dev, lease))
+                log.info("programmed %s via %s (%s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
             elif isinstance(event, PeerRemoved):  # errors ignored, as flannel does
-                await sh("ip", "route", "del", str(lease.subnet), "via", gw, "dev", self.dev, "onlink", check=False)
-                await sh("bridge", "fdb", "del", mac, "dev", self.dev, "dst", lease.public_ip, "self", check=False)
-                await sh("ip", "neigh", "del", gw, "dev", self.dev, check=False)
+                if lease.subnet in self.routed:
+                    self.routed.discard(lease.subnet)
+                    await run_steps([plan.direct_route_removed(lease)], check=False)
+                else:
+                    await run_steps(plan.vxlan_peer_removed(self.dev, lease), check=False)
                 log.info("removed %s via %s", lease.subnet, lease.public_ip)
 
 
@@ -77,10 +91,26 @@ class HostGwNode:
         for event in events:
             lease = event.lease
             if isinstance(event, PeerAdded):
-                await sh("ip", "route", "replace", str(lease.subnet), "via", lease.public_ip, "dev", self.iface)
+                await run_steps([plan.direct_route(lease, self.iface)])
                 log.info("route %s via %s", lease.subnet, lease.public_ip)
             elif isinstance(event, PeerRemoved):
-                await sh("ip", "route", "del", str(lease.subnet), "via", lease.public_ip, check=False)
+                await run_steps([plan.direct_route_removed(lease)], check=False)
+
+
+async def ensure_device(own, config, iface, mtu: int) -> str:
+    """device.go:ensureLink: keep a compatible flannel.<VNI> from an earlier run, else make it."""
+    backend = config.backend
+    steps = plan.vxlan_device(backend.vni, backend.port, own.vtep_mac, iface.address, iface.name, mtu, own.subnet)
+    dev = plan.device_name(backend.vni)
+    probe = await asyncio.create_subprocess_exec("ip", "link", "show", dev, stdout=asyncio.subprocess.DEVNULL,
+                                                 stderr=asyncio.subprocess.DEVNULL)
+    if await probe.wait() == 0:
+        log.info("%s exists from an earlier run: reusing it", dev)
+        await run_steps([plan.Step("down", ["ip", "link", "set", dev, "down"]),
+                         plan.Step("MAC", ["ip", "link", "set", dev, "address", wire.mac_to_str(own.vtep_mac)])])
+        steps = steps[1:]
+    await run_steps(steps)
+    return dev
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -88,9 +118,9 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tls = TLSFiles(args.etcd_keyfile, args.etcd_certfile, args.etcd_cafile) if args.etcd_keyfile else None
-    registry = EtcdRegistry(EtcdClient(parse_endpoints(args.etcd_endpoints), tls=tls), prefix=args.etcd_prefix,
-                            previous_subnet=subnetenv.previous_subnet(args.subnet_file))
+    settings = EtcdSettings(endpoints=args.etcd_endpoints, prefix=args.etcd_prefix, keyfile=args.etcd_keyfile,
+                            certfile=args.etcd_certfile, cafile=args.etcd_cafile, api=args.etcd_api)
+    registry = make_registry(settings, previous_subnet=subnetenv.previous_subnet(args.subnet_file))
     config = await registry.get_config()
     iface = await asyncio.to_thread(netconf.find_iface, args.iface, None)
     own, others = await registry.acquire(config, iface.address, wire.random_vtep_mac())
@@ -103,21 +133,16 @@ async def run(args: argparse.Namespace) -> int:
         log.info("flanneld-emu started: backend host-gw, subnet %s, VtepMAC none, %d peers", own.subnet, len(peers))
         return await follow_until_stopped(registry, node, peers, stop)
     assert own.vtep_mac is not None
-    vni, port = config.backend.vni, config.backend.port
-    dev = f"flannel.{vni}"
-    await sh("ip", "link", "add", dev, "address", wire.mac_to_str(own.vtep_mac), "type", "vxlan", "id", str(vni),
-             "local", iface.address, "dev", iface.name, "dstport", str(port), "nolearning")
-    await sh("ip", "link", "set", dev, "mtu", str(mtu))
-    await sh("ip", "addr", "add", f"{own.subnet.network_address}/32", "dev", dev)
-    await sh("ip", "link", "set", dev, "up")
+    dev = await ensure_device(own, config, iface, mtu)
     if args.tx_checksum_off:  # veth has no checksum hardware (see README, troubleshooting)
-        await sh("ethtool", "-K", dev, "tx", "off")
-    node = KernelNode(dev)
+        await run_steps([plan.Step("tx off", ["ethtool", "-K", dev, "tx", "off"])])
+    node = KernelNode(dev, config.backend.direct_routing)
     peers = PeerTable(own.subnet, config.subnet_len)
     await node.program(peers.reset(others))
     subnetenv.write(args.subnet_file, config.network, own.subnet, mtu)
-    log.info("flanneld-emu started: subnet %s, VtepMAC %s, VNI %d, port %d, %d peers",
-             own.subnet, wire.mac_to_str(own.vtep_mac), vni, port, len(peers))
+    log.info("flanneld-emu started: subnet %s, VtepMAC %s, VNI %d, port %d, %d peers (etcd %s)",
+             own.subnet, wire.mac_to_str(own.vtep_mac), config.backend.vni, config.backend.port, len(peers),
+             registry.name)
     return await follow_until_stopped(registry, node, peers, stop)
 
 
@@ -150,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etcd-keyfile")
     p.add_argument("--etcd-certfile")
     p.add_argument("--etcd-cafile")
+    p.add_argument("--etcd-api", choices=("auto", "v3", "v2"), default="auto")
     p.add_argument("--iface", required=True)
     p.add_argument("--subnet-file", type=Path, required=True)
     p.add_argument("--tx-checksum-off", action="store_true")

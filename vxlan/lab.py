@@ -33,9 +33,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vxlan import wire
+from vxlan import plan, wire
 from vxlan.lab_etcd import EtcdLabMixin, EtcdMember, make_certs
 from vxlan.labutil import LabError, sh, stop_process  # noqa: F401 (re-exported)
+from vxlan.lease import Lease
 
 _counter = itertools.count(1)
 _NAME_RE = re.compile(r"^vxl-(\d+)-\d+-")
@@ -128,8 +129,9 @@ class Lab(EtcdLabMixin):
 
     ``registry="file"``: a static registry file with a lease per host, made up front; kernel
     nodes are programmed once from it. ``registry="etcd"``: a real etcd (``etcd_members``
-    members) in the underlay namespace seeded with the network config; vxland hosts join with
-    ``--etcd-endpoints`` and kernel nodes are driven by ``vxlan.flanneld_emu``; subnets and
+    members) in the underlay namespace seeded with the network config (in the v3 store, or with
+    ``etcd_api="v2"`` in the v2 store of an etcd started with ``--enable-v2``); vxland hosts join
+    with ``--etcd-endpoints`` and kernel nodes are driven by ``vxlan.flanneld_emu``; subnets and
     VtepMACs are what the nodes acquire.
     """
 
@@ -138,9 +140,14 @@ class Lab(EtcdLabMixin):
                  pure_python: bool = False, keep_workdir: bool = False, registry: str = "file",
                  etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None,
                  defer: tuple[int, ...] = (), kernel_tx_off: bool = True, backend: dict | None = None,
-                 segments: tuple[int, ...] = (), etcd_tls: bool = False) -> None:
+                 segments: tuple[int, ...] = (), etcd_tls: bool = False, etcd_api: str = "v3") -> None:
         if registry not in ("file", "etcd"):
             raise ValueError(f"registry must be file or etcd, not {registry!r}")
+        if etcd_api not in ("v3", "v2"):
+            raise ValueError(f"etcd_api must be v3 or v2, not {etcd_api!r}")
+        # v2: etcd runs with --enable-v2, the config is written with the v2 API and kernel nodes
+        # run the emulator as flanneld <= 0.17 (v2 only); vxland nodes find the store themselves.
+        self.etcd_api = etcd_api
         self.prefix = f"vxl-{os.getpid()}-{next(_counter)}"
         self.vni = vni
         self.port = port
@@ -328,8 +335,8 @@ class Lab(EtcdLabMixin):
         """The command that runs ``host``'s node, and the log line that says it is up."""
         if host.kind == "kernel":
             return ([sys.executable, "-m", "vxlan.flanneld_emu", "--etcd-endpoints", self.etcd_endpoints,
-                     *self.etcd_tls_args(), "--iface", "eth0", "--subnet-file", str(host.subnet_file),
-                     "--tx-checksum-off"],
+                     *self.etcd_tls_args(), "--etcd-api", self.etcd_api, "--iface", "eth0",
+                     "--subnet-file", str(host.subnet_file), "--tx-checksum-off"],
                     "flanneld-emu started")
         registry = (["--registry-file", str(self.registry_path)] if self.registry == "file"
                     else ["--etcd-endpoints", self.etcd_endpoints, *self.etcd_tls_args()])
@@ -392,27 +399,17 @@ class Lab(EtcdLabMixin):
         return host.log_path.read_text(errors="replace") if host.log_path else ""
 
     def _program_kernel_node(self, host: Host) -> None:
-        """flannel.<VNI> as flanneld >= 0.9 programs it (flannel-spec §3.1, §3.2)."""
-        dev = f"flannel.{self.vni}"
-        mac = wire.mac_to_str(host.vtep_mac)
-        sh(["ip", "link", "add", dev, "address", mac, "type", "vxlan", "id", str(self.vni),
-            "local", host.public_ip, "dev", "eth0", "dstport", str(self.port), "nolearning"], ns=host.ns)
-        sh(["ip", "link", "set", dev, "mtu", str(self.mtu - wire.ENCAP_OVERHEAD)], ns=host.ns)
-        sh(["ip", "addr", "add", f"{host.tun_ip}/32", "dev", dev], ns=host.ns)
-        sh(["ip", "link", "set", dev, "up"], ns=host.ns)
+        """flannel.<VNI> as flanneld >= 0.9 programs it (vxlan.plan: device.go, vxlan_network.go)."""
+        mtu = self.mtu - wire.ENCAP_OVERHEAD
+        steps = plan.vxlan_device(self.vni, self.port, host.vtep_mac, host.public_ip, "eth0", mtu, host._net())
         if self.kernel_tx_off:
-            sh(["ethtool", "-K", dev, "tx", "off"], ns=host.ns)
+            steps.append(plan.Step("tx off", ["ethtool", "-K", plan.device_name(self.vni), "tx", "off"]))
         for peer in self.hosts:
-            if peer is host or not peer.registered:
-                continue
-            peer_mac = wire.mac_to_str(peer.vtep_mac)
-            # Order as vxlan_network.go:handleSubnetEvents: neighbour, fdb, then the route.
-            sh(["ip", "neigh", "replace", peer.tun_ip, "lladdr", peer_mac, "dev", dev, "nud", "permanent"],
-               ns=host.ns)
-            sh(["bridge", "fdb", "replace", peer_mac, "dev", dev, "dst", peer.public_ip, "self", "permanent"],
-               ns=host.ns)
-            sh(["ip", "route", "replace", str(peer.subnet), "via", peer.tun_ip, "dev", dev, "onlink"],
-               ns=host.ns)
+            if peer is not host and peer.registered:
+                lease = Lease(peer._net(), peer.public_ip, "vxlan", peer.vtep_mac, self.vni)
+                steps += plan.vxlan_peer(plan.device_name(self.vni), lease)
+        for step in steps:
+            sh(step.cmd, ns=host.ns)
 
     def etcd_tls_args(self) -> list[str]:
         if not (self.etcd and self.etcd[0].tls):

@@ -53,9 +53,13 @@ def make_certs(d: Path, ips: list[str]) -> None:
             "-out", f"{name}.crt", "-days", "1", "-extfile", "san.ext")
 
 
+CONFIG_KEY = "/coreos.com/network/config"
+SUBNETS = "/coreos.com/network/subnets"
+
+
 class EtcdLabMixin:
-    """Needs from the Lab: ``etcd`` (members), ``prefix``, ``underlay_ns``, ``popen``, ``workdir``,
-    ``backend_config()``, ``network``, ``subnet_len``."""
+    """Needs from the Lab: ``etcd`` (members), ``etcd_api``, ``prefix``, ``underlay_ns``, ``popen``,
+    ``workdir``, ``backend``, ``backend_config()``, ``network``, ``subnet_len``."""
 
     @property
     def etcd_endpoints(self) -> str:
@@ -72,6 +76,8 @@ class EtcdLabMixin:
             d = self.workdir
             cmd += ["--cert-file", str(d / "server.crt"), "--key-file", str(d / "server.key"),
                     "--trusted-ca-file", str(d / "ca.crt"), "--client-cert-auth"]
+        if self.etcd_api == "v2":
+            cmd.append("--enable-v2=true")  # etcd >= 3.4 serves the v2 API only when asked
         with open(member.log_path, "ab") as log:
             member.proc = self.popen(self.underlay_ns, cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -95,25 +101,52 @@ class EtcdLabMixin:
             member.proc = None
 
     def etcdctl(self, *args: str, endpoints: str | None = None, check: bool = True,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
+                input: str | None = None, api: str = "v3") -> subprocess.CompletedProcess[str]:
+        """etcdctl in the underlay namespace, speaking ``api`` (v2: ``set``, ``rm``, ``ls`` ...)."""
         tls = []
         if self.etcd and self.etcd[0].tls:
             d = self.workdir
-            tls = ["--cacert", str(d / "ca.crt"), "--cert", str(d / "client.crt"), "--key", str(d / "client.key")]
-        env_cmd = ["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", endpoints or self.etcd_endpoints,
-                   "--command-timeout=5s", *tls, *args]
+            names = ("--cacert", "--cert", "--key") if api == "v3" else ("--ca-file", "--cert-file", "--key-file")
+            tls = [names[0], str(d / "ca.crt"), names[1], str(d / "client.crt"), names[2], str(d / "client.key")]
+        timeout = ["--command-timeout=5s"] if api == "v3" else ["--total-timeout=5s"]
+        env_cmd = ["env", f"ETCDCTL_API={api[1]}", "etcdctl", "--endpoints", endpoints or self.etcd_endpoints,
+                   *timeout, *tls, *args]
         return sh(env_cmd, ns=self.underlay_ns, check=check, input=input)
 
-    def put_config(self, config: dict | None = None) -> None:
-        if config is None:
-            config = {"Network": str(self.network)}
-            if self.backend.get("Type", "vxlan") is not None:  # Type None: no Backend at all (udp)
-                config["Backend"] = self.backend_config()
-            if self.subnet_len != 24:
-                config["SubnetLen"] = self.subnet_len
-        self.etcdctl("put", "/coreos.com/network/config", json.dumps(config))
+    def default_config(self) -> dict:
+        config: dict = {"Network": str(self.network)}
+        if self.backend.get("Type", "vxlan") is not None:  # Type None: no Backend at all (udp)
+            config["Backend"] = self.backend_config()
+        if self.subnet_len != 24:
+            config["SubnetLen"] = self.subnet_len
+        return config
 
-    def etcd_leases(self) -> dict[str, dict]:
+    def put_config(self, config: dict | None = None, api: str | None = None) -> None:
+        """Write the network config as an operator would, in the lab's store (or ``api``'s)."""
+        api = api or self.etcd_api
+        value = json.dumps(config if config is not None else self.default_config())
+        if api == "v2":
+            self.etcdctl("set", CONFIG_KEY, value, api="v2")
+        else:
+            self.etcdctl("put", CONFIG_KEY, value)
+
+    def delete_config(self, api: str | None = None) -> None:
+        api = api or self.etcd_api
+        self.etcdctl(*(("rm", CONFIG_KEY) if api == "v2" else ("del", CONFIG_KEY)), api=api)
+
+    def put_lease(self, key: str, value: str, api: str | None = None, **kw) -> None:
+        """Write ``<prefix>/subnets/<key>`` (no TTL) as etcdctl would."""
+        api = api or self.etcd_api
+        self.etcdctl("set" if api == "v2" else "put", f"{SUBNETS}/{key}", value, api=api, **kw)
+
+    def delete_lease(self, key: str, api: str | None = None) -> None:
+        api = api or self.etcd_api
+        self.etcdctl("rm" if api == "v2" else "del", f"{SUBNETS}/{key}", api=api)
+
+    def etcd_leases(self, api: str | None = None) -> dict[str, dict]:
         """key -> lease JSON of everything under /coreos.com/network/subnets."""
-        out = self.etcdctl("get", "--prefix", "/coreos.com/network/subnets/").stdout.splitlines()
+        if (api or self.etcd_api) == "v2":
+            keys = self.etcdctl("ls", SUBNETS, api="v2", check=False).stdout.split()
+            return {key: json.loads(self.etcdctl("get", key, api="v2").stdout) for key in keys}
+        out = self.etcdctl("get", "--prefix", f"{SUBNETS}/").stdout.splitlines()
         return {out[i]: json.loads(out[i + 1]) for i in range(0, len(out) - 1, 2)}

@@ -3,7 +3,10 @@
 Mirrors flannel's ``pkg/lease/lease.go:LeaseWatcher`` (flannel-spec §1.5): our own subnet is
 never a peer; ``reset(snapshot)`` reports new and changed leases as added and vanished ones as
 removed, unchanged ones not at all; a removal carries the stored lease so the data plane knows
-what to unprogram. Leases of other backends are ignored as ``vxlan_network.go`` and ``route_network.go`` do.
+what to unprogram. Leases of other backends are ignored as ``vxlan_network.go`` and
+``route_network.go`` do ("Ignoring non-vxlan subnet"), also when a known peer's lease changes to
+another backend: its programming stays as it was. During a rolling switch of the backend (say
+host-gw to vxlan) that keeps a peer reachable until this node restarts with the new backend.
 """
 
 from __future__ import annotations
@@ -67,11 +70,9 @@ class PeerTable:
             return []
         reason = self._admit(lease)
         if reason is not None:
-            events: list[PeerEvent] = [PeerSkipped(lease, reason)]
-            old = self._peers.pop(lease.subnet, None)
-            if old is not None:
-                events.insert(0, PeerRemoved(old))
-            return events
+            if lease.subnet in self._peers:
+                reason += "; the peer stays programmed as it was"
+            return [PeerSkipped(lease, reason)]
         if self._peers.get(lease.subnet) == lease:
             return []  # a renewal with the same attributes changes nothing on the data plane
         self._peers[lease.subnet] = lease

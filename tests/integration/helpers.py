@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
-from vxlan.lab import sh
+from vxlan.lab import sh, stop_process
+from vxlan.registry.etcd import EtcdRegistry
+from vxlan.registry.select import EtcdSettings, open_store
 
 RECEIVER = """
 import hashlib, socket, sys
@@ -58,3 +65,61 @@ def wait_for(predicate, timeout=5.0, interval=0.05):
             return time.monotonic() - start
         time.sleep(interval)
     return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalEtcd:
+    """A real etcd on loopback, both keyspaces served unless ``enable_v2`` is False; ``tls``
+    names a directory with ca.crt, server.crt/key (then clients must present client.crt/key)."""
+
+    def __init__(self, workdir: Path, enable_v2: bool = True, tls: Path | None = None) -> None:
+        if shutil.which("etcd") is None:
+            raise AssertionError("etcd is not installed (make install)")
+        client, peer = free_port(), free_port()
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{client}"
+        self.tls = tls
+        cmd = ["etcd", "--data-dir", str(workdir / "data"), "--listen-client-urls", self.url,
+               "--advertise-client-urls", self.url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+               "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+               "--initial-cluster", f"default=http://127.0.0.1:{peer}",
+               "--heartbeat-interval", "10", "--election-timeout", "100", f"--enable-v2={str(enable_v2).lower()}"]
+        if tls:
+            cmd += ["--cert-file", str(tls / "server.crt"), "--key-file", str(tls / "server.key"),
+                    "--trusted-ca-file", str(tls / "ca.crt"), "--client-cert-auth"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ok = wait_for(lambda: self.etcdctl("endpoint", "health", check=False).returncode == 0, timeout=20)
+        if ok is None:
+            self.stop()
+            raise AssertionError("etcd did not start")
+
+    def etcdctl(self, *args: str, check: bool = True, api: str = "v3") -> subprocess.CompletedProcess[str]:
+        tls = []
+        if self.tls:
+            names = ("--cacert", "--cert", "--key") if api == "v3" else ("--ca-file", "--cert-file", "--key-file")
+            tls = [names[0], str(self.tls / "ca.crt"), names[1], str(self.tls / "client.crt"), names[2],
+                   str(self.tls / "client.key")]
+        return subprocess.run(["env", f"ETCDCTL_API={api[1]}", "etcdctl", "--endpoints", self.url, *tls, *args],
+                              capture_output=True, text=True, check=check)
+
+    def put(self, key: str, value: str, api: str = "v3") -> None:
+        self.etcdctl("set" if api == "v2" else "put", key, value, api=api)
+
+    def delete(self, key: str, api: str = "v3") -> None:
+        self.etcdctl("rm" if api == "v2" else "del", key, api=api)
+
+    def v2_node(self, key: str) -> dict:
+        """The v2 store's node for ``key`` (value, ttl, indices) over HTTP."""
+        with urllib.request.urlopen(f"{self.url}/v2/keys{key}", timeout=5) as resp:
+            return json.load(resp)["node"]
+
+    def registry(self, api: str, **kw) -> EtcdRegistry:
+        settings = EtcdSettings(self.url)
+        return EtcdRegistry(open_store(settings, api), **kw)
+
+    def stop(self) -> None:
+        stop_process(self.proc)

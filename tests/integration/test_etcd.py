@@ -1,5 +1,6 @@
-"""The etcd control plane against a real etcd: flannel's keys and JSON, acquisition races,
-restarts, the watch, outages, member failover and scale.
+"""The etcd control plane against a real etcd, on both stores where they behave the same
+(v3 as flanneld >= 0.18 uses it, v2 as flanneld <= 0.17 does): flannel's keys and JSON,
+acquisition races, restarts, the watch, outages, member failover and scale.
 
 Timing contracts (learned within 1 s / 2 s, 20,000 leases within 2 s) are printed with ``-s``
 and asserted here only with room for a loaded CI machine; the figures go to the README."""
@@ -9,99 +10,70 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import MB, transfer, wait_for
+from tests.integration.helpers import MB, LocalEtcd, transfer, wait_for
 from vxlan import wire
 from vxlan.config import ConfigError, parse_config
-from vxlan.lab import Lab, sh, stop_process
+from vxlan.lab import Lab, sh
 from vxlan.registry import AcquireError
 from vxlan.registry.etcd import EtcdRegistry
-from vxlan.registry.etcd_client import EtcdClient, parse_endpoints
+from vxlan.registry.select import EtcdSettings, open_store
+from vxlan.registry.store import TLSFiles
 
 CONFIG = {"Network": "172.7.0.0/16", "Backend": {"Type": "vxlan"}}
+CONFIG_KEY = "/coreos.com/network/config"
+SUBNETS = "/coreos.com/network/subnets"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def local_etcd():
-    """A real etcd on loopback (control-plane tests need no namespaces)."""
-    if shutil.which("etcd") is None:
-        pytest.fail("etcd is not installed (make install)")
-    workdir = Path(tempfile.mkdtemp(prefix="vxlan-etcd-"))
-    client, peer = free_port(), free_port()
-    url = f"http://127.0.0.1:{client}"
-    proc = subprocess.Popen(["etcd", "--data-dir", str(workdir / "data"), "--listen-client-urls", url,
-                             "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                             "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-                             "--heartbeat-interval", "10", "--election-timeout", "100"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ok = wait_for(lambda: subprocess.run(["etcdctl", "--endpoints", url, "endpoint", "health"],
-                                             capture_output=True).returncode == 0, timeout=20)
-        assert ok is not None, "etcd did not start"
-        yield url
-    finally:
-        stop_process(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def etcdctl(url, *args, check=True):
-    return subprocess.run(["etcdctl", "--endpoints", url, *args], capture_output=True, text=True, check=check)
-
-
-def registry(url, **kw) -> EtcdRegistry:
-    return EtcdRegistry(EtcdClient(parse_endpoints(url)), **kw)
-
-
-def test_lease_key_and_json_are_flanneld_s(local_etcd):
-    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+def test_lease_key_and_json_are_flanneld_s(local_etcd, api):
+    local_etcd.put(CONFIG_KEY, json.dumps(CONFIG), api)
 
     async def go():
-        reg = registry(local_etcd)
+        reg = local_etcd.registry(api)
         config = await reg.get_config()
         own, others = await reg.acquire(config, "198.18.0.7", bytes.fromhex("c6d2326f8f44"))
         await reg.close()
         return own, others
     own, others = asyncio.run(go())
     assert others == []
-    out = etcdctl(local_etcd, "get", "--prefix", "/coreos.com/network/subnets/").stdout.splitlines()
-    assert re.fullmatch(r"/coreos\.com/network/subnets/172\.7\.\d+\.0-24", out[0])
-    value = json.loads(out[1])
-    # flannel-spec §1.2 / Documentation/reservations.md, field order included
+    if api == "v3":
+        out = local_etcd.etcdctl("get", "--prefix", f"{SUBNETS}/").stdout.splitlines()
+        key, raw = out[0], out[1]
+        # attached to a 24 h etcd lease (local_manager.go subnetTTL)
+        kv = json.loads(local_etcd.etcdctl("get", key, "-w", "json").stdout)["kvs"][0]
+        ttl = local_etcd.etcdctl("lease", "timetolive", format(kv["lease"], "x")).stdout
+        granted = int(re.search(r"granted with TTL\((\d+)s\)", ttl).group(1))
+    else:
+        key = local_etcd.etcdctl("ls", SUBNETS, api="v2").stdout.split()[0]
+        node = local_etcd.v2_node(key)  # created with ttl=86400 (etcdv2/local_manager.go subnetTTL)
+        raw, granted = node["value"], node["ttl"]
+        assert granted > 86390
+        granted = 86400
+    assert re.fullmatch(r"/coreos\.com/network/subnets/172\.7\.\d+\.0-24", key)
+    value = json.loads(raw)
+    # flannel-spec §1.2 / Documentation/reservations.md, field order included (0.15-0.17 on
+    # v2 write PublicIPv6 too)
     assert list(value) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData"]
     assert value == {"PublicIP": "198.18.0.7", "PublicIPv6": None, "BackendType": "vxlan",
                      "BackendData": {"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}}
     assert list(value["BackendData"]) == ["VNI", "VtepMAC"]
-    assert out[1] == own.to_json()
-    # attached to a 24 h etcd lease (local_manager.go subnetTTL)
-    kv = json.loads(etcdctl(local_etcd, "get", out[0], "-w", "json").stdout)["kvs"][0]
-    ttl = etcdctl(local_etcd, "lease", "timetolive", format(kv["lease"], "x")).stdout
-    granted = int(re.search(r"granted with TTL\((\d+)s\)", ttl).group(1))
+    assert raw == own.to_json()
     assert granted == 86400
 
 
-def test_twenty_nodes_race_for_subnets(local_etcd):
+def test_twenty_nodes_race_for_subnets(local_etcd, api):
     """20 nodes acquiring at once from the same 100 candidates collide and pick again:
     never two nodes on one subnet."""
-    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+    local_etcd.put(CONFIG_KEY, json.dumps(CONFIG), api)
 
     async def one(i):
-        reg = registry(local_etcd)
+        reg = local_etcd.registry(api)
         try:
             config = await reg.get_config()
             own, _ = await reg.acquire(config, f"198.18.1.{i}", wire.random_vtep_mac())
@@ -113,15 +85,18 @@ def test_twenty_nodes_race_for_subnets(local_etcd):
         return await asyncio.gather(*(one(i) for i in range(1, 21)))
     leases = asyncio.run(go())
     assert len({lease.subnet for lease in leases}) == 20
-    keys = etcdctl(local_etcd, "get", "--prefix", "--keys-only", "/coreos.com/network/subnets/").stdout.split()
+    if api == "v3":
+        keys = local_etcd.etcdctl("get", "--prefix", "--keys-only", f"{SUBNETS}/").stdout.split()
+    else:
+        keys = local_etcd.etcdctl("ls", SUBNETS, api="v2").stdout.split()
     assert len(keys) == 20
 
 
-def test_restart_keeps_subnet_and_mac_and_previous_subnet_is_reused(local_etcd, tmp_path):
-    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+def test_restart_keeps_subnet_and_mac_and_previous_subnet_is_reused(local_etcd, api):
+    local_etcd.put(CONFIG_KEY, json.dumps(CONFIG), api)
 
     async def acquire(ip, **kw):
-        reg = registry(local_etcd, **kw)
+        reg = local_etcd.registry(api, **kw)
         try:
             return (await reg.acquire(await reg.get_config(), ip, wire.random_vtep_mac()))[0]
         finally:
@@ -130,19 +105,19 @@ def test_restart_keeps_subnet_and_mac_and_previous_subnet_is_reused(local_etcd, 
     again = asyncio.run(acquire("198.18.0.1"))
     assert (again.subnet, again.vtep_mac) == (first.subnet, first.vtep_mac)
     # With the lease gone, subnet.env's FLANNEL_SUBNET brings the same subnet back.
-    etcdctl(local_etcd, "del", f"/coreos.com/network/subnets/{first.key}")
+    local_etcd.delete(f"{SUBNETS}/{first.key}", api)
     back = asyncio.run(acquire("198.18.0.1", previous_subnet=first.subnet))
     assert back.subnet == first.subnet
 
 
-def test_out_of_subnets_and_bad_config(local_etcd):
-    etcdctl(local_etcd, "put", "/coreos.com/network/config",
-            json.dumps({"Network": "10.9.0.0/28", "SubnetLen": 30, "Backend": {"Type": "vxlan"}}))
+def test_out_of_subnets_and_bad_config(local_etcd, api):
+    local_etcd.put(CONFIG_KEY, json.dumps({"Network": "10.9.0.0/28", "SubnetLen": 30, "Backend": {"Type": "vxlan"}}),
+                   api)
 
     async def acquire_all():
         results = []
         for i in range(4):
-            reg = registry(local_etcd)
+            reg = local_etcd.registry(api)
             try:
                 results.append(await reg.acquire(await reg.get_config(), f"198.18.2.{i}", wire.random_vtep_mac()))
             except AcquireError as exc:
@@ -154,26 +129,31 @@ def test_out_of_subnets_and_bad_config(local_etcd):
     assert all(not isinstance(r, Exception) for r in results[:3])
     assert isinstance(results[3], AcquireError) and "out of subnets" in str(results[3])
 
-    etcdctl(local_etcd, "put", "/coreos.com/network/config", json.dumps({"Network": "10.9.0.0/16", "SubnetLen": 31,
-                                                                          "Backend": {"Type": "vxlan"}}))
+    local_etcd.put(CONFIG_KEY, json.dumps({"Network": "10.9.0.0/16", "SubnetLen": 31, "Backend": {"Type": "vxlan"}}),
+                   api)
     with pytest.raises(ConfigError, match="SubnetLen must be less than /31"):
-        asyncio.run(registry(local_etcd).get_config())
+        asyncio.run(local_etcd.registry(api).get_config())
+    local_etcd.put(CONFIG_KEY, "{not json", api)
+    with pytest.raises(ConfigError, match="is not JSON"):
+        asyncio.run(local_etcd.registry(api).get_config())
 
 
-def test_missing_config_is_waited_for(local_etcd, caplog):
+def test_missing_config_is_waited_for(local_etcd, api, caplog):
     async def go():
-        reg = registry(local_etcd)
+        reg = local_etcd.registry(api)
         task = asyncio.create_task(reg.get_config())
         await asyncio.sleep(1.5)
         assert not task.done()
-        await asyncio.to_thread(etcdctl, local_etcd, "put", "/coreos.com/network/config", json.dumps(CONFIG))
+        await asyncio.to_thread(local_etcd.put, CONFIG_KEY, json.dumps(CONFIG), api)
         config = await asyncio.wait_for(task, 3)
         await reg.close()
         return config
     with caplog.at_level("WARNING"):
         assert asyncio.run(go()) == parse_config(CONFIG)
     said = [r.getMessage() for r in caplog.records if "flannel config not found" in r.getMessage()]
-    assert len(said) == 1 and "etcdctl put /coreos.com/network/config" in said[0]
+    command = "etcdctl put /coreos.com/network/config" if api == "v3" else "ETCDCTL_API=2 etcdctl set " \
+        "/coreos.com/network/config"
+    assert len(said) == 1 and command in said[0], said
 
 
 # -- the daemon on etcd, in namespaces ------------------------------------------------------
@@ -352,32 +332,21 @@ def make_certs(d: Path) -> None:
             "-out", f"{name}.crt", "-days", "1", "-extfile", "san.ext")
 
 
-def test_tls_and_client_certificates(tmp_path):
+def test_tls_and_client_certificates(tmp_path, api):
     """--etcd-keyfile/--etcd-certfile/--etcd-cafile against an etcd that demands client certs."""
     make_certs(tmp_path)
-    client, peer = free_port(), free_port()
-    url = f"https://127.0.0.1:{client}"
-    proc = subprocess.Popen(
-        ["etcd", "--data-dir", str(tmp_path / "data"), "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"default=http://127.0.0.1:{peer}", "--cert-file", str(tmp_path / "server.crt"),
-         "--key-file", str(tmp_path / "server.key"), "--trusted-ca-file", str(tmp_path / "ca.crt"),
-         "--client-cert-auth", "--heartbeat-interval", "10", "--election-timeout", "100"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tls_args = ["--cacert", str(tmp_path / "ca.crt"), "--cert", str(tmp_path / "client.crt"),
-                "--key", str(tmp_path / "client.key")]
+    etcd = LocalEtcd(tmp_path, tls=tmp_path)
     try:
-        assert wait_for(lambda: etcdctl(url, *tls_args, "put", "/coreos.com/network/config", json.dumps(CONFIG),
-                                        check=False).returncode == 0, timeout=20) is not None
+        etcd.put(CONFIG_KEY, json.dumps(CONFIG), api)
 
         async def go(tls):
-            reg = EtcdRegistry(EtcdClient(parse_endpoints(url), tls=tls, timeout_s=2))
+            reg = EtcdRegistry(open_store(EtcdSettings(etcd.url, keyfile=tls.keyfile, certfile=tls.certfile,
+                                                       cafile=tls.cafile), api, timeout_s=2))
             try:
                 config = await asyncio.wait_for(reg.get_config(), 5)
                 return (await reg.acquire(config, "198.18.0.9", wire.random_vtep_mac()))[0]
             finally:
                 await reg.close()
-        from vxlan.registry.etcd_client import TLSFiles
         lease = asyncio.run(go(TLSFiles(str(tmp_path / "client.key"), str(tmp_path / "client.crt"),
                                         str(tmp_path / "ca.crt"))))
         assert lease.public_ip == "198.18.0.9"
@@ -385,4 +354,4 @@ def test_tls_and_client_certificates(tmp_path):
         with pytest.raises(TimeoutError):
             asyncio.run(go(TLSFiles(str(tmp_path / "server.key"), str(tmp_path / "server.crt"), None)))
     finally:
-        stop_process(proc)
+        etcd.stop()

@@ -34,11 +34,20 @@ def test_renewal_with_same_attrs_is_silent():
 
 def test_other_backends_and_lengths_are_skipped():
     table = PeerTable(OWN, 24)
-    table.update(lease(2))
-    events = table.update(lease(2, backend="host-gw"))
-    assert isinstance(events[0], PeerRemoved) and isinstance(events[1], PeerSkipped)
+    assert isinstance(table.update(lease(3, backend="host-gw"))[0], PeerSkipped)
     assert isinstance(table.update(lease(8, plen=25))[0], PeerSkipped)
     assert len(table) == 0
+
+
+def test_a_peer_whose_lease_changes_backend_stays_programmed():
+    """route_network.go / vxlan_network.go ignore such an event: the old programming stays
+    (a rolling backend switch keeps the peer reachable); a later delete removes it."""
+    table = PeerTable(OWN, 24)
+    table.update(lease(2))
+    events = table.update(lease(2, backend="host-gw"))
+    assert len(events) == 1 and isinstance(events[0], PeerSkipped) and "stays programmed" in events[0].reason
+    assert table.peers() == [lease(2)]
+    assert table.remove(lease(2).subnet) == [PeerRemoved(lease(2))]
 
 
 def test_lookup():

@@ -1,4 +1,6 @@
-"""Where leases live: ``file.FileRegistry`` (static JSON) or ``etcd.EtcdRegistry`` (etcd v3).
+"""Where leases live: ``file.FileRegistry`` (static JSON) or ``etcd.EtcdRegistry`` (etcd, either
+keyspace: ``store``), picked by ``select`` from the flags (``--etcd-api auto`` finds the store
+that holds the config).
 
 Both give the daemon the same things in flanneld's order: the network config
 (``get_config``), our own lease plus everyone else's (``acquire``), then a stream of
@@ -44,11 +46,17 @@ class OwnLeaseLost:
 Change = Reset | Put | Deleted | OwnLeaseLost
 
 
-class AcquireError(RuntimeError):
+class RegistryError(RuntimeError):
+    """The registry cannot be used; the message says why and what to do."""
+
+
+class AcquireError(RegistryError):
     """No lease for this node; the message says why and what to do."""
 
 
 class Registry(Protocol):
+    name: str  # "file", "etcd v3", "etcd v2": for logs and /metrics
+
     async def get_config(self) -> NetworkConfig: ...
 
     async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:

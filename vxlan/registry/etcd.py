@@ -1,17 +1,23 @@
-"""flannel's subnet registry on etcd v3: config, lease acquisition, renewal and the lease watch.
+"""flannel's subnet registry on etcd: config, lease acquisition, renewal and the lease watch.
 
-Everything here copies flanneld (flannel-spec §1, §2 and §7, ``pkg/subnet/etcd/``) so that
-vxland and kernel flanneld nodes share one etcd:
+One logic for both of etcd's keyspaces (``store.Store``: v3 for flanneld >= 0.18, flannel
+``pkg/subnet/etcd/``; v2 for flanneld <= 0.17, flannel v0.17.0 ``subnet/etcdv2/``), so that
+vxland and kernel flanneld nodes of either era share one etcd:
 
 - keys ``<prefix>/config`` and ``<prefix>/subnets/10.5.34.0-24``; lease JSON as flanneld
   writes it (``lease.Lease.to_json``);
-- acquisition as ``tryAcquireLease`` (``allocator.choose_subnet``), created with a
-  create-if-absent transaction on a fresh 24 h etcd lease. Where flanneld >= 0.18 exits on a
-  lost race ("subnet already exists"), vxland picks again, up to 10 times (``raceRetries``);
-- renewal at expiry minus ``--subnet-lease-renew-margin`` with a *new* 24 h etcd lease and an
-  unconditional put (``registry.go:updateSubnet``), retried every minute on failure;
-- the watch from the snapshot revision + 1, re-listing after a compaction or a reconnect
-  (``WatchLeases``), with a 100 ms -> 5 s backoff that ends early once etcd is reachable again.
+- acquisition as ``tryAcquireLease`` (``allocator.choose_subnet``), created if absent with a
+  24 h TTL (v3: a transaction on a fresh etcd lease; v2: ``prevExist=false&ttl=86400``). Where
+  flanneld >= 0.18 exits on a lost race ("subnet already exists"), vxland picks again, up to 10
+  times (``raceRetries``), as flanneld <= 0.17 did;
+- renewal at expiry minus ``--subnet-lease-renew-margin`` with a fresh 24 h TTL and an
+  unconditional write (``updateSubnet``), retried every minute on failure. A reservation (a
+  lease key without TTL, flannel Documentation/reservations.md) is reused as it is and never
+  renewed: flanneld rewrites it with a TTL (v3 always; 0.17 at its first renewal), so the
+  reservation is gone a day after that node stops; vxland keeps it one;
+- the watch from the snapshot cursor + 1, re-listing after a compaction (v3) or a cleared
+  index (v2 error 401), or a reconnect (``WatchLeases``), with a 100 ms -> 5 s backoff that ends
+  early once etcd is reachable again.
 
 Keys or values that do not parse are skipped, counted and logged once each, as flannel's
 "Ignoring bad subnet node".
@@ -23,6 +29,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -31,8 +38,8 @@ from collections.abc import AsyncIterator
 from vxlan.allocator import OutOfSubnets, choose_subnet
 from vxlan.config import ConfigError, NetworkConfig, parse_config
 from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, parse_subnet_key
-from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, Reset
-from vxlan.registry.etcd_client import Compacted, EtcdClient, EtcdError, EtcdUnavailable
+from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, RegistryError, Reset
+from vxlan.registry.store import ApiMissing, Compacted, EtcdError, EtcdUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +51,19 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0  # registry.go watch reconnect backoff
 EXAMPLE_CONFIG = '{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}'
 
 
+def write_config_command(api: str, key: str, config: str = EXAMPLE_CONFIG) -> str:
+    """The etcdctl command that writes the network config into the ``api`` keyspace."""
+    if api == "v2":
+        return f"ETCDCTL_API=2 etcdctl set {key} '{config}'"
+    return f"ETCDCTL_API=3 etcdctl put {key} '{config}'"
+
+
 class EtcdRegistry:
-    def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX,
                  previous_subnet: ipaddress.IPv4Network | None = None, renew_margin_s: float = 3600,
                  lease_ttl_s: int | None = None, rng: random.Random | None = None) -> None:
-        self.client = client
+        self.store = store
+        self.name = f"etcd {store.api}"
         self.prefix = "/" + prefix.strip("/")
         self.config_key = f"{self.prefix}/config".encode()
         self.subnets_prefix = f"{self.prefix}/subnets/".encode()
@@ -58,10 +73,12 @@ class EtcdRegistry:
         self.lease_ttl_s = lease_ttl_s or int(os.environ.get("VXLAND_LEASE_TTL_S", SUBNET_TTL_S))
         self.rng = rng or random.Random()
         self.own: Lease | None = None
+        self.reserved = False  # our lease is a reservation: no TTL, never renewed
         self._expiry = 0.0  # time.monotonic() when our etcd lease runs out
         self._revision = 0
         self.connected = False
         self.skipped = 0  # unparsable keys and values seen
+        self._reservations: set[ipaddress.IPv4Network] = set()  # of the latest list: keys without TTL
         self._warned: set[bytes] = set()
         self.renewals = 0
 
@@ -73,10 +90,8 @@ class EtcdRegistry:
         key = self.config_key.decode()
         while True:
             try:
-                value, _ = await self.client.get(self.config_key)
-                self.connected = True
+                value = await self.read_config()
             except EtcdUnavailable as exc:
-                self.connected = False
                 if not said_down:
                     log.warning("waiting for etcd: %s", exc)
                     said_down = True
@@ -84,19 +99,30 @@ class EtcdRegistry:
                 continue
             if value is None:
                 if not said_missing:
-                    log.warning("flannel config not found in etcd store at %s; waiting for it. Create it with:"
-                                " etcdctl put %s '%s'", key, key, EXAMPLE_CONFIG)
+                    log.warning("flannel config not found in the etcd %s store at %s; waiting for it. Create it "
+                                "with: %s", self.store.api, key, write_config_command(self.store.api, key))
                     said_missing = True
                 await asyncio.sleep(1)
                 continue
-            try:
-                raw = json.loads(value)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ConfigError(key, f"is not JSON: {exc}") from None
-            config = parse_config(raw)
+            config = parse_config_value(key, value)
             if said_missing:
                 log.info("found the network config at %s", key)
             return config
+
+    async def read_config(self) -> bytes | None:
+        """One read of ``<prefix>/config`` (None: absent). RegistryError if this store cannot
+        be used at all (the v2 API switched off)."""
+        try:
+            value = await self.store.get(self.config_key)
+        except ApiMissing as exc:
+            raise RegistryError(str(exc)) from None
+        except EtcdUnavailable:
+            self.connected = False
+            raise
+        except EtcdError as exc:
+            raise RegistryError(f"reading {self.config_key.decode()}: {exc}") from None
+        self.connected = True
+        return value
 
     def _parse(self, key: bytes, value: bytes | None) -> tuple[ipaddress.IPv4Network | None, Lease | None]:
         """(subnet, lease) of a watched key; (None, None) for keys that are no subnet; lease None
@@ -120,13 +146,16 @@ class EtcdRegistry:
             log.warning("%s: %s", key.decode(errors="replace"), why)
 
     async def list_leases(self) -> tuple[list[Lease], int]:
-        """Every parsable lease under ``<prefix>/subnets`` and the revision of that snapshot."""
-        items, revision = await self.client.get_prefix(self.subnets_prefix)
+        """Every parsable lease under ``<prefix>/subnets`` and the cursor of that snapshot."""
+        items, revision = await self.store.list(self.subnets_prefix)
         leases = []
-        for key, value in items:
-            _, lease = self._parse(key, value)
+        self._reservations = set()
+        for item in items:
+            _, lease = self._parse(item.key, item.value)
             if lease is not None:
                 leases.append(lease)
+                if not item.expires:
+                    self._reservations.add(lease.subnet)
         return leases, revision
 
     def _key(self, subnet: ipaddress.IPv4Network) -> bytes:
@@ -144,21 +173,24 @@ class EtcdRegistry:
                     raise AcquireError(f"failed to acquire lease: {exc}") from None
                 for stale in decision.delete_first:
                     log.info("deleting our old lease %s: it no longer fits the config", stale.key)
-                    await self.client.delete(self._key(stale.subnet))
+                    await self.store.delete(self._key(stale.subnet))
                 reused_mac = decision.reuse.vtep_mac if decision.reuse is not None else None
                 if config.backend.type == "vxlan":
                     lease = Lease(decision.subnet, public_ip, "vxlan", reused_mac or new_vtep_mac, config.backend.vni)
                 else:  # host-gw leases carry no BackendData (hostgw.go), udp ones not even a type
                     lease = Lease(decision.subnet, public_ip, lease_backend_type(config))
                 key, value = self._key(lease.subnet), lease.to_json().encode()
-                lease_id, ttl = await self.client.grant(self.lease_ttl_s)
+                reserved = decision.reuse is not None and decision.subnet in self._reservations
+                granted: int | None
                 if decision.reuse is not None:
-                    await self.client.put(key, value, lease_id)  # updateSubnet: unconditional
-                    log.info("reusing our lease %s (VtepMAC kept)", lease.key)
-                elif await self.client.create(key, value, lease_id):
-                    log.info("acquired lease %s", lease.key)
+                    # updateSubnet: unconditional; a reservation keeps having no TTL
+                    granted = await self.store.put(key, value, None if reserved else self.lease_ttl_s)
+                    log.info("reusing our %s %s (VtepMAC kept)", "reservation" if reserved else "lease", lease.key)
                 else:
-                    await self.client.revoke(lease_id)
+                    granted = await self.store.create(key, value, self.lease_ttl_s)
+                    if granted is not None:
+                        log.info("acquired lease %s (etcd %s)", lease.key, self.store.api)
+                if granted is None:
                     last_error = f"subnet {lease.key} already exists"
                     log.info("%s (taken by another node meanwhile); picking again (%d/%d)",
                              last_error, attempt, RACE_RETRIES)
@@ -170,8 +202,8 @@ class EtcdRegistry:
                 continue
             except EtcdError as exc:
                 raise AcquireError(f"failed to acquire lease: {exc}") from None
-            self.own = lease
-            self._expiry = time.monotonic() + ttl
+            self.own, self.reserved = lease, reserved
+            self._expiry = time.monotonic() + granted if granted else math.inf
             self._revision = revision
             self.connected = True
             return lease, [other for other in leases if other.subnet != lease.subnet]
@@ -180,12 +212,14 @@ class EtcdRegistry:
     async def keep_lease(self) -> None:
         """Renew at expiry - margin with a new etcd lease (registry.go:updateSubnet)."""
         assert self.own is not None
+        if self.reserved:
+            log.info("our lease %s is a reservation (no TTL): nothing to renew", self.own.key)
+            return
         key, value = self._key(self.own.subnet), self.own.to_json().encode()
         while True:
             await asyncio.sleep(max(0.0, self._expiry - self.renew_margin_s - time.monotonic()))
             try:
-                lease_id, ttl = await self.client.grant(self.lease_ttl_s)
-                await self.client.put(key, value, lease_id)
+                ttl = await self.store.put(key, value, self.lease_ttl_s)
             except EtcdError as exc:
                 log.warning("renewing lease %s failed: %s; retrying in %d s", self.own.key, exc, RENEW_RETRY_S)
                 await asyncio.sleep(min(RENEW_RETRY_S, max(1.0, self._expiry - time.monotonic())))
@@ -204,40 +238,38 @@ class EtcdRegistry:
                 if relist:
                     leases, revision = await self.list_leases()
                     if not self.connected:
-                        log.info("etcd is reachable again at %s", self.client.endpoint.url)
+                        log.info("etcd is reachable again at %s", self.store.where)
                     self.connected = True
                     if not any(lease.subnet == self.own.subnet for lease in leases):
                         yield OwnLeaseLost(f"our lease {self.own.key} is gone from etcd")
                         return
                     yield Reset([lease for lease in leases if lease.subnet != self.own.subnet])
                     relist = False
-                async for resp in self.client.watch_prefix(self.subnets_prefix, revision + 1):
+                async for batch in self.store.watch(self.subnets_prefix, revision):
                     self.connected, backoff = True, BACKOFF_MIN_S
-                    for event in resp.events:
-                        key = event.kv.key
-                        deleted = event.type == 1  # mvccpb.Event.DELETE
+                    for key, value in batch.changes:
                         if key == own_key:
-                            if deleted:
+                            if value is None:
                                 yield OwnLeaseLost("Lease has been revoked.")
                                 return
                             continue  # our own renewals
-                        subnet, lease = self._parse(key, None if deleted else event.kv.value)
+                        subnet, lease = self._parse(key, value)
                         if subnet is None:
                             continue
-                        if deleted:
+                        if value is None:
                             yield Deleted(subnet)
                         elif lease is not None:
                             yield Put(lease)
-                    revision = resp.header.revision
+                    revision = batch.cursor
             except Compacted as exc:
-                log.info("watch revision %d was compacted (%s); re-listing", revision + 1, exc)
+                log.info("watch from %d: %s; re-listing", revision + 1, exc)
                 relist = True
             except EtcdUnavailable as exc:
                 if self.connected:
                     log.warning("lost etcd (%s); forwarding continues with the peers we know", exc)
                 self.connected, relist = False, True
                 await asyncio.sleep(BACKOFF_MIN_S)
-                await self.client.wait_ready(backoff)  # ends early once etcd answers again
+                await self.store.wait_ready(backoff)  # ends early once etcd answers again
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
             except EtcdError as exc:  # an answer we cannot use (auth, permissions...): keep trying
                 log.error("watching %s: %s; retrying in %.1f s", self.subnets_prefix.decode(), exc, backoff)
@@ -248,10 +280,20 @@ class EtcdRegistry:
     def metrics(self) -> dict[str, float]:
         return {
             "lease_expiry_seconds": max(0.0, self._expiry - time.monotonic()) if self.own else 0.0,
+            "lease_reserved": 1.0 if self.reserved else 0.0,
             "etcd_connected": 1.0 if self.connected else 0.0,
             "registry_skipped_total": float(self.skipped),
             "lease_renewals_total": float(self.renewals),
         }
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.store.close()
+
+
+def parse_config_value(key: str, value: bytes) -> NetworkConfig:
+    """The config JSON as read from etcd; ConfigError with flannel's text if it is wrong."""
+    try:
+        raw = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"is not JSON: {exc}") from None
+    return parse_config(raw)

@@ -18,12 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import grpc
 from aetcd import rpc
+
+from vxlan.registry.store import (  # noqa: F401 (re-exported: the v3 client's errors and types)
+    Compacted,
+    Endpoint,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    TLSFiles,
+    WatchBatch,
+    parse_endpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,54 +49,6 @@ _CHANNEL_OPTIONS = [
 ]
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 PAGE_SIZE = 1000
-
-
-class EtcdError(RuntimeError):
-    """etcd answered, but with an error that retrying elsewhere will not fix."""
-
-
-class EtcdUnavailable(EtcdError):
-    """No endpoint could be reached (or it timed out)."""
-
-
-class Compacted(EtcdError):
-    def __init__(self, revision: int) -> None:
-        super().__init__(f"revision compacted (now at {revision})")
-        self.revision = revision
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    keyfile: str
-    certfile: str
-    cafile: str | None = None
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    host: str
-    port: int
-    secure: bool
-
-
-def parse_endpoints(text: str) -> list[Endpoint]:
-    """``http://10.0.0.1:2379,https://etcd:2379`` -> endpoints; ValueError names a bad one."""
-    endpoints = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        parts = urlsplit(item if "://" in item else f"http://{item}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{item!r} is not an etcd endpoint like http://127.0.0.1:2379")
-        try:
-            port = parts.port or 2379
-        except ValueError:
-            raise ValueError(f"{item!r} has an invalid port") from None
-        endpoints.append(Endpoint(item, parts.hostname, port, parts.scheme == "https"))
-    if not endpoints:
-        raise ValueError("no etcd endpoints given")
-    return endpoints
 
 
 def range_end(prefix: bytes) -> bytes:
@@ -196,10 +157,10 @@ class EtcdClient:
             return (resp.kvs[0].value if resp.kvs else None), resp.header.revision
         return await self._call(fn)
 
-    async def get_prefix(self, prefix: bytes, page_size: int = PAGE_SIZE) -> tuple[list[tuple[bytes, bytes]], int]:
+    async def get_prefix(self, prefix: bytes, page_size: int = PAGE_SIZE) -> tuple[list[KeyValue], int]:
         """Every key/value under ``prefix`` as of one revision, read in pages."""
         end = range_end(prefix)
-        items: list[tuple[bytes, bytes]] = []
+        items: list[KeyValue] = []
         start, revision = prefix, 0
         while True:
             async def fn(ch, md, start=start, revision=revision):
@@ -208,7 +169,7 @@ class EtcdClient:
             resp = await self._call(fn)
             if not revision:
                 revision = resp.header.revision  # later pages read the same snapshot
-            items.extend((kv.key, kv.value) for kv in resp.kvs)
+            items.extend(KeyValue(kv.key, kv.value, kv.lease != 0) for kv in resp.kvs)
             if not resp.more or not resp.kvs:
                 return items, revision
             start = resp.kvs[-1].key + b"\0"
@@ -288,3 +249,51 @@ class EtcdClient:
             raise EtcdUnavailable(f"watch on {failed} broke: {exc.code().name}") from None
         finally:
             stop.set()
+
+
+class V3Store:
+    """The v3 keyspace as a ``store.Store``. A TTL is a fresh etcd lease per write, as flannel's
+    ``registry.go:createSubnet``/``updateSubnet`` grant one (the old one just runs out)."""
+
+    api = "v3"
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+
+    @property
+    def where(self) -> str:
+        return self.client.endpoint.url
+
+    async def get(self, key: bytes) -> bytes | None:
+        value, _revision = await self.client.get(key)
+        return value
+
+    async def list(self, prefix: bytes) -> tuple[list[KeyValue], int]:
+        return await self.client.get_prefix(prefix)
+
+    async def create(self, key: bytes, value: bytes, ttl_s: int | None) -> int | None:
+        lease_id, granted = await self.client.grant(ttl_s) if ttl_s else (0, 0)
+        if await self.client.create(key, value, lease_id):
+            return granted
+        if lease_id:
+            await self.client.revoke(lease_id)
+        return None
+
+    async def put(self, key: bytes, value: bytes, ttl_s: int | None) -> int:
+        lease_id, granted = await self.client.grant(ttl_s) if ttl_s else (0, 0)
+        await self.client.put(key, value, lease_id)
+        return granted
+
+    async def delete(self, key: bytes) -> None:
+        await self.client.delete(key)
+
+    async def watch(self, prefix: bytes, cursor: int) -> AsyncIterator[WatchBatch]:
+        async for resp in self.client.watch_prefix(prefix, cursor + 1):
+            yield WatchBatch([(ev.kv.key, None if ev.type == 1 else ev.kv.value)  # 1: mvccpb.Event.DELETE
+                              for ev in resp.events], resp.header.revision)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        return await self.client.wait_ready(timeout_s)
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -92,6 +92,8 @@ def load_registry(path: Path) -> Snapshot:
 
 
 class FileRegistry:
+    name = "file"
+
     def __init__(self, path: Path, poll_s: float = 0.5) -> None:
         self.path = path
         self.poll_s = poll_s
