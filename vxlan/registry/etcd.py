@@ -137,7 +137,9 @@ class EtcdRegistry:
             return subnet, lease_from_attrs(subnet, json.loads(value), key.decode(errors="replace"))
         except (ValueError, UnicodeDecodeError) as exc:  # ConfigError is a ValueError
             self._skip(key, f"ignoring bad subnet node: {exc}")
-            return subnet, None
+        except RecursionError:  # any node may write here: a value nested too deep must not end the watch
+            self._skip(key, "ignoring bad subnet node: JSON nested too deeply")
+        return subnet, None
 
     def _skip(self, key: bytes, why: str) -> None:
         self.skipped += 1
@@ -296,4 +298,6 @@ def parse_config_value(key: str, value: bytes) -> NetworkConfig:
         raw = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(key, f"is not JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(key, "is not JSON: nested too deeply") from None
     return parse_config(raw)

@@ -30,6 +30,7 @@ with ``--etcd-keyfile`` presents a client certificate) and basic auth
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import ssl
@@ -67,7 +68,10 @@ class EtcdV2Store:
         self.endpoints = endpoints
         self.timeout_s = timeout_s
         self.watch_poll_s = watch_poll_s
-        self._auth = aiohttp.BasicAuth(username, password or "") if username is not None else None
+        self._headers = {}
+        if username is not None:  # HTTP basic auth, as the v2 client sends Username/Password
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         self._ssl = self._ssl_context(tls) if tls is not None else None
         self._index = 0
         self._session: aiohttp.ClientSession | None = None
@@ -91,7 +95,7 @@ class EtcdV2Store:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True),
-                auth=self._auth, raise_for_status=False)
+                headers=self._headers, raise_for_status=False)
         return self._session
 
     def _url(self, key: bytes) -> str:
