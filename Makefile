@@ -22,16 +22,17 @@ system-deps:
 python-deps:
 	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
 
-# Unit tier (no root), then the integration tier (root: namespaces, TUN, kernel vxlan peers),
-# once with the offloads (TUN TSO/GRO, UDP GSO/GRO) and once without (vxland --no-offload,
-# taken from the environment like every flag).
+# Unit tier (no root; two workers), then the integration tier (root: namespaces, TUN, kernel
+# vxlan peers) with the offloads (TUN TSO/GRO, UDP GSO/GRO), then the data-plane tests whose
+# behaviour depends on them (marked "offload") again without (vxland --no-offload, taken from
+# the environment like every flag).
 test: install
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest tests/unit
+	$(PYTHON) -m pytest -n 2 tests/unit
 	@if [ "$$(id -u)" = 0 ]; then \
 	  $(PYTHON) -m pytest tests/integration && \
-	  echo "=== integration tier again, offloads off (FLANNELD_NO_OFFLOAD=1) ===" && \
-	  FLANNELD_NO_OFFLOAD=1 $(PYTHON) -m pytest tests/integration; \
+	  echo "=== offload tests again, offloads off (FLANNELD_NO_OFFLOAD=1) ===" && \
+	  FLANNELD_NO_OFFLOAD=1 $(PYTHON) -m pytest -m offload tests/integration; \
 	else \
 	  echo "*** NOT ROOT: integration tests (namespaces, TUN, kernel vxlan) NOT RUN ***"; exit 1; \
 	fi

@@ -121,10 +121,11 @@ class EtcdLabMixin:
             config["SubnetLen"] = self.subnet_len
         return config
 
-    def put_config(self, config: dict | None = None, api: str | None = None) -> None:
-        """Write the network config as an operator would, in the lab's store (or ``api``'s)."""
+    def put_config(self, config: dict | str | None = None, api: str | None = None) -> None:
+        """Write the network config as an operator would, in the lab's store (or ``api``'s);
+        a str is written as it is."""
         api = api or self.etcd_api
-        value = json.dumps(config if config is not None else self.default_config())
+        value = config if isinstance(config, str) else json.dumps(config or self.default_config())
         if api == "v2":
             self.etcdctl("set", CONFIG_KEY, value, api="v2")
         else:

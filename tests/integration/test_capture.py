@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
@@ -35,6 +36,8 @@ except urllib.error.HTTPError as exc:
     print(exc.code); sys.exit(0)
 open(sys.argv[2], "wb").write(data); print(200)
 """
+
+pytestmark = pytest.mark.offload  # make test runs this module with offloads on and off
 
 
 def read(path):

@@ -27,6 +27,8 @@ for hexdata in sys.argv[4:]:
     s.sendto(bytes.fromhex(hexdata), (dst, port))
 """
 
+pytestmark = pytest.mark.offload  # make test runs this module with offloads on and off
+
 
 @pytest.fixture(scope="module")
 def trio():

@@ -10,6 +10,8 @@ import pytest
 from tests.integration.helpers import MB, transfer
 from vxlan.lab import Lab, sh
 
+pytestmark = pytest.mark.offload  # make test runs this module with offloads on and off
+
 
 @pytest.fixture(scope="module", params=[(1, 8472), (42, 4789)], ids=["vni1-8472", "vni42-4789"])
 def mixed(request, kernel_vxlan):
