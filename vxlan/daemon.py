@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ class Daemon:
         self.backend_type = ""
         self.metrics_source: MetricsSource | None = None
         self._iptables_tasks: list[asyncio.Task] = []  # resync loops, started with the rules
+        self._tun_index: int | None = None  # the TUN's ifindex (vxlan and udp backends)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -272,7 +274,8 @@ class Daemon:
         self._cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, config.network))
         try:
             await asyncio.to_thread(netconf.configure_tun, tun.name, own.subnet.network_address, mtu, config.network)
-        except netconf.NetconfError as exc:
+            self._tun_index = socket.if_nametoindex(tun.name)
+        except (netconf.NetconfError, OSError) as exc:
             raise StartupError(str(exc)) from None
         return tun
 
@@ -304,10 +307,11 @@ class Daemon:
         except iptables.IPTablesError as exc:
             return failed("iptables", exc)
         rule_sets = []
+        old = subnetenv.read_values(self.opts.subnet_file)
+        prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(self.opts.subnet_file)
+        await self._remove_legacy_rules(ipt, network, subnet, prev_net, prev_subnet)
         if self.opts.ip_masq:
             random_fully = self.opts.masq_random_fully and ipt.random_fully
-            old = subnetenv.read_values(self.opts.subnet_file)
-            prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(self.opts.subnet_file)
             if prev_net and prev_subnet is not None and (prev_net != str(network) or prev_subnet != subnet):
                 log.info("network or subnet (%s, %s) differ from the previous ones (%s, %s): removing the old "
                          "masquerade rules", network, subnet, prev_net, prev_subnet)
@@ -328,6 +332,28 @@ class Daemon:
                 continue
             log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
             self._iptables_tasks.append(asyncio.create_task(self._resync_iptables(ipt, name, rules)))
+
+    async def _remove_legacy_rules(self, ipt, network, subnet, prev_net: str | None, prev_subnet) -> None:
+        """flanneld <= 0.19 put its rules straight into POSTROUTING and FORWARD (flannel v0.17.0
+        network/iptables.go); on a host it ran on they stay, and beside vxland's chains they would
+        apply twice. Those of the rule kinds vxland installs go, for this Network and subnet and
+        for the previous ones in subnet.env."""
+        pairs = {(network, subnet)}
+        if prev_net and prev_subnet is not None:
+            try:
+                pairs.add((ipaddress.IPv4Network(prev_net, strict=False), prev_subnet))
+            except ValueError:
+                pass
+        tables = ({"nat"} if self.opts.ip_masq else set()) | ({"filter"} if self.opts.iptables_forward_rules else set())
+        legacy = [r for n, s in pairs for r in iptables.legacy_rules(n, s) if r.table in tables]
+        try:
+            found = await asyncio.to_thread(lambda: [r for r in legacy if ipt.exists(r)])
+            if found:
+                await asyncio.to_thread(ipt.delete, found)
+                log.info("removed %d iptables rules flanneld <= 0.19 left in POSTROUTING/FORWARD; vxland's "
+                         "FLANNEL-POSTRTG/FLANNEL-FWD chains replace them", len(found))
+        except iptables.IPTablesError as exc:
+            log.warning("could not remove the rules of an older flanneld: %s", exc)
 
     async def _resync_iptables(self, ipt, name: str, rules) -> None:
         """ensureIPTables: every --iptables-resync seconds, rebuild the set if a rule is missing."""
@@ -410,10 +436,12 @@ class Daemon:
             log.error("capture: cannot open %s: %s", self.opts.capture, exc.strerror)
 
     async def _apply(self, events: list[PeerEvent]) -> None:
+        tunnelled: set = set()
         for event in events:
             lease = event.lease
             if isinstance(event, PeerAdded):
-                await self._add_peer(lease)
+                if await self._add_peer(lease):
+                    tunnelled.add(lease.subnet)
             elif isinstance(event, PeerRemoved):
                 if self.codec is not None:
                     self.codec.remove_peer(int(lease.subnet.network_address))
@@ -422,8 +450,13 @@ class Daemon:
                 log.info("peer %s via %s removed", lease.subnet, lease.public_ip)
             elif isinstance(event, PeerSkipped):
                 log.warning("lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
+        if tunnelled:
+            for route in await asyncio.to_thread(netconf.delete_stale_routes, tunnelled, self._tun_index):
+                log.info("deleted route %s left by an earlier host-gw or DirectRouting run: the peer is "
+                         "reached through the tunnel now", route)
 
-    async def _add_peer(self, lease) -> None:
+    async def _add_peer(self, lease) -> bool:
+        """Program a peer; True if it is reached through the tunnel."""
         subnet = int(lease.subnet.network_address)
         direct = self.routes is not None and (
             self.codec is None  # host-gw: every peer is a route
@@ -437,19 +470,20 @@ class Daemon:
                 await asyncio.to_thread(self.routes.add, lease.subnet, lease.public_ip)
             except netconf.NetconfError as exc:
                 log.error("peer %s: %s", lease.subnet, exc)
-                return
+                return False
             log.info("peer %s via %s (direct route, no tunnel)", lease.subnet, lease.public_ip)
-            return
+            return False
         if self.routes is not None and lease.subnet in self.routes:
             await asyncio.to_thread(self.routes.remove, lease.subnet)
         assert self.codec is not None
         if self.backend_type == "udp":
             self.codec.set_peer(subnet, None, lease.public_ip)
             log.info("peer %s via %s (udp)", lease.subnet, lease.public_ip)
-            return
+            return True
         assert lease.vtep_mac is not None
         self.codec.set_peer(subnet, lease.vtep_mac, lease.public_ip)
         log.info("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
+        return True
 
     async def _on_change(self, change: Change) -> None:
         assert self.peers is not None

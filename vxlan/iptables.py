@@ -64,6 +64,27 @@ def forward_rules(network: ipaddress.IPv4Network) -> list[Rule]:
     ]
 
 
+def legacy_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network) -> list[Rule]:
+    """Every rule flanneld 0.10-0.19 may have left for this Network and subnet: the four
+    masquerade rules directly in nat POSTROUTING and the two forward rules directly in filter
+    FORWARD (flannel v0.17.0 ``network/iptables.go:MasqRules``/``ForwardRules``), with the
+    comments of >= 0.16.2 and without, with ``--random-fully`` and without. flanneld >= 0.20
+    keeps them in its own chains instead, which ``apply`` rebuilds."""
+    n, s = str(network), str(subnet)
+    rules = []
+    for comment in ((), _c(MASQ_COMMENT)):
+        for rf in ((), ("--random-fully",)):
+            masq = ("-j", "MASQUERADE", *rf)
+            rules += [Rule("nat", "POSTROUTING", ("-s", n, "!", "-d", "224.0.0.0/4", *comment, *masq)),
+                      Rule("nat", "POSTROUTING", ("!", "-s", n, "-d", n, *comment, *masq))]
+        rules += [Rule("nat", "POSTROUTING", ("-s", n, "-d", n, *comment, "-j", "RETURN")),
+                  Rule("nat", "POSTROUTING", ("!", "-s", n, "-d", s, *comment, "-j", "RETURN"))]
+    for comment in ((), _c(FORWARD_COMMENT)):
+        rules += [Rule("filter", "FORWARD", ("-s", n, *comment, "-j", "ACCEPT")),
+                  Rule("filter", "FORWARD", ("-d", n, *comment, "-j", "ACCEPT"))]
+    return rules
+
+
 def restore_payload(rules: list[Rule], existing: set[Rule], append: bool = True) -> str:
     """iptables-restore input: per table, ``-D`` for each rule that exists, then (``append``)
     ``-A`` for every rule, in order; one COMMIT per table."""

@@ -140,6 +140,31 @@ def routes_via(gateways: set[str]) -> set[tuple[str, str]]:
     return out
 
 
+def delete_stale_routes(subnets: set[ipaddress.IPv4Network], keep_oif: int | None = None) -> list[str]:
+    """Delete main-table routes with a gateway to exactly one of ``subnets`` (except through
+    ``keep_oif``); the routes deleted, as ``dst via gw``.
+
+    What a host-gw or DirectRouting run left for peers that this run reaches through its TUN:
+    more specific than the Network route to the TUN, they would win. flanneld's vxlan backend
+    overwrites them with its own ``route replace`` per peer (vxlan_network.go); a TUN backend has
+    one route for the Network instead, so the leftovers must go. One dump for any number of
+    subnets (a 65,536-lease start does this once)."""
+    deleted = []
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=2, table=254):
+            gw, dst = route.get_attr("RTA_GATEWAY"), route.get_attr("RTA_DST")
+            if gw is None or dst is None or route.get_attr("RTA_OIF") == keep_oif:
+                continue
+            net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}")
+            if net in subnets:
+                try:
+                    ipr.route("del", dst=str(net), gateway=gw)
+                    deleted.append(f"{net} via {gw}")
+                except NetlinkError:
+                    pass  # gone meanwhile
+    return deleted
+
+
 def add_blackhole(subnet: ipaddress.IPv4Network) -> None:
     """flanneld --ip-blackhole-route: packets for unassigned addresses of our subnet are dropped
     here instead of following the Network route back into the tunnel. A high metric keeps the

@@ -450,3 +450,34 @@ def test_blackhole_route_for_our_subnet():
         sh(["ip", "link", "set", "pod", "down"], ns=h1.ns)  # pod network gone: the blackhole answers
         get = sh(["ip", "route", "get", str(h1.subnet.network_address + 9)], ns=h1.ns, check=False)
         assert "blackhole" in get.stdout or "Invalid argument" in get.stderr, (get.stdout, get.stderr)
+
+
+def test_rules_of_flanneld_0_17_are_replaced_not_doubled():
+    """A host where flanneld <= 0.19 ran keeps its rules directly in POSTROUTING and FORWARD
+    (flannel v0.17.0 network/iptables.go; 0.10-0.16.1 without comments). vxland finds them for
+    the Network and subnet of subnet.env and replaces them with its own chains."""
+    with Lab(["vxland"], registry="etcd", defer=(1,)) as lab:
+        h = lab.hosts[0]
+        net, sub = "172.7.0.0/16", "172.7.9.0/24"
+        h.subnet_file.write_text(f"FLANNEL_NETWORK={net}\nFLANNEL_SUBNET=172.7.9.1/24\nFLANNEL_MTU=1450\n"
+                                 "FLANNEL_IPMASQ=true\n")
+        c = '-m comment --comment "flanneld masq"'
+        old = [f"-A POSTROUTING -s {net} -d {net} {c} -j RETURN",  # 0.17 with --random-fully
+               f"-A POSTROUTING -s {net} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully",
+               f"-A POSTROUTING ! -s {net} -d {sub} {c} -j RETURN",
+               f"-A POSTROUTING ! -s {net} -d {net} {c} -j MASQUERADE --random-fully",
+               f"-A POSTROUTING -s {net} ! -d 224.0.0.0/4 -j MASQUERADE"]  # 0.10: no comment, no RF
+        fwd = [f'-A FORWARD -s {net} -m comment --comment "flanneld forward" -j ACCEPT',
+               f"-A FORWARD -d {net} -j ACCEPT"]
+        payload = "*nat\n" + "\n".join(old) + "\n-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE\nCOMMIT\n*filter\n" + \
+            "\n".join(fwd) + "\nCOMMIT\n"
+        sh(["iptables-restore", "--noflush"], ns=h.ns, input=payload)
+        h.extra_args = ["--ip-masq", "--iptables-forward-rules=true"]
+        lab.start_node(h)
+        assert str(h.subnet) == sub  # the previous subnet, from subnet.env
+        rules = iptables_save(lab, h, {})
+        theirs = "-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE"
+        assert theirs in rules  # someone else's rule stays
+        rules.remove(theirs)
+        assert rules == expected_rules(net, sub), rules
+        assert "removed 7 iptables rules flanneld <= 0.19 left" in lab.log(h)
