@@ -43,8 +43,10 @@ unit: python-deps
 integration: install
 	$(PYTHON) -m pytest tests/integration
 
+# e.g. make demo DEMO_ARGS="--etcd-api v2" (a cluster of the etcd v2 era) or DEMO_ARGS=--static
+DEMO_ARGS ?=
 demo: install
-	$(PYTHON) -m vxlan.ctl demo
+	$(PYTHON) -m vxlan.ctl demo $(DEMO_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -351,6 +351,9 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8472)
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 duration per pair (default 5)")
     demo.add_argument("--static", action="store_true", help="use a static registry file instead of etcd")
+    demo.add_argument("--etcd-api", choices=("v3", "v2"), default="v3",
+                      help="the etcd store the lab's cluster uses: v3 (flanneld >= 0.18) or v2 (flanneld <= 0.17, "
+                           "etcd --enable-v2; the kernel node then speaks v2 only) (default v3)")
     check = sub.add_parser("check", help="validate a registry file and print what it holds")
     check.add_argument("file", type=Path)
     decode = sub.add_parser("decode", help="print a capture (pcapng from vxland --capture) as a table")
@@ -364,6 +367,22 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--iface", action="append", default=_env_list("iface"))
     doctor.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
                         help="a running vxland's health port: its UDP port then counts as in use by it")
+    plan = sub.add_parser("plan", help="print this host's commands that do flanneld's job by hand (ip route, "
+                                       "ip neigh, bridge fdb, iptables, subnet.env); --apply runs them once")
+    add_etcd_flags(plan)
+    plan.add_argument("--registry-file", type=Path, default=_env("registry-file"),
+                      help="read this static registry instead of etcd")
+    plan.add_argument("--iface", action="append", default=_env_list("iface"),
+                      help="underlay interface, by name or IPv4 address (default: that of the default route)")
+    plan.add_argument("--public-ip", type=_ipv4, default=_env("public-ip"),
+                      help="this host's PublicIP: the lease it holds (default: the interface's address)")
+    plan.add_argument("--subnet-file", type=Path, default=Path(_env("subnet-file", "/run/flannel/subnet.env")))
+    plan.add_argument("--ip-masq", type=_gobool, nargs="?", const=True, default=_env_bool("ip-masq"),
+                      help="include flanneld's masquerade rules")
+    plan.add_argument("--iptables-forward-rules", type=_gobool, nargs="?", const=True, default=True,
+                      help="include flanneld's FORWARD rules (default true)")
+    plan.add_argument("--format", choices=("sh", "json"), default="sh", help="a shell script (default) or JSON")
+    plan.add_argument("--apply", action="store_true", help="run the commands once (steps already done are kept)")
     peers = sub.add_parser("peers", help="the running vxland's peer table (from its /peers endpoint)")
     peers.add_argument("--healthz-ip", default="127.0.0.1")
     peers.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "2401") or "2401"))
@@ -425,6 +444,14 @@ def vxlanctl_main(argv: list[str] | None = None) -> int:
         return 1 if any(c.status == "FAIL" for c in checks) else 0
     if args.command == "peers":
         return print_peers(args.healthz_ip, args.healthz_port, args.json)
+    if args.command == "plan":
+        from vxlan import planrun
+
+        req = planrun.Request(registry_file=args.registry_file,
+                              etcd=None if args.registry_file else etcd_settings(args), iface=tuple(args.iface),
+                              public_ip=args.public_ip, subnet_file=args.subnet_file, ip_masq=args.ip_masq,
+                              forward_rules=args.iptables_forward_rules)
+        return planrun.run(req, args.format, args.apply)
     if args.command == "lab":
         from vxlan import lab
 
@@ -435,7 +462,7 @@ def vxlanctl_main(argv: list[str] | None = None) -> int:
         from vxlan import demo
 
         return demo.run(vni=args.vni, port=args.port, seconds=args.seconds,
-                        registry="file" if args.static else "etcd")
+                        registry="file" if args.static else "etcd", etcd_api=args.etcd_api)
     return 2
 
 

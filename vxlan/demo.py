@@ -47,7 +47,7 @@ def _ping_cell(proc) -> tuple[bool, str]:
     return ok, (f"ok {float(rtt.group(1)):.2f} ms" if ok and rtt else "FAIL")
 
 
-def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd") -> int:
+def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd", etcd_api: str = "v3") -> int:
     reason = labmod.can_run()
     if reason:
         print(f"vxlanctl demo: cannot build the lab: {reason}", file=sys.stderr)
@@ -61,18 +61,21 @@ def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     all_ok = True
     if registry == "etcd":
-        print("starting etcd (empty), writing the network config, then the nodes join and take leases ...")
-    with Lab(kinds, vni=vni, port=port, registry=registry) as lab:
+        how = "etcdctl put (v3)" if etcd_api == "v3" else "etcdctl set (v2 API, etcd --enable-v2)"
+        print(f"starting etcd (empty), writing the network config with {how}, then the nodes join and take "
+              "leases ...")
+    with Lab(kinds, vni=vni, port=port, registry=registry, etcd_api=etcd_api) as lab:
         print(f"\nvxland demo: VNI {vni}, UDP port {port}, overlay {lab.network}, underlay {labmod.UNDERLAY}, "
               f"MTU {lab.mtu - wire.ENCAP_OVERHEAD} inside, registry: "
-              + (f"etcd at {lab.etcd_endpoints}" if registry == "etcd" else "static file") + "\n")
+              + (f"etcd {etcd_api} at {lab.etcd_endpoints}" if registry == "etcd" else "static file") + "\n")
         if registry == "etcd":
-            print("etcd now holds (as flanneld writes them):")
+            print(f"etcd's {etcd_api} store now holds (as flanneld"
+                  f" {'>= 0.18' if etcd_api == 'v3' else '0.15-0.17'} writes them):")
             for key, value in sorted(lab.etcd_leases().items()):
                 print(f"  {key}  {json.dumps(value, separators=(',', ':'))}")
             print()
         print(f"{'host':<5} {'kind':<7} {'public IP':<13} {'subnet':<15} {'VtepMAC':<18} pod")
-        # kernel: a Linux vxlan device, driven by the flanneld emulator in etcd mode
+        # kernel: a Linux vxlan device, driven by the flanneld emulator in etcd mode (v2 only on v2)
         for h in lab.hosts:
             print(f"h{h.index:<4} {h.kind:<7} {h.public_ip:<13} {str(h.subnet):<15} "
                   f"{wire.mac_to_str(h.vtep_mac):<18} {h.pod_ip}")

@@ -53,20 +53,13 @@ def check_tun(path: str = "/dev/net/tun") -> Check:
 
 
 def check_kernel_vxlan() -> Check:
-    ns = f"vxl-{os.getpid()}-doctor"
-    try:
-        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        return Check("kernel-vxlan", "warn", "could not probe (no ip command or no namespaces)", "install iproute2")
-    try:
-        proc = subprocess.run(["ip", "-n", ns, "link", "add", "vxprobe", "type", "vxlan", "id", "1", "dstport", "8472"],
-                              capture_output=True, text=True)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    if proc.returncode == 0:
+    missing = netconf.kernel_vxlan_missing()
+    if missing is None:
         return Check("kernel-vxlan", "ok", "this kernel could do vxlan itself (flanneld's vxlan backend would work "
                      "too); vxland works either way")
-    return Check("kernel-vxlan", "ok", f"no kernel vxlan ({proc.stderr.strip()}): the case vxland is for")
+    if missing.startswith("cannot probe"):
+        return Check("kernel-vxlan", "warn", missing, "install iproute2")
+    return Check("kernel-vxlan", "ok", f"no kernel vxlan ({missing}): the case vxland is for")
 
 
 def check_etcd(endpoints: str, prefix: str, tls, username: str | None, password: str | None) -> list[Check]:

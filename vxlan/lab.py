@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vxlan import plan, wire
+from vxlan import netconf, plan, wire
 from vxlan.lab_etcd import EtcdLabMixin, EtcdMember, make_certs
 from vxlan.labutil import LabError, sh, stop_process  # noqa: F401 (re-exported)
 from vxlan.lease import Lease
@@ -59,17 +59,8 @@ def can_run() -> str | None:
 
 
 def kernel_vxlan_missing() -> str | None:
-    """Why this kernel cannot make vxlan devices, or None if it can (tried in a scratch netns)."""
-    ns = f"vxl-{os.getpid()}-{next(_counter)}-probe"
-    sh(["ip", "netns", "add", ns])
-    try:
-        proc = sh(["ip", "link", "add", "vxprobe", "type", "vxlan", "id", "1", "dstport", "8472"],
-                  ns=ns, check=False)
-        if proc.returncode != 0:
-            return f"the kernel cannot create vxlan devices: {proc.stderr.strip()}"
-        return None
-    finally:
-        sh(["ip", "netns", "del", ns], check=False)
+    """Why this kernel cannot make vxlan devices, or None if it can."""
+    return netconf.kernel_vxlan_missing()
 
 
 def clean_stale() -> list[str]:

@@ -7,7 +7,9 @@ pyroute2's async API does not work under uvloop (reference/dependencies.md).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,3 +231,21 @@ def remove_route(name: str, network: ipaddress.IPv4Network) -> None:
             ipr.route("del", dst=str(network), oif=found[0])
         except NetlinkError:
             pass
+
+
+def kernel_vxlan_missing() -> str | None:
+    """Why this kernel cannot make vxlan devices, or None if it can: tried in a scratch network
+    namespace, so nothing appears on the host and nothing is left behind."""
+    ns = f"vxl-{os.getpid()}-vxprobe"
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"cannot probe for kernel vxlan (no ip command or no namespaces: {exc})"
+    try:
+        proc = subprocess.run(["ip", "-n", ns, "link", "add", "vxprobe", "type", "vxlan", "id", "1", "dstport",
+                               "8472"], capture_output=True, text=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    if proc.returncode != 0:
+        return f"the kernel cannot create vxlan devices: {proc.stderr.strip()}"
+    return None

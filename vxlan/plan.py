@@ -33,9 +33,12 @@ class Step:
     what: str  # one line for a person
     cmd: list[str]
     stdin: str | None = None  # written to the command's standard input
+    done_if: list[str] | None = None  # a command that succeeds when the step is already done
 
     def sh(self) -> str:
         line = shlex.join(self.cmd)
+        if self.done_if is not None:
+            line = f"{shlex.join(self.done_if)} >/dev/null 2>&1 || {line}"
         if self.stdin is None:
             return line
         return f"{line} <<'EOF'\n{self.stdin.rstrip()}\nEOF"
@@ -74,7 +77,7 @@ def vxlan_device(vni: int, port: int, mac: bytes, local_ip: str, iface: str, mtu
     return [
         Step(f"the kernel vxlan device {dev} (VtepMAC from our lease)",
              ["ip", "link", "add", dev, "address", wire.mac_to_str(mac), "type", "vxlan", "id", str(vni), "local",
-              local_ip, "dev", iface, "dstport", str(port), "nolearning"]),
+              local_ip, "dev", iface, "dstport", str(port), "nolearning"], done_if=["ip", "link", "show", dev]),
         Step(f"{dev} MTU: the underlay's minus 50", ["ip", "link", "set", dev, "mtu", str(mtu)]),
         Step(f"{dev} address: our subnet's first address as a /32",
              ["ip", "addr", "replace", f"{subnet.network_address}/32", "dev", dev]),
@@ -120,10 +123,12 @@ def iptables_steps(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network
         (iptables.forward_rules(network) if forward_rules else [])
     steps = []
     for table, chain in sorted({(r.table, r.chain) for r in rules if r.chain in (iptables.POSTRTG, iptables.FWD)}):
-        steps.append(Step(f"chain {chain}", ["iptables", "-t", table, "-N", chain]))
+        steps.append(Step(f"chain {chain}", ["iptables", "-t", table, "-N", chain],
+                          done_if=["iptables", "-t", table, "-S", chain]))
     for rule in rules:
         steps.append(Step(f"{'masquerade' if rule.table == 'nat' else 'forward'} rule",
-                          ["iptables", "-t", rule.table, "-A", rule.chain, *rule.spec]))
+                          ["iptables", "-t", rule.table, "-A", rule.chain, *rule.spec],
+                          done_if=["iptables", "-t", rule.table, "-C", rule.chain, *rule.spec]))
     return steps
 
 

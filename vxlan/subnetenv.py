@@ -23,11 +23,16 @@ def render(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: i
 
 def write(path: Path, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int,
           ip_masq: bool = False) -> None:
+    write_text(path, render(network, subnet, mtu, ip_masq))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, mode 0644, its directory made 0755."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(render(network, subnet, mtu, ip_masq))
+            f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

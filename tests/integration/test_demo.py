@@ -8,7 +8,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("extra", [[], ["--static"]], ids=["etcd", "static"])
+@pytest.mark.parametrize("extra", [[], ["--etcd-api", "v2"], ["--static"]], ids=["etcd", "etcd-v2", "static"])
 def test_demo(extra, kernel_vxlan):
     proc = subprocess.run([sys.executable, "-m", "vxlan.ctl", "demo", "--seconds", "1", *extra],
                           capture_output=True, text=True, timeout=300)
