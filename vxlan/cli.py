@@ -439,7 +439,7 @@ def vxlanctl_main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from vxlan import doctor
 
-        checks = doctor.run_all(args)
+        checks = doctor.run_all(args, None if args.registry_file else etcd_settings(args))
         print(doctor.render(checks))
         return 1 if any(c.status == "FAIL" for c in checks) else 0
     if args.command == "peers":

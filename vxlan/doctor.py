@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import json
 import os
 import socket
 import struct
@@ -19,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from vxlan import iptables, netconf, wire
-from vxlan.config import ConfigError, parse_config
+from vxlan.config import ConfigError
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -62,40 +61,51 @@ def check_kernel_vxlan() -> Check:
     return Check("kernel-vxlan", "ok", f"no kernel vxlan ({missing}): the case vxland is for")
 
 
-def check_etcd(endpoints: str, prefix: str, tls, username: str | None, password: str | None) -> list[Check]:
-    """etcd reachable, and the network config present and valid."""
-    from vxlan.registry.etcd_client import EtcdClient, parse_endpoints
+def check_etcd(settings) -> list[Check]:
+    """etcd reachable, and the network config present (in the store ``--etcd-api`` names, or in
+    either with auto) and valid."""
+    from vxlan.registry import RegistryError
+    from vxlan.registry.etcd import EtcdRegistry, parse_config_value, write_config_command
+    from vxlan.registry.select import choose_api, open_store, probe_config
 
+    apis = ("v3", "v2") if settings.api == "auto" else (settings.api,)
     try:
-        client = EtcdClient(parse_endpoints(endpoints), tls=tls, username=username, password=password, timeout_s=3)
+        regs = {api: EtcdRegistry(open_store(settings, api), prefix=settings.prefix) for api in apis}
     except ValueError as exc:
-        return [Check("etcd", "FAIL", str(exc), "fix --etcd-endpoints")]
+        return [Check("etcd", "FAIL", str(exc), "fix the --etcd-* flags")]
 
-    async def get() -> bytes | None:
+    async def probe():
         try:
-            value, _revision = await asyncio.wait_for(client.get((prefix + "/config").encode()), 6)
+            return await asyncio.wait_for(probe_config(regs), 8)
         finally:
-            await client.close()
-        return value
-
+            for reg in regs.values():
+                await reg.close()
+    key = f"{settings.prefix.rstrip('/')}/config"
     try:
-        value = asyncio.run(get())
+        found = asyncio.run(probe())
     except Exception as exc:  # any failure to talk to etcd is the finding here
-        return [Check("etcd", "FAIL", f"cannot reach etcd at {endpoints}: {exc or type(exc).__name__}",
+        found = None
+        detail = str(exc) or type(exc).__name__
+    if found is None or len(found.down) == len(apis):
+        detail = "; ".join(found.down.values()) if found is not None else detail
+        return [Check("etcd", "FAIL", f"cannot reach etcd at {settings.endpoints}: {detail}",
                       "start etcd, or point --etcd-endpoints (and --etcd-*file for TLS) at a running member")]
-    checks = [Check("etcd", "ok", f"reachable at {endpoints}")]
-    example = json.dumps({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
-    if value is None:
-        checks.append(Check("config", "FAIL", f"no network config at {prefix}/config",
-                            f"etcdctl put {prefix}/config '{example}'"))
-        return checks
+    checks = [Check("etcd", "ok", f"reachable at {settings.endpoints}")]
     try:
-        config = parse_config(json.loads(value))
-    except (ValueError, ConfigError) as exc:
-        checks.append(Check("config", "FAIL", f"{prefix}/config is invalid: {exc}",
-                            f"correct it, e.g. etcdctl put {prefix}/config '{example}'"))
-        return checks
-    detail = f"Network {config.network}, backend {config.backend.type}"
+        api = choose_api(found, key)
+    except RegistryError as exc:
+        return checks + [Check("config", "FAIL", str(exc), "keep the config in one store only")]
+    if api is None:
+        notes = "; ".join(f"{a}: {why}" for a, why in found.absent.items() if why)
+        fix = " or ".join(write_config_command(a, key) for a in apis)
+        return checks + [Check("config", "FAIL", f"no network config at {key}" + (f" ({notes})" if notes else ""),
+                               fix)]
+    try:
+        config = parse_config_value(key, found.values[api])
+    except ConfigError as exc:
+        return checks + [Check("config", "FAIL", f"{key} is invalid: {exc}",
+                               f"correct it, e.g. {write_config_command(api, key)}")]
+    detail = f"Network {config.network}, backend {config.backend.type}, etcd {api} store"
     if config.backend_missing:
         detail += " (no Backend in the config: flanneld's code, and vxland, then run udp)"
     if config.backend.type == "vxlan":
@@ -168,7 +178,8 @@ def check_iptables() -> Check:
     return Check("iptables", "ok", detail)
 
 
-def run_all(args) -> list[Check]:
+def run_all(args, settings=None) -> list[Check]:
+    """Every check; ``settings``: the etcd flags (registry.select.EtcdSettings) unless a registry file is given."""
     checks = [check_tun(), check_kernel_vxlan()]
     port = wire.DEFAULT_PORT
     if args.registry_file is not None:
@@ -181,12 +192,7 @@ def run_all(args) -> list[Check]:
         except ConfigError as exc:
             checks.append(Check("config", "FAIL", str(exc), "fix the file or the field named"))
     else:
-        tls = None
-        if args.etcd_keyfile and args.etcd_certfile:
-            from vxlan.registry.etcd_client import TLSFiles
-
-            tls = TLSFiles(args.etcd_keyfile, args.etcd_certfile, args.etcd_cafile)
-        etcd_checks = check_etcd(args.etcd_endpoints, args.etcd_prefix, tls, args.etcd_username, args.etcd_password)
+        etcd_checks = check_etcd(settings)
         checks += etcd_checks
         for word in (c.detail for c in etcd_checks if c.name == "config" and c.status == "ok"):
             if ", port " in word:
