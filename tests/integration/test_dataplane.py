@@ -32,9 +32,9 @@ def test_started_on_the_right_port_and_vni(mixed):
         assert "2 peers" in log
         # FLANNELD_NO_OFFLOAD=1 (make test's second pass) reaches the daemons like the flag
         if os.environ.get("FLANNELD_NO_OFFLOAD") == "1":
-            assert "offloads: none)" in log
+            assert "offloads: none," in log
         else:  # tun-uso needs Linux >= 6.2, the rest is older
-            assert re.search(r"offloads: tun-tso-gro( tun-uso)? udp-gso udp-gro\)", log), log
+            assert re.search(r"offloads: tun-tso-gro( tun-uso)? udp-gso udp-gro,", log), log
         info = [k for k in mixed.metrics(host) if k.startswith("vxland_info")][0]
         assert f'vni="{mixed.vni}"' in info and f'port="{mixed.port}"' in info
 
