@@ -22,17 +22,18 @@ system-deps:
 python-deps:
 	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
 
-# Unit tier (no root; two workers), then the integration tier (root: namespaces, TUN, kernel
-# vxlan peers) with the offloads (TUN TSO/GRO, UDP GSO/GRO), then the data-plane tests whose
-# behaviour depends on them (marked "offload") again without (vxland --no-offload, taken from
-# the environment like every flag).
+# Unit tier (no root), then the integration tier (root: namespaces, TUN, kernel vxlan peers)
+# with the offloads (TUN TSO/GRO, UDP GSO/GRO), then the data-plane tests whose behaviour
+# depends on them (marked "offload") again without (vxland --no-offload, taken from the
+# environment like every flag). Two test workers each; integration tests go to a worker a
+# file at a time, so a module's lab fixture is built once. Timing goals are bench figures.
 test: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -n 2 tests/unit
 	@if [ "$$(id -u)" = 0 ]; then \
-	  $(PYTHON) -m pytest tests/integration && \
+	  $(PYTHON) -m pytest -n 2 --dist loadfile tests/integration && \
 	  echo "=== offload tests again, offloads off (FLANNELD_NO_OFFLOAD=1) ===" && \
-	  FLANNELD_NO_OFFLOAD=1 $(PYTHON) -m pytest -m offload tests/integration; \
+	  FLANNELD_NO_OFFLOAD=1 $(PYTHON) -m pytest -n 2 --dist loadfile -m offload tests/integration; \
 	else \
 	  echo "*** NOT ROOT: integration tests (namespaces, TUN, kernel vxlan) NOT RUN ***"; exit 1; \
 	fi
@@ -41,7 +42,7 @@ unit: python-deps
 	$(PYTHON) -m pytest tests/unit
 
 integration: install
-	$(PYTHON) -m pytest tests/integration
+	$(PYTHON) -m pytest -n 2 --dist loadfile tests/integration
 
 # e.g. make demo DEMO_ARGS="--etcd-api v2" (a cluster of the etcd v2 era) or DEMO_ARGS=--static
 DEMO_ARGS ?=

@@ -86,8 +86,8 @@ def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd"
             for dst in lab.hosts:
                 if src is dst:
                     continue
-                ok_small, small = _ping_cell(lab.ping(src, dst, count=3))
-                ok_big, big = _ping_cell(lab.ping(src, dst, count=3, size=1422, dont_fragment=True))
+                ok_small, small = _ping_cell(lab.ping(src, dst, count=3, interval=0.05))
+                ok_big, big = _ping_cell(lab.ping(src, dst, count=3, interval=0.05, size=1422, dont_fragment=True))
                 all_ok &= ok_small and ok_big
                 print(f"h{src.index} {src.kind:<9} h{dst.index} {dst.kind:<9} {small:<14} {big}")
 

@@ -10,12 +10,18 @@ import pytest
 
 @pytest.mark.parametrize("extra", [[], ["--etcd-api", "v2"], ["--static"]], ids=["etcd", "etcd-v2", "static"])
 def test_demo(extra, kernel_vxlan):
-    proc = subprocess.run([sys.executable, "-m", "vxlan.ctl", "demo", "--seconds", "1", *extra],
-                          capture_output=True, text=True, timeout=300)
+    demo = subprocess.Popen([sys.executable, "-m", "vxlan.ctl", "demo", "--seconds", "1", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = demo.communicate(timeout=300)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    proc = subprocess.CompletedProcess(demo.args, demo.returncode, out, err)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all pairs reachable" in proc.stdout
     assert proc.stdout.count("Gbit/s") == 4
     assert "h3 kernel" in proc.stdout
     assert "lab torn down" in proc.stdout
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "vxl-" not in listed
+    assert f"vxl-{demo.pid}-" not in listed  # the demo's own (other test workers may have theirs)
