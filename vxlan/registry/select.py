@@ -162,6 +162,7 @@ class AutoRegistry:
             if api is not None:
                 self.chosen = self.stores[api]
                 other = "v2" if api == "v3" else "v3"
+                await self.stores[other].close()  # not asked again: no idle channel to keep alive
                 why = probe.absent.get(other) or probe.down.get(other) or f"nothing at {key}"
                 log.info("network config found in the etcd %s store (%s); using it. The %s store: %s", api,
                          "flanneld >= 0.18's" if api == "v3" else "flanneld <= 0.17's, etcd --enable-v2", other, why)
