@@ -999,7 +999,9 @@ int vx_run_rx(vx_io *io) {
             if (seg < len) c->gro_trains++;
             uint32_t sender = from[i].sin_addr.s_addr;
             const uint8_t *base = bufs + (size_t)i * RX_BUF;
-            for (int off = 0; off < len; off += seg) {
+            int empty = len == 0;  /* a zero-length datagram gets its verdict (too_short) like any other */
+            for (int off = 0; off < len || empty; off += seg) {
+                empty = 0;
                 int dlen = len - off < seg ? len - off : seg;
                 int inner = 0;
                 int v = vx_check(c, base + off, dlen, sender, &inner);
