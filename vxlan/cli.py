@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -272,6 +273,8 @@ def make_registry(args: argparse.Namespace):
 
 
 def vxland_main(argv: list[str] | None = None) -> int:
+    # Until the daemon's handler is in place, SIGUSR1 (capture toggle) must not end the process.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     parser = vxland_parser()
     args = parser.parse_args(go_style_argv(parser, sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbosity, args.log_format)

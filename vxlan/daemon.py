@@ -86,6 +86,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        # SIGUSR1's default action ends a process: operators and log-rotation scripts send it
+        # to daemons out of habit. It toggles a capture when there is one, else it is logged.
+        loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
         tasks: list[asyncio.Task] = []
         try:
             start = asyncio.create_task(self._start(loop))
@@ -239,7 +242,6 @@ class Daemon:
                 self._capture_start()
             except (OSError, ValueError) as exc:
                 raise StartupError(f"--capture {self.opts.capture}: {getattr(exc, 'strerror', None) or exc}") from None
-            loop.add_signal_handler(signal.SIGUSR1, self._capture_toggle)
         return tun.name
 
     async def _start_udp(self, loop, config, own, iface, public_ip: str, tun_mtu: int) -> str:
@@ -419,6 +421,13 @@ class Daemon:
         self._capture_files += 1
         self.hub.add(self.capture_sink)
         log.info("capture on: writing %s", path)
+
+    def _on_usr1(self) -> None:
+        if self.opts.capture is not None and self.hub is not None:
+            self._capture_toggle()
+        else:
+            log.warning("SIGUSR1 ignored: it stops and starts the --capture file, and vxland runs without "
+                        "--capture")
 
     def _capture_toggle(self) -> None:
         """SIGUSR1: stop a running file capture (the file is complete), or start a new one."""

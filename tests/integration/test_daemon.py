@@ -88,6 +88,16 @@ def test_every_drop_reason_is_counted(trio):
     assert proc.returncode == 0 and "3 received" in proc.stdout
 
 
+def test_sigusr1_without_capture_is_logged_not_fatal(trio):
+    """Operators send SIGUSR1 to daemons (log rotation habits); its default action would end
+    vxland and take the TUN with it."""
+    v1, v2, _ = trio.hosts
+    v1.proc.send_signal(signal.SIGUSR1)
+    assert wait_for(lambda: "SIGUSR1 ignored" in trio.log(v1), timeout=3)
+    assert v1.proc.poll() is None
+    assert trio.ping(v1, v2, count=2).returncode == 0
+
+
 @pytest.mark.offload
 def test_no_route_is_counted(trio):
     v1 = trio.hosts[0]
