@@ -15,6 +15,8 @@ import logging
 import signal
 import socket
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from vxlan.tun import Tun
 from vxlan.udpbackend import UdpCodec
 
 log = logging.getLogger("vxland")
+TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
 
 
 class StartupError(RuntimeError):
@@ -81,6 +84,7 @@ class Daemon:
         self.metrics_source: MetricsSource | None = None
         self._iptables_tasks: list[asyncio.Task] = []  # resync loops, started with the rules
         self._tun_index: int | None = None  # the TUN's ifindex (vxlan and udp backends)
+        self.task_failures = 0  # unexpected exceptions in long-lived tasks (each restarted)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -100,10 +104,10 @@ class Daemon:
                 return 0
             stop.cancel()
             start.result()
-            tasks = [asyncio.create_task(self._follow_registry()),
-                     asyncio.create_task(self.registry.keep_lease())]
+            tasks = [asyncio.create_task(self._supervised("registry watch", self._follow_registry)),
+                     asyncio.create_task(self._supervised("lease renewal", self.registry.keep_lease))]
             if self.routes is not None:
-                tasks.append(asyncio.create_task(self._check_routes()))
+                tasks.append(asyncio.create_task(self._supervised("route check", self._check_routes)))
             await self._stop.wait()
             log.info("shutting down")
             sdnotify.notify("STOPPING=1")
@@ -333,7 +337,9 @@ class Daemon:
                 failed(f"installing the {name} rules", exc)
                 continue
             log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
-            self._iptables_tasks.append(asyncio.create_task(self._resync_iptables(ipt, name, rules)))
+            self._iptables_tasks.append(asyncio.create_task(
+                self._supervised(f"{name} rules resync", lambda ipt=ipt, name=name, rules=rules:
+                                 self._resync_iptables(ipt, name, rules))))
 
     async def _remove_legacy_rules(self, ipt, network, subnet, prev_net: str | None, prev_subnet) -> None:
         """flanneld <= 0.19 put its rules straight into POSTROUTING and FORWARD (flannel v0.17.0
@@ -406,6 +412,7 @@ class Daemon:
 
     def _registry_metrics(self) -> dict[str, float]:
         values = self.registry.metrics()
+        values["task_failures_total"] = float(self.task_failures)
         if self.hub is not None:
             values["capture_lost_total"] = float(self.hub.lost)
         return values
@@ -506,6 +513,27 @@ class Daemon:
             # flanneld: "Lease has been revoked. Shutting down daemon." and exit 0 (main.go).
             log.warning("%s Shutting down daemon.", change.reason)
             self._stop.set()
+
+    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a long-lived task for as long as the daemon runs. An exception nobody expected is
+        logged with its traceback, counted (vxland_task_failures_total) and the task starts
+        again after a backoff (1 s, doubling to 30 s): forwarding goes on with what is known,
+        and a dead task never hides behind a healthy /healthz."""
+        backoff = TASK_BACKOFF_MIN_S
+        while True:
+            started = time.monotonic()
+            try:
+                await run()
+                return  # done by itself (nothing to renew, say)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.task_failures += 1
+                log.exception("the %s task failed; starting it again in %.0f s (forwarding goes on)", name, backoff)
+            if time.monotonic() - started > TASK_BACKOFF_MAX_S:
+                backoff = TASK_BACKOFF_MIN_S  # it had run well for a while: a fresh fault
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, TASK_BACKOFF_MAX_S)
 
     async def _follow_registry(self) -> None:
         async for change in self.registry.changes():

@@ -36,6 +36,9 @@ REGISTRY_METRICS = {
     "registry_reload_errors": ("gauge", "Times the registry file changed but did not parse"),
     "lease_renewals_total": ("counter", "Successful renewals of our subnet lease"),
     "capture_lost_total": ("counter", "Capture records lost to full rings (the packets were forwarded)"),
+    "task_failures_total": ("counter", "Unexpected failures of long-lived tasks (registry watch, lease renewal, "
+                                       "route check, rules resync); each was logged and started again"),
+    "lease_reserved": ("gauge", "1 if our lease is a reservation (no TTL, never renewed)"),
 }
 
 

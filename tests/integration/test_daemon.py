@@ -126,13 +126,28 @@ def test_registry_edit_adds_and_removes_a_peer_without_loss():
         assert "still forwarding" in lab.log(v3)  # v3 was told its own lease vanished, and kept going
 
 
-def test_invalid_edit_keeps_the_peers():
+def test_invalid_edits_keep_the_peers_and_the_follower():
+    """Issue #12: a registry file swapped for one that is no UTF-8, nests 100,000 arrays or
+    holds a 5,000-digit number used to kill the file follower silently; the next good file was
+    never read. Each is now an error counted in vxland_registry_reload_errors."""
     with Lab(["vxland", "vxland"]) as lab:
         v1, v2 = lab.hosts
-        lab.registry_path.write_text('{"config": {}, "subnets": ')
-        assert wait_for(lambda: "registry file changed but is invalid" in lab.log(v1))
+        hostile = [b'{"config": {}, "subnets": ', b"\xff\xfe{}", b"[" * 100_000,
+                   b'{"config": {"Network": "172.7.0.0/16", "SubnetLen": ' + b"9" * 5000 + b'}, "subnets": {}}']
+        for n, content in enumerate(hostile, start=1):
+            tmp = lab.registry_path.with_suffix(".tmp")
+            tmp.write_bytes(content)
+            tmp.replace(lab.registry_path)
+            assert wait_for(lambda n=n: lab.metrics(v1)["vxland_registry_reload_errors"] == n, timeout=5), \
+                lab.log(v1)[-2000:]
         assert lab.ping(v1, v2, count=2).returncode == 0
-        assert v1.proc.poll() is None
+        doc = lab.registry_doc()  # a good file again, with a new peer: learned
+        doc["subnets"]["172.7.200.0-24"] = {"PublicIP": "198.18.0.77", "BackendType": "vxlan",
+                                            "BackendData": {"VNI": 1, "VtepMAC": "0e:00:00:00:00:77"}}
+        lab.write_registry(doc)
+        assert wait_for(lambda: lab.metrics(v1)["vxland_peers"] == 2, timeout=5), lab.log(v1)[-2000:]
+        assert v1.proc.poll() is None and "Traceback" not in lab.log(v1)
+        assert lab.metrics(v1)["vxland_task_failures_total"] == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

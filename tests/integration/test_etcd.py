@@ -201,11 +201,20 @@ def test_leases_from_etcdctl_come_and_go_within_a_second(api):
         assert "peer 172.7.201.0/24 via 198.18.0.78 (VtepMAC 0e:00:00:00:00:02)" in lab.log(v1)
         lab.delete_lease("172.7.200.0-24")
         assert wait_for(lambda: peers() == 2, timeout=3.0)
-        # Garbage under the prefix is skipped and counted, never fatal.
+        # Garbage under the prefix is skipped and counted, never fatal; also a value nested
+        # 1,000 deep (2 KB that any node may write), which used to end every node's watch.
         lab.put_lease("banana", "{}")
         lab.put_lease("172.7.202.0-24", "not json")
-        assert wait_for(lambda: lab.metrics(v1)["vxland_registry_skipped_total"] >= 2, timeout=2)
+        lab.put_lease("172.7.203.0-24", "[" * 1000 + "]" * 1000)
+        assert wait_for(lambda: lab.metrics(v1)["vxland_registry_skipped_total"] >= 3, timeout=2)
+        lab.put_lease("172.7.204.0-24", lease_value("198.18.0.79", "0e:00:00:00:00:04"))
+        assert wait_for(lambda: peers() == 3, timeout=3.0), "the watch died"
         assert v1.proc.poll() is None and lab.ping(v1, lab.hosts[1], count=1).returncode == 0
+        v2 = lab.hosts[1]  # and a node starts with all that under the prefix
+        assert lab.stop_vxland(v2) == 0
+        lab.start_node(v2)
+        assert lab.ping(v2, v1, count=1).returncode == 0
+        assert "Traceback" not in lab.log(v1) + lab.log(v2)
 
 
 def test_own_lease_deleted_exits_0(api):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import time
 
 import pytest
 
@@ -99,3 +100,53 @@ def test_load_registry_file_errors(tmp_path):
 def test_lease_key_property():
     lease = Lease(ipaddress.IPv4Network("10.5.1.0/24"), "1.2.3.4", "vxlan", b"\x02" * 6, 1)
     assert lease.key == "10.5.1.0-24"
+
+
+@pytest.mark.parametrize("content,text", [
+    (b'{"config": {"Network": "10.5.0.0/16"}, "subnets": {"\xff\xfe": {}}}', "not UTF-8 text (byte"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"config": {"Network": "10.5.0.0/16", "SubnetLen": ' + b"9" * 5000 + b"}, \"subnets\": {}}",
+     "not usable JSON"),
+    (b'{"config": {"Network": "10.5.0.0/16", "Backend": ' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b'},'
+     b' "subnets": {}}', "nested too deeply"),
+])
+def test_hostile_registry_files_give_one_line_errors(tmp_path, content, text):
+    """Issue #12: these ended vxland with a Python traceback (UnicodeDecodeError,
+    RecursionError, ValueError) instead of the file, the field and the reason."""
+    path = tmp_path / "r.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert text in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_overlaps_are_found_and_a_slash_8_loads_in_linear_time(tmp_path):
+    doc = {"config": {"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}, "subnets": {}}
+    for i in range(65_536):
+        doc["subnets"][f"10.{i >> 8}.{i & 255}.0-24"] = {
+            "PublicIP": f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}", "BackendType": "vxlan",
+            "BackendData": {"VNI": 1, "VtepMAC": f"0e:00:00:{i >> 16:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    start = time.monotonic()
+    assert len(load_registry(path).leases) == 65_536
+    elapsed = time.monotonic() - start
+    print(f"65,536-lease registry file parsed in {elapsed:.2f} s")
+    assert elapsed < 30, elapsed  # was hours (every pair compared); the figure is a bench one
+    doc["subnets"]["10.3.0.0-16"] = {"PublicIP": "100.99.0.1", "BackendType": "host-gw"}
+    with pytest.raises(ConfigError, match=r'subnets\["10.3.0.0-16"\]: subnet 10.3.0.0/16 overlaps 10.3.0.0/24'):
+        parse_registry(doc)
+
+
+def test_a_registry_file_others_can_write_is_named(tmp_path):
+    from vxlan.registry.file import unsafe_permissions
+
+    path = tmp_path / "r.json"
+    path.write_text("{}")
+    path.chmod(0o644)
+    assert unsafe_permissions(path) is None
+    path.chmod(0o666)
+    assert "writable by others (mode 666)" in unsafe_permissions(path)
+    path.chmod(0o664)
+    assert "writable by its group" in unsafe_permissions(path)

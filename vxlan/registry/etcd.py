@@ -246,7 +246,7 @@ class EtcdRegistry:
                         yield OwnLeaseLost(f"our lease {self.own.key} is gone from etcd")
                         return
                     yield Reset([lease for lease in leases if lease.subnet != self.own.subnet])
-                    relist = False
+                    relist, self._revision = False, revision
                 async for batch in self.store.watch(self.subnets_prefix, revision):
                     self.connected, backoff = True, BACKOFF_MIN_S
                     for key, value in batch.changes:
@@ -262,7 +262,7 @@ class EtcdRegistry:
                             yield Deleted(subnet)
                         elif lease is not None:
                             yield Put(lease)
-                    revision = batch.cursor
+                    revision = self._revision = batch.cursor  # a watch started again resumes here
             except Compacted as exc:
                 log.info("watch from %d: %s; re-listing", revision + 1, exc)
                 relist = True

@@ -51,18 +51,21 @@ def parse_registry(raw: Any) -> Snapshot:
     subnets = raw.get("subnets")
     if not isinstance(subnets, dict):
         raise ConfigError("subnets", 'missing or not an object mapping "10.5.1.0-24" to lease JSON')
-    leases: dict[ipaddress.IPv4Network, Lease] = {}
-    owners: dict[str, str] = {}
-    for key, attrs in subnets.items():
+    paths: dict[ipaddress.IPv4Network, str] = {}
+    for key in subnets:
         path = f"subnets[{json.dumps(key)}]"
         subnet = parse_subnet_key(key)
         if subnet is None or not key.startswith(str(subnet.network_address)):
             raise ConfigError(path, "key is not a subnet key like 10.5.34.0-24 (network address, '-', prefix)")
         if not subnet.subnet_of(config.network):
             raise ConfigError(path, f"subnet {subnet} is not inside Network {config.network}")
-        for other in leases:
-            if subnet.overlaps(other):
-                raise ConfigError(path, f"subnet {subnet} overlaps {other}")
+        if subnet in paths:
+            raise ConfigError(path, f"subnet {subnet} overlaps {subnet}")
+        paths[subnet] = path
+    _check_overlaps(list(paths), paths)
+    leases: dict[ipaddress.IPv4Network, Lease] = {}
+    owners: dict[str, str] = {}
+    for (subnet, path), (key, attrs) in zip(paths.items(), subnets.items(), strict=True):
         lease = lease_from_attrs(subnet, attrs, path)
         if lease.backend_type in ("vxlan", "host-gw", ""):
             if lease.public_ip in owners:
@@ -75,20 +78,58 @@ def parse_registry(raw: Any) -> Snapshot:
     return Snapshot(config=config, leases=leases)
 
 
+def _check_overlaps(subnets: list[ipaddress.IPv4Network], paths: dict[ipaddress.IPv4Network, str]) -> None:
+    """No two subnets overlap: sorted by start, each must begin after every earlier one ends
+    (n log n: a /8 of /24s is 65,536 leases; comparing every pair took minutes)."""
+    order = {subnet: i for i, subnet in enumerate(subnets)}  # file order, to name the later one
+    widest: ipaddress.IPv4Network | None = None
+    for subnet in sorted(subnets, key=lambda s: (int(s.network_address), s.prefixlen)):
+        if widest is not None and int(subnet.network_address) <= int(widest.broadcast_address):
+            later, other = (subnet, widest) if order[subnet] > order[widest] else (widest, subnet)
+            raise ConfigError(paths[later], f"subnet {later} overlaps {other}")
+        if widest is None or int(subnet.broadcast_address) > int(widest.broadcast_address):
+            widest = subnet
+
+
 def load_registry(path: Path) -> Snapshot:
-    """Read and validate the file; ConfigError names the file, the field and the reason."""
+    """Read and validate the file; ConfigError names the file, the field and the reason, for any
+    content (a file that is no text, JSON nested too deep, numbers Python will not convert)."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start}): a registry file is JSON") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(str(path), f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ConfigError(str(path), f"not usable JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(str(path), "not usable JSON: nested too deeply") from None
     try:
         return parse_registry(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc.field}", exc.reason) from None
+    except RecursionError:
+        raise ConfigError(str(path), "not usable: nested too deeply") from None
+
+
+def unsafe_permissions(path: Path) -> str | None:
+    """Why others than root and the file's owner could change the peers, or None. Whoever can
+    write the registry can add a VTEP whose frames vxland then accepts."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_mode & 0o022:
+        return f"{path} is writable by {'others' if st.st_mode & 0o002 else 'its group'} (mode {st.st_mode & 0o777:o})"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"{path} belongs to uid {st.st_uid}, not to root or to vxland's user"
+    return None
 
 
 class FileRegistry:
@@ -101,6 +142,7 @@ class FileRegistry:
         self._snapshot: Snapshot | None = None
         self._own: Lease | None = None
         self.reload_errors = 0
+        self._warned_permissions: str | None = None
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -112,7 +154,15 @@ class FileRegistry:
     async def get_config(self) -> NetworkConfig:
         self._stamp = self._stat()
         self._snapshot = load_registry(self.path)
+        self._warn_permissions()
         return self._snapshot.config
+
+    def _warn_permissions(self) -> None:
+        why = unsafe_permissions(self.path)
+        if why is not None and why != self._warned_permissions:
+            log.warning("%s: whoever can write it can add a VTEP whose frames this node accepts; "
+                        "chmod 644 and chown root it", why)
+        self._warned_permissions = why
 
     async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:
         """flannel's reuse rule (local_manager.go:tryAcquireLease): the lease with our PublicIP.
@@ -139,16 +189,18 @@ class FileRegistry:
             stamp = self._stat()
             if stamp == self._stamp:
                 continue
-            self._stamp = stamp
             try:
                 snapshot = load_registry(self.path)
             except ConfigError as exc:
+                self._stamp = stamp
                 self.reload_errors += 1
                 log.error("registry file changed but is invalid, keeping the previous peers: %s", exc)
                 continue
+            self._warn_permissions()
             self._warn_fixed_parts(snapshot)
             own = self._own.subnet if self._own else None
             yield Reset([lease for subnet, lease in snapshot.leases.items() if subnet != own])
+            self._stamp = stamp  # only once applied: a follower started again reads it anew
 
     def _warn_fixed_parts(self, snapshot: Snapshot) -> None:
         """What a running node cannot change: its config and its own lease (flanneld reads both
