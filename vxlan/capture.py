@@ -16,6 +16,7 @@ capture of a busy tunnel writes tens of thousands a second.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -141,6 +142,38 @@ class Filter:
         return True
 
 
+def open_for_root(path: Path) -> int:
+    """Open ``path`` for writing from scratch as root may safely do it in a directory others
+    can write to (the README's /var/tmp): never through a symbolic link (O_NOFOLLOW), never
+    someone else's file or one with other hard links, nothing but a regular file or a
+    root-owned character device (/dev/null); truncated only after those checks, mode 0600."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link: not followed (vxland runs as root)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        why = None
+        if stat.S_ISREG(st.st_mode):
+            if st.st_uid != os.geteuid():
+                why = f"belongs to uid {st.st_uid}"
+            elif st.st_nlink > 1:
+                why = "has other hard links"
+        elif not (stat.S_ISCHR(st.st_mode) and st.st_uid == 0):
+            why = "is not a regular file"
+        if why is not None:
+            raise OSError(errno.EPERM, f"{path} {why}: not overwritten (vxland runs as root)")
+        if stat.S_ISREG(st.st_mode):
+            os.ftruncate(fd, 0)
+            os.fchmod(fd, 0o600)  # also when the file existed with other bits
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class FileSink:
     """pcapng to ``path`` (mode 0600), rotated to ``path.1``, ``path.2``... past ``max_bytes``,
     closed after ``count`` packets. Opening fails at once (OSError) if the path is unwritable."""
@@ -155,9 +188,7 @@ class FileSink:
         self._open(path)
 
     def _open(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        if stat.S_ISREG(os.fstat(self._fd).st_mode):
-            os.fchmod(self._fd, 0o600)  # also when the file existed with other bits (never /dev/null's)
+        self._fd = open_for_root(path)
         self.files.append(path)
         self._written = os.write(self._fd, pcapng_header(self.snaplen))
 

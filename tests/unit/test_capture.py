@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -138,3 +139,37 @@ def test_trace_lines_and_rate_limit():
     sink.feed([later])
     lines = out.getvalue().splitlines()
     assert lines[2] == "trace: 5 lines suppressed (limit 2/s)" and lines[3].startswith("trace in  underlay")
+
+
+def test_capture_file_never_follows_links_or_takes_someone_elses_file(tmp_path):
+    """Issue #12: --capture followed a symlink planted at PATH and truncated its target as root
+    (the README puts captures in /var/tmp, where anyone can plant one)."""
+    import os
+
+    from vxlan.capture import FileSink, Filter
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    planted = tmp_path / "cap.pcapng"
+    planted.symlink_to(victim)
+    with pytest.raises(OSError, match="is a symbolic link: not followed"):
+        FileSink(planted, 2048, Filter.parse(None))
+    linked = tmp_path / "hard.pcapng"
+    os.link(victim, linked)
+    with pytest.raises(OSError, match="has other hard links"):
+        FileSink(linked, 2048, Filter.parse(None))
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs.pcapng"
+        theirs.write_text("theirs")
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(OSError, match="belongs to uid 65534"):
+            FileSink(theirs, 2048, Filter.parse(None))
+        assert theirs.read_text() == "theirs"
+    assert victim.read_text() == "precious"
+    ours = tmp_path / "ours.pcapng"
+    ours.write_text("old capture")
+    ours.chmod(0o644)
+    sink = FileSink(ours, 2048, Filter.parse(None))  # our own file: rewritten from scratch, 0600
+    sink.close()
+    assert ours.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a" and oct(ours.stat().st_mode & 0o777) == "0o600"
+    FileSink(Path(os.devnull), 2048, Filter.parse(None)).close()
