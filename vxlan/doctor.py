@@ -16,6 +16,7 @@ import struct
 import subprocess
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from vxlan import iptables, netconf, wire
 from vxlan.config import ConfigError
@@ -120,6 +121,8 @@ def check_mtu(ifaces: tuple[str, ...]) -> tuple[Check, netconf.Iface | None]:
     try:
         iface = netconf.find_iface(ifaces, None)
     except netconf.NetconfError as exc:
+        if not ifaces:  # fine for vxland started with --iface, as most are
+            return Check("underlay", "warn", str(exc), "give vxland (and this check) --iface NAME"), None
         return Check("underlay", "FAIL", str(exc), "pass --iface NAME (or its IPv4 address)"), None
     inner = iface.mtu - wire.ENCAP_OVERHEAD
     if iface.mtu < 1500:
@@ -128,7 +131,48 @@ def check_mtu(ifaces: tuple[str, ...]) -> tuple[Check, netconf.Iface | None]:
     return Check("underlay", "ok", f"{iface.name} {iface.address} MTU {iface.mtu} (overlay MTU {inner})"), iface
 
 
-def check_port(port: int, healthz_port: int) -> Check:
+def port_holder(port: int) -> tuple[int, list[str]] | None:
+    """The process holding UDP ``port`` in this network namespace: (pid, argv), or None. From
+    /proc/net/udp (this namespace's sockets) and the processes' open sockets."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if inodes else ():
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid), Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone, or not ours to read
+    return None
+
+
+def is_vxland(argv: list[str]) -> bool:
+    return any(Path(a).name == "vxland" for a in argv) or any(
+        a == "-m" and b == "vxlan" for a, b in zip(argv, argv[1:], strict=False))
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    """Values of a repeatable flag in a flanneld-style command line (-f v, --f v, -f=v, --f=v)."""
+    out = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == flag:
+            if eq:
+                out.append(value)
+            elif i + 1 < len(argv):
+                out.append(argv[i + 1])
+    return out
+
+
+def check_port(port: int, healthz_port: int, holder: tuple[int, list[str]] | None = None) -> Check:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
             sock.bind(("0.0.0.0", port))
@@ -136,6 +180,8 @@ def check_port(port: int, healthz_port: int) -> Check:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 return Check("port", "FAIL", f"UDP {port}: {exc.strerror}", "run as root")
+    if holder is not None and is_vxland(holder[1]):
+        return Check("port", "ok", f"UDP {port} is held by the running vxland (pid {holder[0]})")
     if healthz_port and _running_vxland(healthz_port):
         return Check("port", "ok", f"UDP {port} is held by the vxland answering on :{healthz_port}")
     return Check("port", "FAIL", f"UDP {port} is taken by another program",
@@ -197,8 +243,13 @@ def run_all(args, settings=None) -> list[Check]:
         for word in (c.detail for c in etcd_checks if c.name == "config" and c.status == "ok"):
             if ", port " in word:
                 port = int(word.rsplit(", port ", 1)[1])
-    mtu_check, _ = check_mtu(tuple(args.iface))
-    checks += [mtu_check, check_port(port, args.healthz_port), check_ip_forward(), check_iptables()]
+    # A vxland already running here: its port is no conflict, and its --iface is the underlay.
+    holder = port_holder(port)
+    ifaces = tuple(args.iface)
+    if not ifaces and holder is not None and is_vxland(holder[1]):
+        ifaces = tuple(flag_values(holder[1], "iface"))
+    mtu_check, _ = check_mtu(ifaces)
+    checks += [mtu_check, check_port(port, args.healthz_port, holder), check_ip_forward(), check_iptables()]
     return checks
 
 

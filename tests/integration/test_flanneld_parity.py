@@ -292,6 +292,12 @@ def test_doctor_all_good_and_each_fix():
         # a host running vxland: its port counts as held by vxland
         ok = doctor(lab, h1, "--healthz-port", str(lab.healthz_port))
         assert ok.returncode == 0 and ok.stdout.strip().endswith("all good"), ok.stdout + ok.stderr
+        # ... also with no flags but the etcd endpoints (issue #12: vxland's own port was "taken",
+        # and no default route in the namespace failed the underlay check): the running
+        # vxland's port and --iface are recognised
+        cmd = [sys.executable, "-m", "vxlan.ctl", "doctor", "--etcd-endpoints", lab.etcd_endpoints]
+        ok = sh(cmd, ns=h1.ns, check=False)
+        assert ok.returncode == 0 and "held by the running vxland (pid" in ok.stdout, ok.stdout + ok.stderr
         # ... and one about to run it
         ok = doctor(lab, h2)
         assert ok.returncode == 0 and "all good" in ok.stdout, ok.stdout
