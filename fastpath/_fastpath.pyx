@@ -53,6 +53,7 @@ cdef extern from "vxengine.h" nogil:
         uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes
         uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends
         uint64_t udp_recvs, gro_trains, tun_writes, coalesced
+        uint64_t tun_received, udp_received
     ctypedef struct vx_gro:
         int active
         int udp
@@ -177,7 +178,8 @@ cdef class Codec:
                 "rx_bytes": c.rx_bytes, "tun_reads": c.tun_reads, "tso_packets": c.tso_packets,
                 "tso_in_place": c.tso_in_place,
                 "udp_sends": c.udp_sends, "gso_sends": c.gso_sends, "udp_recvs": c.udp_recvs,
-                "gro_trains": c.gro_trains, "tun_writes": c.tun_writes, "coalesced": c.coalesced}
+                "gro_trains": c.gro_trains, "tun_writes": c.tun_writes, "coalesced": c.coalesced,
+                "tun_received": c.tun_received, "udp_received": c.udp_received}
 
     # -- data plane (the batch API of vxlan.wire.Codec) ------------------------------------
     def encap_batch(self, list bufs, lengths, int count, list verdicts, list dests):

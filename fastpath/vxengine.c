@@ -809,6 +809,7 @@ int vx_run_tx(vx_io *io) {
             }
             struct sockaddr_in dst;
             if (vh.gso_type == VX_VNET_GSO_NONE) {
+                c->tun_received++;
                 if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && vx_finish_csum(pkt, len, vh.csum_start, vh.csum_offset)) {
                     c->drops[VX_BAD_OFFLOAD]++;
                     continue;
@@ -835,7 +836,11 @@ int vx_run_tx(vx_io *io) {
              * front of its payload where it lies, so it is read once (checksum) and copied once
              * (by the kernel); read scattered, each datagram is one piece of memory. */
             c->tso_packets++;
-            if ((pkt[0] >> 4) == 6) { c->drops[VX_NO_ROUTE]++; continue; }  /* no IPv6 overlay yet */
+            if ((pkt[0] >> 4) == 6) {  /* no IPv6 overlay yet */
+                c->tun_received++;
+                c->drops[VX_NO_ROUTE]++;
+                continue;
+            }
             if (q->n + VX_MAX_SEGS > TXQ || hdr_used + (size_t)VX_MAX_SEGS * 128 > HDR_ARENA) {
                 tx_flush(io, q);
                 hdr_used = 0;
@@ -853,7 +858,9 @@ int vx_run_tx(vx_io *io) {
             }
             if (v) {
                 int ph = 0, ns = gso_plan(pkt, len, vh.gso_size, VX_MAX_SEGS, &ph);
-                c->drops[v] += ns > 0 ? (uint64_t)ns : 1;  /* counted as the segments it carried */
+                uint64_t segs = ns > 0 ? (uint64_t)ns : 1;  /* counted as the segments it carried */
+                c->tun_received += segs;
+                c->drops[v] += segs;
                 continue;
             }
             int stride = 0, hdr = 0, inplace = 0;
@@ -861,7 +868,12 @@ int vx_run_tx(vx_io *io) {
                                                  hdrs + hdr_used, HDR_ARENA - hdr_used, seg_lens, &stride, &hdr,
                                                  &inplace)
                                  : -1;
-            if (nseg < 0) { c->drops[VX_BAD_OFFLOAD]++; continue; }
+            if (nseg < 0) {
+                c->tun_received++;
+                c->drops[VX_BAD_OFFLOAD]++;
+                continue;
+            }
+            c->tun_received += (uint64_t)nseg;
             scattered = inplace;
             c->tso_in_place += (uint64_t)inplace;
             if (!scattered) memcpy(hdrs + hdr_used, buf, VX_HEADROOM);
@@ -987,7 +999,11 @@ int vx_run_rx(vx_io *io) {
         pthread_mutex_lock(&c->lock);
         for (int i = 0; i < n; i++) {
             int len = (int)msgs[i].msg_len;
-            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) { c->drops[VX_TOO_BIG]++; continue; }
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                c->udp_received++;
+                c->drops[VX_TOO_BIG]++;
+                continue;
+            }
             int seg = len;
             for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
                 if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
@@ -1002,6 +1018,7 @@ int vx_run_rx(vx_io *io) {
             int empty = len == 0;  /* a zero-length datagram gets its verdict (too_short) like any other */
             for (int off = 0; off < len || empty; off += seg) {
                 empty = 0;
+                c->udp_received++;
                 int dlen = len - off < seg ? len - off : seg;
                 int inner = 0;
                 int v = vx_check(c, base + off, dlen, sender, &inner);

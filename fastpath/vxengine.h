@@ -73,6 +73,10 @@ typedef struct {
     uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
     uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends;
     uint64_t udp_recvs, gro_trains, tun_writes, coalesced;
+    /* Before any check: packets read from the TUN (a TSO super-packet as its segments) and
+     * datagrams received (a GRO train as its datagrams). Per side, received = forwarded +
+     * the drops of that side's reasons (wire.DropReason.side), exactly. */
+    uint64_t tun_received, udp_received;
 } vx_core;
 
 int vx_core_init(vx_core *c, uint32_t vni, const uint8_t mac[6], int subnet_len, int tun_mtu, uint16_t port);

@@ -60,6 +60,8 @@ class DataPlane:
         self._rx = _Pool(batch, self.headroom)
         self.tx_packets = self.tx_bytes = 0  # inner packets/bytes sent into the tunnel
         self.rx_packets = self.rx_bytes = 0  # inner packets/bytes written to the TUN
+        # before any check: per side, received = forwarded + that side's drops (DropReason.side)
+        self.tun_received = self.udp_received = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -90,6 +92,7 @@ class DataPlane:
             n += 1
         if not n:
             return
+        self.tun_received += n
         ok = self.codec.encap_batch(pool.bufs, pool.lengths, n, pool.verdicts, pool.aux)
         pending = getattr(self.codec, "pending_tun", None)
         if pending:  # ICMP errors the codec wants delivered back into the TUN
@@ -136,6 +139,7 @@ class DataPlane:
             n += 1
         if not n:
             return
+        self.udp_received += n
         if not self.codec.decap_batch(pool.bufs, pool.lengths, pool.aux, n, pool.verdicts, pool.inner):
             return
         fd = self.tun_fd
@@ -269,7 +273,9 @@ class ThreadedDataPlane:
     tx_bytes = property(lambda self: self._stat("tx_bytes"))
     rx_packets = property(lambda self: self._stat("rx_packets"))
     rx_bytes = property(lambda self: self._stat("rx_bytes"))
+    tun_received = property(lambda self: self._stat("tun_received"))
+    udp_received = property(lambda self: self._stat("udp_received"))
 
     def io_stats(self) -> dict[str, int]:
         stats = self.engine.stats()
-        return {k: v for k, v in stats.items() if not k.startswith(("tx_", "rx_"))}
+        return {k: v for k, v in stats.items() if not k.startswith(("tx_", "rx_")) and not k.endswith("_received")}

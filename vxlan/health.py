@@ -74,6 +74,13 @@ class _Collector:
         octets.add_metric(["tx"], dp.tx_bytes)
         octets.add_metric(["rx"], dp.rx_bytes)
         yield octets
+        received = CounterMetricFamily(
+            "vxland_received", "Packets received before any check: tun = read from the TUN (a TSO super-packet "
+            "as its segments), underlay = VXLAN datagrams (a GRO train as its datagrams). Per side, received = "
+            "forwarded (vxland_packets_total) + the drops of that side's reasons", labels=["side"])
+        received.add_metric(["tun"], dp.tun_received)
+        received.add_metric(["underlay"], dp.udp_received)
+        yield received
         drops = CounterMetricFamily("vxland_drops", "Packets dropped, by reason", labels=["reason"])
         counts = self.source.codec.drop_counts()
         for reason in DropReason:

@@ -73,6 +73,18 @@ class DropReason(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @property
+    def side(self) -> str:
+        """Where the dropped packet was received: "tun" (on its way into the tunnel) or
+        "underlay" (a datagram); vxland_received_total{side} = forwarded + these drops.
+        TTL_EXPIRED (the udp backend) happens on both: "both"."""
+        if self is DropReason.TTL_EXPIRED:
+            return "both"
+        return "tun" if self in _TUN_SIDE else "underlay"
+
+
+_TUN_SIDE = {DropReason.NO_ROUTE, DropReason.NOT_IP, DropReason.SEND_FAILED, DropReason.BAD_OFFLOAD}
+
 
 N_REASONS = len(DropReason)
 

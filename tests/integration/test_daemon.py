@@ -88,6 +88,34 @@ def test_every_drop_reason_is_counted(trio):
     assert proc.returncode == 0 and "3 received" in proc.stdout
 
 
+@pytest.mark.offload
+def test_counters_add_up_to_the_packet(trio):
+    """Per side, received = forwarded + the drops of that side's reasons, exactly; and the
+    received counts are the packets sent, to the packet."""
+    v1, v2, plain = trio.hosts
+    before = trio.metrics(v1)
+    cases = crafted(trio, v1, plain)
+    echo = bytes(VXLAN(flags=0x08, vni=trio.vni) / Ether(dst=wire.mac_to_str(v1.vtep_mac),
+                 src=wire.mac_to_str(plain.vtep_mac)) / IP(src=plain.pod_ip, dst=v1.pod_ip) / ICMP())
+    send(trio, plain, plain.public_ip, v1, [echo] * 5)  # forwarded; v1's pod answers each (TUN side)
+    for datagram in cases.values():
+        send(trio, plain, plain.public_ip, v1, [datagram])
+    assert trio.ping(v1, v2, count=3, interval=0.05).returncode == 0  # 3 out (TUN), 3 back (underlay)
+    sh(["ping", "-c", "2", "-i", "0.05", "-W", "1", "172.7.200.1"], ns=v1.pod_ns, check=False)  # 2 no_route
+    time.sleep(0.3)
+    after = trio.metrics(v1)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+    for side, direction, sent in (("underlay", "rx", 5 + len(cases) + 3), ("tun", "tx", 5 + 3 + 2)):
+        drops = sum(delta(f'vxland_drops_total{{reason="{r.label}"}}') for r in wire.DropReason
+                    if r is not wire.DropReason.OK and r.side == side)
+        received = delta(f'vxland_received_total{{side="{side}"}}')
+        forwarded = delta(f'vxland_packets_total{{direction="{direction}"}}')
+        assert received == forwarded + drops, (side, received, forwarded, drops)
+        assert received == sent, (side, received, sent)
+
+
 def test_sigusr1_without_capture_is_logged_not_fatal(trio):
     """Operators send SIGUSR1 to daemons (log rotation habits); its default action would end
     vxland and take the TUN with it."""

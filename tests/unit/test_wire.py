@@ -202,3 +202,12 @@ def test_mac_helpers():
             wire.mac_to_bytes(bad)
     mac = wire.random_vtep_mac()
     assert mac[0] & 0x03 == 0x02  # locally administered, unicast
+
+
+def test_every_drop_reason_has_a_side():
+    """vxland_received_total{side} = forwarded + the drops of that side: each reason belongs
+    to exactly one side (ttl_expired, the udp backend's, to both)."""
+    sides = {r.label: r.side for r in wire.DropReason if r is not wire.DropReason.OK}
+    assert set(sides.values()) == {"tun", "underlay", "both"}
+    assert {k for k, v in sides.items() if v == "tun"} == {"no_route", "not_ip", "send_failed", "bad_offload"}
+    assert sides["tun_write_failed"] == "underlay" and sides["ttl_expired"] == "both"
