@@ -29,7 +29,7 @@ python-deps:
 # file at a time, so a module's lab fixture is built once. Timing goals are bench figures.
 test: install
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -n 2 tests/unit
+	$(PYTHON) -m pytest -n 2 --dist worksteal tests/unit
 	@if [ "$$(id -u)" = 0 ]; then \
 	  $(PYTHON) -m pytest -n 2 --dist loadfile tests/integration && \
 	  echo "=== offload tests again, offloads off (FLANNELD_NO_OFFLOAD=1) ===" && \
