@@ -34,6 +34,7 @@ from vxlan.udpbackend import UdpCodec
 
 log = logging.getLogger("vxland")
 TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
+PEER_LINES_MAX = 32  # peer changes logged one line each; a larger batch is summed up
 
 
 class StartupError(RuntimeError):
@@ -85,6 +86,7 @@ class Daemon:
         self._iptables_tasks: list[asyncio.Task] = []  # resync loops, started with the rules
         self._tun_index: int | None = None  # the TUN's ifindex (vxlan and udp backends)
         self.task_failures = 0  # unexpected exceptions in long-lived tasks (each restarted)
+        self._peer_log = log.info
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -166,6 +168,7 @@ class Daemon:
             self.routes = PeerRoutes(oif=iface.index)
             device = f"routes via {iface.name}"
         await self._apply(self.peers.reset(others))
+        del others  # a /8 of leases: the peer table holds them now
 
         if self.opts.blackhole_route:
             try:
@@ -452,7 +455,11 @@ class Daemon:
             log.error("capture: cannot open %s: %s", self.opts.capture, exc.strerror)
 
     async def _apply(self, events: list[PeerEvent]) -> None:
+        # One line per peer for what an operator reads (a few changes); a large snapshot (a
+        # cluster of thousands, a start) is summed up, each line still there with -v.
+        self._peer_log = log.info if len(events) <= PEER_LINES_MAX else log.debug
         tunnelled: set = set()
+        skipped = 0
         for event in events:
             lease = event.lease
             if isinstance(event, PeerAdded):
@@ -463,9 +470,17 @@ class Daemon:
                     self.codec.remove_peer(int(lease.subnet.network_address))
                 if self.routes is not None and lease.subnet in self.routes:
                     await asyncio.to_thread(self.routes.remove, lease.subnet)
-                log.info("peer %s via %s removed", lease.subnet, lease.public_ip)
+                self._peer_log("peer %s via %s removed", lease.subnet, lease.public_ip)
             elif isinstance(event, PeerSkipped):
-                log.warning("lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
+                skipped += 1
+                (log.warning if self._peer_log is log.info else log.debug)(
+                    "lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
+        if len(events) > PEER_LINES_MAX:
+            added = sum(isinstance(e, PeerAdded) for e in events)
+            removed = sum(isinstance(e, PeerRemoved) for e in events)
+            (log.warning if skipped else log.info)(
+                "peer table: %d added, %d removed, %d leases ignored (other backends or prefix lengths); one line "
+                "each with -v", added, removed, skipped)
         if tunnelled:
             for route in await asyncio.to_thread(netconf.delete_stale_routes, tunnelled, self._tun_index):
                 log.info("deleted route %s left by an earlier host-gw or DirectRouting run: the peer is "
@@ -487,18 +502,18 @@ class Daemon:
             except netconf.NetconfError as exc:
                 log.error("peer %s: %s", lease.subnet, exc)
                 return False
-            log.info("peer %s via %s (direct route, no tunnel)", lease.subnet, lease.public_ip)
+            self._peer_log("peer %s via %s (direct route, no tunnel)", lease.subnet, lease.public_ip)
             return False
         if self.routes is not None and lease.subnet in self.routes:
             await asyncio.to_thread(self.routes.remove, lease.subnet)
         assert self.codec is not None
         if self.backend_type == "udp":
             self.codec.set_peer(subnet, None, lease.public_ip)
-            log.info("peer %s via %s (udp)", lease.subnet, lease.public_ip)
+            self._peer_log("peer %s via %s (udp)", lease.subnet, lease.public_ip)
             return True
         assert lease.vtep_mac is not None
         self.codec.set_peer(subnet, lease.vtep_mac, lease.public_ip)
-        log.info("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
+        self._peer_log("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
         return True
 
     async def _on_change(self, change: Change) -> None:

@@ -27,7 +27,10 @@ def parse_subnet_key(key: str) -> ipaddress.IPv4Network | None:
     if match is None:
         return None
     try:
-        return ipaddress.IPv4Network(f"{match.group(1)}/{match.group(2)}")
+        address, prefix = wire.ipv4_to_int(match.group(1)), int(match.group(2))
+        if prefix > 32:
+            return None
+        return ipaddress.IPv4Network((address, prefix))  # the int form: no second text parse
     except ValueError:
         return None
 
@@ -36,7 +39,7 @@ def make_subnet_key(subnet: ipaddress.IPv4Network) -> str:
     return f"{subnet.network_address}-{subnet.prefixlen}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     subnet: ipaddress.IPv4Network
     public_ip: str
@@ -70,9 +73,9 @@ def lease_from_attrs(subnet: ipaddress.IPv4Network, attrs: Any, path: str) -> Le
         raise ConfigError(path, f"lease must be a JSON object, got {json.dumps(attrs)}")
     public_ip = get_ci(attrs, "PublicIP")
     try:
-        if not isinstance(public_ip, str):  # IPv4Address() would take an int
+        if not isinstance(public_ip, str):  # an int would be an address to ipaddress
             raise ValueError
-        ipaddress.IPv4Address(public_ip)
+        wire.ipv4_to_int(public_ip)
     except ValueError:
         raise ConfigError(f"{path}.PublicIP", f"{json.dumps(public_ip)} is not an IPv4 address") from None
     backend_type = get_ci(attrs, "BackendType", "")

@@ -39,7 +39,7 @@ from vxlan.allocator import OutOfSubnets, choose_subnet
 from vxlan.config import ConfigError, NetworkConfig, parse_config
 from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, parse_subnet_key
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, RegistryError, Reset
-from vxlan.registry.store import ApiMissing, Compacted, EtcdError, EtcdUnavailable, Store
+from vxlan.registry.store import ApiMissing, Compacted, EtcdError, EtcdUnavailable, KeyValue, Store
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +149,17 @@ class EtcdRegistry:
 
     async def list_leases(self) -> tuple[list[Lease], int]:
         """Every parsable lease under ``<prefix>/subnets`` and the cursor of that snapshot."""
-        items, revision = await self.store.list(self.subnets_prefix)
-        leases = []
+        leases: list[Lease] = []
         self._reservations = set()
-        for item in items:
-            _, lease = self._parse(item.key, item.value)
-            if lease is not None:
-                leases.append(lease)
-                if not item.expires:
-                    self._reservations.add(lease.subnet)
+
+        def page(items: list[KeyValue]) -> None:
+            for item in items:
+                _, lease = self._parse(item.key, item.value)
+                if lease is not None:
+                    leases.append(lease)
+                    if not item.expires:
+                        self._reservations.add(lease.subnet)
+        revision = await self.store.list(self.subnets_prefix, page)
         return leases, revision
 
     def _key(self, subnet: ipaddress.IPv4Network) -> bytes:

@@ -48,7 +48,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 3_000),
 ]
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-PAGE_SIZE = 1000
+PAGE_SIZE = 5000  # leases per range read: ~1 MB, far below the 64 MiB receive limit; a /8 in 14 reads
 
 
 def range_end(prefix: bytes) -> bytes:
@@ -157,10 +157,11 @@ class EtcdClient:
             return (resp.kvs[0].value if resp.kvs else None), resp.header.revision
         return await self._call(fn)
 
-    async def get_prefix(self, prefix: bytes, page_size: int = PAGE_SIZE) -> tuple[list[KeyValue], int]:
-        """Every key/value under ``prefix`` as of one revision, read in pages."""
+    async def get_prefix(self, prefix: bytes, page: Callable[[list[KeyValue]], None],
+                         page_size: int = PAGE_SIZE) -> int:
+        """Every key/value under ``prefix`` as of one revision, read and handed to ``page`` in
+        pages; the revision."""
         end = range_end(prefix)
-        items: list[KeyValue] = []
         start, revision = prefix, 0
         while True:
             async def fn(ch, md, start=start, revision=revision):
@@ -169,9 +170,9 @@ class EtcdClient:
             resp = await self._call(fn)
             if not revision:
                 revision = resp.header.revision  # later pages read the same snapshot
-            items.extend(KeyValue(kv.key, kv.value, kv.lease != 0) for kv in resp.kvs)
+            page([KeyValue(kv.key, kv.value, kv.lease != 0) for kv in resp.kvs])
             if not resp.more or not resp.kvs:
-                return items, revision
+                return revision
             start = resp.kvs[-1].key + b"\0"
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
@@ -268,8 +269,8 @@ class V3Store:
         value, _revision = await self.client.get(key)
         return value
 
-    async def list(self, prefix: bytes) -> tuple[list[KeyValue], int]:
-        return await self.client.get_prefix(prefix)
+    async def list(self, prefix: bytes, page: Callable[[list[KeyValue]], None]) -> int:
+        return await self.client.get_prefix(prefix, page)
 
     async def create(self, key: bytes, value: bytes, ttl_s: int | None) -> int | None:
         lease_id, granted = await self.client.grant(ttl_s) if ttl_s else (0, 0)

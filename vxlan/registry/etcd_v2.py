@@ -35,7 +35,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -159,14 +159,15 @@ class EtcdV2Store:
         node = doc.get("node")
         return None if node is None or node.get("dir") else str(node.get("value", "")).encode()
 
-    async def list(self, prefix: bytes) -> tuple[list[KeyValue], int]:
+    async def list(self, prefix: bytes, page: Callable[[list[KeyValue]], None]) -> int:
         doc, index = await self._request("GET", prefix, {"recursive": "true", "quorum": "true"},
                                          ok_codes=(KEY_NOT_FOUND,))
         # One level, as getSubnets reads resp.Node.Nodes: a sub-directory has no value and is
         # skipped as a bad node by the caller.
         nodes = (doc.get("node") or {}).get("nodes") or []
-        return [KeyValue(str(n.get("key", "")).encode(), str(n.get("value", "")).encode(), "ttl" in n)
-                for n in nodes], index
+        page([KeyValue(str(n.get("key", "")).encode(), str(n.get("value", "")).encode(), "ttl" in n)
+              for n in nodes])
+        return index
 
     async def create(self, key: bytes, value: bytes, ttl_s: int | None) -> int | None:
         form = {"value": value.decode(), **({"ttl": str(ttl_s)} if ttl_s else {})}

@@ -5,8 +5,9 @@ etcd keeps its v2 and v3 keyspaces apart (a key written with ``etcdctl set`` is 
 v3 (flannel commit f4326fc8). ``EtcdRegistry`` holds flannel's lease logic once and talks to
 either keyspace through this interface:
 
-- ``get`` one value; ``list`` everything under a prefix with the cursor to watch from (v3: the
-  revision of the read; v2: ``X-Etcd-Index``);
+- ``get`` one value; ``list`` everything under a prefix, handed over a page at a time so a
+  /8 of leases is never held twice, and the cursor to watch from (v3: the revision of the
+  read; v2: ``X-Etcd-Index``);
 - ``create`` if absent and ``put`` unconditionally, each with a TTL (v3: a fresh etcd lease,
   flannel ``pkg/subnet/etcd/registry.go``; v2: the key's ``ttl``, flannel v0.17.0
   ``subnet/etcdv2/registry.go``); a TTL of None writes a key that never expires (a reservation);
@@ -19,7 +20,7 @@ This module also holds what both clients share: endpoint parsing, the TLS files,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -85,7 +86,7 @@ def parse_endpoints(text: str) -> list[Endpoint]:
     return endpoints
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyValue:
     key: bytes
     value: bytes
@@ -110,7 +111,10 @@ class Store(Protocol):
 
     async def get(self, key: bytes) -> bytes | None: ...
 
-    async def list(self, prefix: bytes) -> tuple[list[KeyValue], int]: ...
+    async def list(self, prefix: bytes, page: Callable[[list[KeyValue]], None]) -> int:
+        """Hand every key/value under ``prefix`` to ``page``, some at a time, all from one
+        snapshot; the cursor of that snapshot."""
+        ...
 
     async def create(self, key: bytes, value: bytes, ttl_s: int | None) -> int | None:
         """Write ``key`` only if absent: the TTL granted (0 without one), or None if it exists."""
