@@ -108,7 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--soak", type=float, default=60.0,
                    help="seconds of 4-stream load on vxland<->vxland to check RSS growth (0: skip; --quick: 0)")
+    p.add_argument("--scale", type=int, metavar="N",
+                   help="instead: a node joining clusters of N leases (65536 fills a /8 with /24s) per registry "
+                        "(etcd v3, etcd v2, file), beside 2 leases: start to converged, RSS, throughput, "
+                        "per-packet CPU, a watch under 1,000 changes/s (bench/scale.py)")
+    p.add_argument("--registries", default="etcd-v3,etcd-v2,file", help="with --scale: which registries")
     args = p.parse_args(argv)
+    if args.scale:
+        from bench import scale
+
+        if labmod.can_run():
+            print(f"bench: {labmod.can_run()}", file=sys.stderr)
+            return 1
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        return scale.run(args.scale, 5.0 if args.quick else args.seconds,
+                         [r for r in args.registries.split(",") if r], args.out)
     if args.quick:
         args.rounds, args.seconds, args.soak = 1, 3.0, 0.0
     reason = labmod.can_run()

@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import logging
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -84,7 +83,9 @@ class Daemon:
         self.backend_type = ""
         self.metrics_source: MetricsSource | None = None
         self._iptables_tasks: list[asyncio.Task] = []  # resync loops, started with the rules
-        self._tun_index: int | None = None  # the TUN's ifindex (vxlan and udp backends)
+        # routes with a gateway into the Network found at start (a TUN backend): leftovers of a
+        # host-gw or DirectRouting run, deleted as the peers they lead to come through the tunnel
+        self._leftover_routes: dict = {}
         self.task_failures = 0  # unexpected exceptions in long-lived tasks (each restarted)
         self._peer_log = log.info
 
@@ -203,7 +204,8 @@ class Daemon:
     async def _start_health(self) -> None:
         self.metrics_source = MetricsSource(
             dataplane=None, codec=None, registry=self._registry_metrics,
-            info={"fastpath": fastpath.IMPLEMENTATION}, ready=lambda: self.ready, peers=self.peer_report)
+            info={"fastpath": fastpath.IMPLEMENTATION}, ready=lambda: self.ready, peers=self.peer_report,
+            peer_count=lambda: len(self.peers) if self.peers is not None else 0)
         allow = list(self.opts.debug_allow)
         try:
             runner = await start_health_server(self.metrics_source, self.opts.healthz_ip, self.opts.healthz_port,
@@ -283,7 +285,7 @@ class Daemon:
         self._cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, config.network))
         try:
             await asyncio.to_thread(netconf.configure_tun, tun.name, own.subnet.network_address, mtu, config.network)
-            self._tun_index = socket.if_nametoindex(tun.name)
+            self._leftover_routes = await asyncio.to_thread(netconf.gateway_routes, config.network)
         except (netconf.NetconfError, OSError) as exc:
             raise StartupError(str(exc)) from None
         return tun
@@ -481,10 +483,11 @@ class Daemon:
             (log.warning if skipped else log.info)(
                 "peer table: %d added, %d removed, %d leases ignored (other backends or prefix lengths); one line "
                 "each with -v", added, removed, skipped)
-        if tunnelled:
-            for route in await asyncio.to_thread(netconf.delete_stale_routes, tunnelled, self._tun_index):
-                log.info("deleted route %s left by an earlier host-gw or DirectRouting run: the peer is "
-                         "reached through the tunnel now", route)
+        for subnet in tunnelled & self._leftover_routes.keys():  # no netlink call in the common case
+            gateway = self._leftover_routes.pop(subnet)
+            await asyncio.to_thread(netconf.delete_route, subnet, gateway)
+            log.info("deleted route %s via %s left by an earlier host-gw or DirectRouting run: the peer is reached "
+                     "through the tunnel now", subnet, gateway)
 
     async def _add_peer(self, lease) -> bool:
         """Program a peer; True if it is reached through the tunnel."""

@@ -142,29 +142,23 @@ def routes_via(gateways: set[str]) -> set[tuple[str, str]]:
     return out
 
 
-def delete_stale_routes(subnets: set[ipaddress.IPv4Network], keep_oif: int | None = None) -> list[str]:
-    """Delete main-table routes with a gateway to exactly one of ``subnets`` (except through
-    ``keep_oif``); the routes deleted, as ``dst via gw``.
+def gateway_routes(network: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Network, str]:
+    """Main-table routes with a gateway to a subnet inside ``network``: dst -> gateway.
 
-    What a host-gw or DirectRouting run left for peers that this run reaches through its TUN:
-    more specific than the Network route to the TUN, they would win. flanneld's vxlan backend
-    overwrites them with its own ``route replace`` per peer (vxlan_network.go); a TUN backend has
-    one route for the Network instead, so the leftovers must go. One dump for any number of
-    subnets (a 65,536-lease start does this once)."""
-    deleted = []
+    At a TUN backend's start, these are what a host-gw or DirectRouting run left for peers:
+    more specific than the Network route to the TUN, they would win for a peer reached through
+    the tunnel. flanneld's vxlan backend overwrites them with its own ``route replace`` per peer
+    (vxlan_network.go); a TUN backend deletes them as those peers arrive (``delete_route``)."""
+    found = {}
     with IPRoute() as ipr:
         for route in ipr.get_routes(family=2, table=254):
             gw, dst = route.get_attr("RTA_GATEWAY"), route.get_attr("RTA_DST")
-            if gw is None or dst is None or route.get_attr("RTA_OIF") == keep_oif:
+            if gw is None or dst is None:
                 continue
             net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}")
-            if net in subnets:
-                try:
-                    ipr.route("del", dst=str(net), gateway=gw)
-                    deleted.append(f"{net} via {gw}")
-                except NetlinkError:
-                    pass  # gone meanwhile
-    return deleted
+            if net != network and net.subnet_of(network):
+                found[net] = gw
+    return found
 
 
 def add_blackhole(subnet: ipaddress.IPv4Network) -> None:
