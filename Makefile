@@ -3,7 +3,7 @@ PYTHON ?= python3
 # command -> Debian package, to install only what is missing
 NEEDED_COMMANDS := ip:iproute2 bridge:iproute2 iperf3:iperf3 ethtool:ethtool ping:iputils-ping tshark:tshark tcpdump:tcpdump etcd:etcd-server etcdctl:etcd-client iptables:iptables iptables-legacy:iptables systemd-analyze:systemd openssl:openssl
 
-.PHONY: install system-deps python-deps test unit integration demo lint clean
+.PHONY: install system-deps python-deps test unit integration demo lint clean fuzz
 
 install: system-deps python-deps
 
@@ -48,6 +48,13 @@ integration: install
 DEMO_ARGS ?=
 demo: install
 	$(PYTHON) -m vxlan.ctl demo $(DEMO_ARGS)
+
+# Every parser of outside input under atheris for FUZZ_SECONDS in all (make test runs a short
+# hypothesis pass of the same targets). New corpus entries land in tests/fuzz/corpus/.
+FUZZ_SECONDS ?= 660
+fuzz: python-deps
+	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[fuzz]'
+	$(PYTHON) -m tests.fuzz --seconds $(FUZZ_SECONDS)
 
 lint:
 	$(PYTHON) -m ruff check .

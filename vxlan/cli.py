@@ -23,6 +23,9 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
 
 
 def _env(flag: str, default: str | None = None) -> str | None:
+    """FLANNELD_<FLAG>. Used as the flag's default *as text*: argparse converts a text default
+    with the flag's type when parsing, so a bad value is the flag's clean error (exit 2), not
+    a traceback while the parser is built."""
     return os.environ.get("FLANNELD_" + flag.upper().replace("-", "_"), default)
 
 
@@ -74,6 +77,17 @@ def _cidr(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR like 10.0.0.0/8") from None
 
 
+def _one_of(*values: str):
+    """A type that takes only ``values`` (argparse checks ``choices`` on the command line, not
+    on a default from the environment)."""
+    def check(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be one of {', '.join(values)}")
+        return text
+    check.__name__ = "one of " + "|".join(values)
+    return check
+
+
 def _gobool(text: str) -> bool:
     """Go's strconv.ParseBool, which flanneld's bool flags use (``--ip-masq=false``)."""
     if text in ("1", "t", "T", "TRUE", "true", "True"):
@@ -120,7 +134,8 @@ def add_etcd_flags(group) -> None:
     group.add_argument("--etcd-cafile", default=_env("etcd-cafile"), help="CA to verify etcd's certificate")
     group.add_argument("--etcd-username", default=_env("etcd-username"), help="etcd user")
     group.add_argument("--etcd-password", default=_env("etcd-password"), help="etcd password")
-    group.add_argument("--etcd-api", choices=("auto", "v3", "v2"), default=_env("etcd-api", "auto"),
+    group.add_argument("--etcd-api", type=_one_of("auto", "v3", "v2"), metavar="{auto,v3,v2}",
+                       default=_env("etcd-api", "auto"),
                        help="etcd keyspace (vxland flag): v3 as flanneld >= 0.18, v2 as flanneld <= 0.17 (etcd "
                             "started with --enable-v2), or auto: the one holding <prefix>/config (default auto)")
 
@@ -147,7 +162,7 @@ def vxland_parser() -> argparse.ArgumentParser:
     def boolean(group, flag: str, default: bool, help_text: str) -> None:
         env = _env(flag)
         group.add_argument(f"--{flag}", type=_gobool, nargs="?", const=True, metavar="BOOL",
-                           default=_gobool(env) if env else default,
+                           default=env if env else default,
                            help=f"{help_text} (default {str(default).lower()})")
 
     add_etcd_flags(p.add_argument_group("flanneld flags: etcd"))
@@ -172,17 +187,17 @@ def vxland_parser() -> argparse.ArgumentParser:
     rules = p.add_argument_group("flanneld flags: iptables and routes")
     boolean(rules, "ip-masq", False, "masquerade traffic leaving the overlay (flanneld's FLANNEL-POSTRTG rules)")
     boolean(rules, "ip-masq-fully-random-disable", False, "do not add --random-fully to the MASQUERADE rules")
-    rules.add_argument("--iptables-resync", type=_seconds, default=_seconds(_env("iptables-resync", "5") or "5"),
+    rules.add_argument("--iptables-resync", type=_seconds, default=_env("iptables-resync", "5") or "5",
                        help="re-check the iptables rules every this many seconds (default 5)")
     boolean(rules, "iptables-forward-rules", True, "accept forwarding to and from the Network (FLANNEL-FWD)")
     boolean(rules, "ip-blackhole-route", False, "add a blackhole route for this node's subnet")
     health = p.add_argument_group("flanneld flags: health and logging")
     health.add_argument("--healthz-ip", type=_ipv4, default=_env("healthz-ip", "0.0.0.0"),
                         help="address for /healthz, /readyz, /metrics and /peers (default 0.0.0.0)")
-    health.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
+    health.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "0") or "0",
                         help="port for /healthz, /readyz, /metrics and /peers; 0 disables them (default 0)")
     health.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1,
-                        default=int(_env("v", "0") or 0), help="log verbosity; 1 or more logs debug lines")
+                        default=_env("v", "0") or "0", help="log verbosity; 1 or more logs debug lines")
     for flag in KLOG_FLAGS:
         health.add_argument(f"--{flag}", default=_env(flag), help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
@@ -199,10 +214,11 @@ def vxland_parser() -> argparse.ArgumentParser:
                        help="TUN device name (default flannel.<VNI>)")
     extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
-    extra.add_argument("--engine-nice", type=int, default=int(_env("engine-nice", str(ENGINE_NICE))),
+    extra.add_argument("--engine-nice", type=int, default=_env("engine-nice", str(ENGINE_NICE)) or str(ENGINE_NICE),
                        help=f"nice value of the two data-plane threads, -20..19 (default {ENGINE_NICE}; they also "
                             "run SCHED_BATCH); a negative value needs CAP_SYS_NICE")
-    extra.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"),
+    extra.add_argument("--log-format", type=_one_of("text", "json"), metavar="{text,json}",
+                       default=_env("log-format", "text"),
                        help="text (default) or json: one object per line with time, level, logger, message")
     cap = p.add_argument_group("vxland flags: capture (debugging)")
     cap.add_argument("--capture", type=Path, default=_env("capture"),
@@ -210,15 +226,15 @@ def vxland_parser() -> argparse.ArgumentParser:
                           "SIGUSR1 stops it and, sent again, starts PATH.c1, PATH.c2 ...")
     cap.add_argument("--capture-filter", default=_env("capture-filter"),
                      help="keep only matching packets: peer=IP net=CIDR host=IP proto=tcp|udp|icmp|N (all must match)")
-    cap.add_argument("--capture-count", type=int, default=int(_env("capture-count", "0") or 0),
+    cap.add_argument("--capture-count", type=int, default=_env("capture-count", "0") or "0",
                      help="stop after this many packets (0: no limit)")
-    cap.add_argument("--capture-max-bytes", type=_size, default=_size(_env("capture-max-bytes", "0") or "0"),
+    cap.add_argument("--capture-max-bytes", type=_size, default=_env("capture-max-bytes", "0") or "0",
                      help="rotate to PATH.1, PATH.2 ... past this size (e.g. 100M; 0: never)")
-    cap.add_argument("--capture-snaplen", type=int, default=int(_env("capture-snaplen", "2048") or 2048),
+    cap.add_argument("--capture-snaplen", type=int, default=_env("capture-snaplen", "2048") or "2048",
                      help="bytes kept of each packet, 64-65535 (default 2048; the rings take 8192 x this)")
     cap.add_argument("--trace", action="store_true", default=_env_bool("trace"),
                      help="one line per packet to stderr (direction, peer, inner 5-tuple, length, drop reason)")
-    cap.add_argument("--trace-rate", type=int, default=int(_env("trace-rate", "100") or 100),
+    cap.add_argument("--trace-rate", type=int, default=_env("trace-rate", "100") or "100",
                      help="at most this many --trace lines a second; the rest are counted (default 100)")
     cap.add_argument("--debug-allow", action="append", type=_cidr, default=[],
                      help="also answer /debug/* (packet capture) for clients in this CIDR; repeatable "
@@ -368,7 +384,7 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--registry-file", type=Path, default=_env("registry-file"),
                         help="check this static registry instead of etcd")
     doctor.add_argument("--iface", action="append", default=_env_list("iface"))
-    doctor.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "0") or "0"),
+    doctor.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "0") or "0",
                         help="a running vxland's health port: its UDP port then counts as in use by it")
     plan = sub.add_parser("plan", help="print this host's commands that do flanneld's job by hand (ip route, "
                                        "ip neigh, bridge fdb, iptables, subnet.env); --apply runs them once")
@@ -388,7 +404,7 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     plan.add_argument("--apply", action="store_true", help="run the commands once (steps already done are kept)")
     peers = sub.add_parser("peers", help="the running vxland's peer table (from its /peers endpoint)")
     peers.add_argument("--healthz-ip", default="127.0.0.1")
-    peers.add_argument("--healthz-port", type=_port, default=_port(_env("healthz-port", "2401") or "2401"))
+    peers.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "2401") or "2401")
     peers.add_argument("--json", action="store_true", help="print the JSON as served")
     lab = sub.add_parser("lab", help="lab housekeeping")
     lab.add_argument("action", choices=["clean"],

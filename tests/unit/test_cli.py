@@ -176,3 +176,16 @@ def test_kube_flags_at_their_defaults_are_no_error():
     from vxlan import cli
 
     assert cli.kube_flags_used(parse("--kube-subnet-mgr=false", "--set-node-network-unavailable=true")) == []
+
+
+@pytest.mark.parametrize("env,text", [
+    ({"FLANNELD_HEALTHZ_PORT": "\x01"}, "argument --healthz-port: '\\x01' is not a port number"),
+    ({"FLANNELD_ENGINE_NICE": "abc"}, "argument --engine-nice: invalid int value: 'abc'"),
+    ({"FLANNELD_IP_MASQ": "maybe"}, "argument --ip-masq: 'maybe' is not a boolean"),
+    ({"FLANNELD_ETCD_API": "v4"}, "argument --etcd-api: 'v4': must be one of auto, v3, v2"),
+])
+def test_bad_flag_values_from_the_environment(env, text):
+    """Found by the fuzz targets: these ended vxland with a traceback while its flags were set up."""
+    proc = subprocess.run([sys.executable, "-m", "vxlan", "--registry-file", "/nonexistent"],
+                          capture_output=True, text=True, env={**os.environ, **env}, timeout=30)
+    assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -98,6 +98,11 @@ def load_registry(path: Path) -> Snapshot:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    return parse_registry_bytes(data, path)
+
+
+def parse_registry_bytes(data: bytes, path: Path | str) -> Snapshot:
+    """The registry in ``data`` (the file ``path``'s content); ConfigError as load_registry."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -1,0 +1,1 @@
+"""Fuzzing of every parser that takes outside input: ``targets.py``; ``make fuzz`` runs them."""
