@@ -17,6 +17,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 import ipaddress
+import os
 import socket
 
 from vxlan import wire
@@ -255,8 +256,10 @@ cdef class Engine(Codec):
         cdef int rc
         with nogil:
             rc = vx_run_tx(&self.io)
-        if rc:
+        if rc < 0:
             raise MemoryError("vxland tx loop could not allocate its buffers")
+        if rc > 0:
+            raise OSError(rc, f"reading the TUN failed: {os.strerror(rc)}")
 
     def run_rx(self):
         cdef int rc

@@ -778,6 +778,7 @@ int vx_run_tx(vx_io *io) {
     /* ... used only while super-packets come: a small packet read scattered costs the kernel
      * the whole iovec array (~47 entries) for nothing */
     int last_tso = 0;
+    int tun_errno = 0;
     for (;;) {
         int w = wait_readable(io->tun_fd, io->stop_fd);
         if (w <= 0) break;
@@ -791,7 +792,13 @@ int vx_run_tx(vx_io *io) {
                                             : 0;  /* -1: that shape does not fit a slot, a plain read */
             int hlen = want_hlen, mss = want_mss;
             ssize_t r = niov > 0 ? readv(io->tun_fd, riov, niov) : read(io->tun_fd, rd, VX_MAX_PACKET + lead);
-            if (r < 0) break;  /* EAGAIN: drained */
+            if (r < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;  /* drained */
+                /* EBADFD: the TUN device was deleted under us. Polling it stays "readable"
+                 * for ever, so looping on would burn a core and forward nothing: stop and say why. */
+                tun_errno = errno;
+                break;
+            }
             c->tun_reads++;
             int len = (int)r - lead;
             if (len <= 0) continue;
@@ -902,12 +909,13 @@ int vx_run_tx(vx_io *io) {
             slot++;
         }
         tx_flush(io, q);
+        if (tun_errno) break;
     }
     free(slots);
     free(hdrs);
     free(q);
     free(riov);
-    return 0;
+    return tun_errno;
 }
 
 typedef struct {

@@ -181,6 +181,8 @@ typedef struct {
     uint16_t local_port;
 } vx_io;
 
+/* The I/O loops run until stop_fd is written: 0. -1: no memory for their buffers. vx_run_tx
+ * returns an errno (> 0) when reading the TUN fails for good (EBADFD: the device was deleted). */
 int vx_run_tx(vx_io *io);
 int vx_run_rx(vx_io *io);
 

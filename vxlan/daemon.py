@@ -87,6 +87,7 @@ class Daemon:
         # host-gw or DirectRouting run, deleted as the peers they lead to come through the tunnel
         self._leftover_routes: dict = {}
         self.task_failures = 0  # unexpected exceptions in long-lived tasks (each restarted)
+        self.exit_code = 0
         self._peer_log = log.info
 
     async def run(self) -> int:
@@ -118,7 +119,7 @@ class Daemon:
             for task in tasks + self._iptables_tasks:  # the resync loops also when start-up failed
                 task.cancel()
             await self._cleanup()
-        return 0
+        return self.exit_code
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._cleanups.append(self.registry.close)
@@ -292,6 +293,7 @@ class Daemon:
 
     def _run_dataplane(self, loop, dataplane) -> None:
         self.dataplane = dataplane
+        dataplane.on_failure = self._data_plane_failed
         dataplane.start(loop)
         self._cleanups.append(dataplane.stop)
         if self.metrics_source is not None:
@@ -384,6 +386,18 @@ class Daemon:
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
             await asyncio.to_thread(self.routes.check)
+
+    def _data_plane_failed(self, why: str) -> None:
+        """The TUN went away under us (someone ran ip link del), or an engine loop ended: no
+        packet moves any more. Say so and exit 1, so systemd's Restart=on-failure (or the
+        operator) starts vxland again with a fresh device, instead of a live process that
+        forwards nothing behind a healthy /healthz."""
+        if self._stop.is_set():
+            return
+        log.error("the data plane stopped (%s): was the TUN device deleted? Exiting with status 1 so that vxland "
+                  "is started again", why)
+        self.exit_code = 1
+        self._stop.set()
 
     def peer_report(self) -> list[dict]:
         """/peers: every peer and how it is reached."""

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 from vxlan.wire import HEADROOM, DropReason
 
@@ -63,6 +64,8 @@ class DataPlane:
         # before any check: per side, received = forwarded + that side's drops (DropReason.side)
         self.tun_received = self.udp_received = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # called (on the event loop) with the reason when the TUN fails for good (deleted)
+        self.on_failure: Callable[[str], None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -87,8 +90,14 @@ class DataPlane:
                 pool.lengths[n] = os.readv(fd, [pool.payload_views[n]])
             except BlockingIOError:
                 break
-            except OSError:
-                break  # device going away during shutdown; the reader is removed next
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                # EBADFD: the TUN was deleted. It stays "readable", so the reader would spin.
+                self.stop()
+                if self.on_failure is not None:
+                    self.on_failure(f"reading the TUN failed: {exc.strerror}")
+                return
             n += 1
         if not n:
             return
@@ -248,10 +257,22 @@ class ThreadedDataPlane:
         local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
         engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port)
         self._threads: list[threading.Thread] = []
+        self._stopping = False
+        # called (on the event loop) with the reason when an engine loop ends by itself
+        self.on_failure: Callable[[str], None] | None = None
+
+    def _run(self, loop: asyncio.AbstractEventLoop | None, name: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+            return
+        except Exception as exc:  # the loop ended by itself: a TUN gone, no memory
+            why = f"{name}: {exc}"
+        if not self._stopping and loop is not None and self.on_failure is not None:
+            loop.call_soon_threadsafe(self.on_failure, why)
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         for name, target in (("vxland-tx", self.engine.run_tx), ("vxland-rx", self.engine.run_rx)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=self._run, args=(loop, name, target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
             problems = tune_engine_thread(thread.native_id, name, self.engine_nice)
@@ -259,6 +280,7 @@ class ThreadedDataPlane:
                 log.warning("engine thread %s keeps some scheduling defaults: %s", name, "; ".join(problems))
 
     def stop(self) -> None:
+        self._stopping = True
         if self._stop_fd >= 0:
             os.eventfd_write(self._stop_fd, 1)
             for thread in self._threads:

@@ -197,3 +197,18 @@ def test_pure_python_mode_forwards():
         v1, v2 = lab.hosts
         assert "fastpath python" in lab.log(v1)
         assert lab.ping(v1, v2, count=2, size=1422, dont_fragment=True).returncode == 0
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["engine", "pure-python"])
+def test_tun_deleted_under_the_daemon_exits_1_with_the_reason(pure):
+    """Someone deletes the TUN (ip link del flannel.1): vxland used to stay up forwarding
+    nothing, one core busy. Now it says why and exits 1, for systemd to start it again."""
+    with Lab(["vxland", "vxland"], pure_python=pure) as lab:
+        v1, v2 = lab.hosts
+        sh(["ip", "link", "del", "flannel.1"], ns=v1.ns)
+        assert v1.proc.wait(5) == 1
+        log = lab.log(v1)
+        assert "the data plane stopped" in log and "was the TUN device deleted?" in log, log[-1500:]
+        assert "Traceback" not in log
+        lab.start_node(v1)  # what Restart=on-failure does: a fresh TUN, traffic again
+        assert lab.ping(v1, v2, count=2).returncode == 0
