@@ -212,3 +212,30 @@ def test_tun_deleted_under_the_daemon_exits_1_with_the_reason(pure):
         assert "Traceback" not in log
         lab.start_node(v1)  # what Restart=on-failure does: a fresh TUN, traffic again
         assert lab.ping(v1, v2, count=2).returncode == 0
+
+
+def test_disk_full_keeps_the_old_subnet_env(tmp_path):
+    """subnet.env on a full file system: vxland says so and exits 1; the old file stays whole
+    (it is written to a temporary file and renamed) and no temporary file is left."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    sh(["mount", "-t", "tmpfs", "-o", "size=64k", "vxland-test-full", str(mnt)])
+    try:
+        old = "FLANNEL_NETWORK=172.7.0.0/16\nFLANNEL_SUBNET=172.7.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        (mnt / "subnet.env").write_text(old)
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass  # full
+        with Lab(["vxland", "vxland"], defer=(1,)) as lab:
+            v1 = lab.hosts[0]
+            v1.subnet_file = mnt / "subnet.env"
+            lab.start_node(v1, wait=False)
+            assert v1.proc.wait(10) == 1
+            assert f"cannot write --subnet-file {mnt / 'subnet.env'}: No space left on device" in lab.log(v1)
+        assert (mnt / "subnet.env").read_text() == old
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler", "subnet.env"]
+    finally:
+        sh(["umount", str(mnt)], check=False)

@@ -226,3 +226,24 @@ def test_v2_basic_auth(local_etcd):
     assert asyncio.run(go("root", "s3cret")).public_ip == "198.18.0.8"
     with pytest.raises(RegistryError, match="--etcd-username"):
         asyncio.run(go("root", "wrong"))
+
+
+def test_v3_watch_relists_after_a_compaction(local_etcd):
+    """The history the watch would resume from is compacted away (etcdctl compact, as etcd's
+    auto-compaction does): flannel's WatchLeases lists again; so does vxland."""
+    local_etcd.put(CONFIG_KEY, json.dumps(CONFIG))
+
+    async def go():
+        reg = local_etcd.registry("v3")
+        await reg.acquire(await reg.get_config(), "198.18.0.7", wire.random_vtep_mac())
+        changes = reg.changes()  # not started: its watch will ask for a compacted revision
+        await asyncio.to_thread(local_etcd.put, f"{SUBNETS}/172.7.210.0-24", lease("198.18.0.30"))
+        await asyncio.to_thread(local_etcd.put, f"{SUBNETS}/172.7.211.0-24", lease("198.18.0.31"))
+        rev = json.loads((await asyncio.to_thread(local_etcd.etcdctl, "get", CONFIG_KEY, "-w", "json")).stdout)
+        await asyncio.to_thread(local_etcd.etcdctl, "compact", str(rev["header"]["revision"]))
+        change = await asyncio.wait_for(anext(changes), 5)
+        await reg.close()
+        return change
+    change = asyncio.run(go())
+    assert isinstance(change, Reset)
+    assert {str(x.subnet) for x in change.leases} == {"172.7.210.0/24", "172.7.211.0/24"}
