@@ -380,8 +380,9 @@ class Lab(EtcdLabMixin):
         if changed or self.registry == "etcd":
             self._address_pod(host)
 
-    def stop_vxland(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-        """Signal the node and wait; returns its exit status."""
+    def stop_vxland(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the node and wait (how long it took is for the caller to judge); returns its
+        exit status."""
         assert host.proc is not None
         host.proc.send_signal(sig)
         return host.proc.wait(timeout)
