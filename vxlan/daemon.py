@@ -88,7 +88,6 @@ class Daemon:
         self._leftover_routes: dict = {}
         self.task_failures = 0  # unexpected exceptions in long-lived tasks (each restarted)
         self.exit_code = 0
-        self._peer_log = log.info
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -473,23 +472,23 @@ class Daemon:
     async def _apply(self, events: list[PeerEvent]) -> None:
         # One line per peer for what an operator reads (a few changes); a large snapshot (a
         # cluster of thousands, a start) is summed up, each line still there with -v.
-        self._peer_log = log.info if len(events) <= PEER_LINES_MAX else log.debug
+        say = log.info if len(events) <= PEER_LINES_MAX else log.debug
         tunnelled: set = set()
         skipped = 0
         for event in events:
             lease = event.lease
             if isinstance(event, PeerAdded):
-                if await self._add_peer(lease):
+                if await self._add_peer(lease, say):
                     tunnelled.add(lease.subnet)
             elif isinstance(event, PeerRemoved):
                 if self.codec is not None:
                     self.codec.remove_peer(int(lease.subnet.network_address))
                 if self.routes is not None and lease.subnet in self.routes:
                     await asyncio.to_thread(self.routes.remove, lease.subnet)
-                self._peer_log("peer %s via %s removed", lease.subnet, lease.public_ip)
+                say("peer %s via %s removed", lease.subnet, lease.public_ip)
             elif isinstance(event, PeerSkipped):
                 skipped += 1
-                (log.warning if self._peer_log is log.info else log.debug)(
+                (log.warning if say is log.info else log.debug)(
                     "lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
         if len(events) > PEER_LINES_MAX:
             added = sum(isinstance(e, PeerAdded) for e in events)
@@ -503,7 +502,7 @@ class Daemon:
             log.info("deleted route %s via %s left by an earlier host-gw or DirectRouting run: the peer is reached "
                      "through the tunnel now", subnet, gateway)
 
-    async def _add_peer(self, lease) -> bool:
+    async def _add_peer(self, lease, say: Callable[..., None] = log.info) -> bool:
         """Program a peer; True if it is reached through the tunnel."""
         subnet = int(lease.subnet.network_address)
         direct = self.routes is not None and (
@@ -519,18 +518,18 @@ class Daemon:
             except netconf.NetconfError as exc:
                 log.error("peer %s: %s", lease.subnet, exc)
                 return False
-            self._peer_log("peer %s via %s (direct route, no tunnel)", lease.subnet, lease.public_ip)
+            say("peer %s via %s (direct route, no tunnel)", lease.subnet, lease.public_ip)
             return False
         if self.routes is not None and lease.subnet in self.routes:
             await asyncio.to_thread(self.routes.remove, lease.subnet)
         assert self.codec is not None
         if self.backend_type == "udp":
             self.codec.set_peer(subnet, None, lease.public_ip)
-            self._peer_log("peer %s via %s (udp)", lease.subnet, lease.public_ip)
+            say("peer %s via %s (udp)", lease.subnet, lease.public_ip)
             return True
         assert lease.vtep_mac is not None
         self.codec.set_peer(subnet, lease.vtep_mac, lease.public_ip)
-        self._peer_log("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
+        say("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
         return True
 
     async def _on_change(self, change: Change) -> None:

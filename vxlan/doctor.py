@@ -66,12 +66,12 @@ def check_etcd(settings) -> list[Check]:
     """etcd reachable, and the network config present (in the store ``--etcd-api`` names, or in
     either with auto) and valid."""
     from vxlan.registry import RegistryError
-    from vxlan.registry.etcd import EtcdRegistry, parse_config_value, write_config_command
-    from vxlan.registry.select import choose_api, open_store, probe_config
+    from vxlan.registry.etcd import parse_config_value, write_config_command
+    from vxlan.registry.select import choose_api, probe_config, registries_for
 
-    apis = ("v3", "v2") if settings.api == "auto" else (settings.api,)
     try:
-        regs = {api: EtcdRegistry(open_store(settings, api), prefix=settings.prefix) for api in apis}
+        regs = registries_for(settings)
+        apis = tuple(regs)
     except ValueError as exc:
         return [Check("etcd", "FAIL", str(exc), "fix the --etcd-* flags")]
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vxlan import netconf, plan, subnetenv
+from vxlan import netconf, plan
 from vxlan.config import ConfigError, NetworkConfig
 from vxlan.lease import Lease
 
@@ -49,12 +49,12 @@ def read_file(path: Path) -> tuple[NetworkConfig, list[Lease]]:
 async def read_etcd(settings) -> tuple[NetworkConfig, list[Lease], str]:
     """Config and leases from the store that holds the config; (config, leases, store name)."""
     from vxlan.registry import RegistryError
-    from vxlan.registry.etcd import EtcdRegistry, parse_config_value, write_config_command
-    from vxlan.registry.select import choose_api, open_store, probe_config
+    from vxlan.registry.etcd import parse_config_value, write_config_command
+    from vxlan.registry.select import choose_api, probe_config, registries_for
     from vxlan.registry.store import EtcdError
 
-    apis = ("v3", "v2") if settings.api == "auto" else (settings.api,)
-    regs = {api: EtcdRegistry(open_store(settings, api), prefix=settings.prefix) for api in apis}
+    regs = registries_for(settings)
+    apis = tuple(regs)
     try:
         probe = await probe_config(regs)
         key = regs[apis[0]].config_key.decode()
@@ -107,11 +107,7 @@ def make(req: Request) -> plan.Plan:
 def apply(p: plan.Plan) -> int:
     """Run each step once, in order; a step already done is skipped. Exit status 1 at the first
     failure, with the command and its error."""
-    for step in p.steps:
-        if step.cmd[:2] == ["sh", "-c"] and step.stdin is not None:  # subnet.env: written atomically
-            subnetenv.write_text(Path(step.cmd[-1]), step.stdin)
-            print(f"ok   {step.what}")
-            continue
+    for step in p.steps:  # exactly the commands printed
         if step.done_if is not None and subprocess.run(step.done_if, capture_output=True).returncode == 0:
             print(f"kept {step.what} (already there)")
             continue

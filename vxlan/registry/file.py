@@ -62,7 +62,7 @@ def parse_registry(raw: Any) -> Snapshot:
         if subnet in paths:
             raise ConfigError(path, f"subnet {subnet} overlaps {subnet}")
         paths[subnet] = path
-    _check_overlaps(list(paths), paths)
+    _check_overlaps(paths)
     leases: dict[ipaddress.IPv4Network, Lease] = {}
     owners: dict[str, str] = {}
     for (subnet, path), (key, attrs) in zip(paths.items(), subnets.items(), strict=True):
@@ -78,12 +78,12 @@ def parse_registry(raw: Any) -> Snapshot:
     return Snapshot(config=config, leases=leases)
 
 
-def _check_overlaps(subnets: list[ipaddress.IPv4Network], paths: dict[ipaddress.IPv4Network, str]) -> None:
+def _check_overlaps(paths: dict[ipaddress.IPv4Network, str]) -> None:
     """No two subnets overlap: sorted by start, each must begin after every earlier one ends
     (n log n: a /8 of /24s is 65,536 leases; comparing every pair took minutes)."""
-    order = {subnet: i for i, subnet in enumerate(subnets)}  # file order, to name the later one
+    order = {subnet: i for i, subnet in enumerate(paths)}  # file order, to name the later one
     widest: ipaddress.IPv4Network | None = None
-    for subnet in sorted(subnets, key=lambda s: (int(s.network_address), s.prefixlen)):
+    for subnet in sorted(paths, key=lambda s: (int(s.network_address), s.prefixlen)):
         if widest is not None and int(subnet.network_address) <= int(widest.broadcast_address):
             later, other = (subnet, widest) if order[subnet] > order[widest] else (widest, subnet)
             raise ConfigError(paths[later], f"subnet {later} overlaps {other}")

@@ -82,18 +82,22 @@ def open_store(s: EtcdSettings, api: str, timeout_s: float = 3.0) -> Store:
     return V3Store(EtcdClient(endpoints, tls=tls, username=s.username, password=s.password, timeout_s=timeout_s))
 
 
+def registries_for(s: EtcdSettings, previous_subnet: ipaddress.IPv4Network | None = None,
+                   renew_margin_s: float = 3600, timeout_s: float = 3.0) -> dict[str, EtcdRegistry]:
+    """A registry for each store ``--etcd-api`` names (v3 and v2 for auto, v3 first);
+    ValueError names a bad flag."""
+    if s.api not in APIS:
+        raise ValueError(f"--etcd-api {s.api!r}: must be one of {', '.join(APIS)}")
+    return {api: EtcdRegistry(open_store(s, api, timeout_s), prefix=s.prefix, previous_subnet=previous_subnet,
+                              renew_margin_s=renew_margin_s)
+            for api in (("v3", "v2") if s.api == "auto" else (s.api,))}
+
+
 def make_registry(s: EtcdSettings, previous_subnet: ipaddress.IPv4Network | None = None,
                   renew_margin_s: float = 3600, timeout_s: float = 3.0):
     """The registry ``--etcd-api`` asks for: one store's, or the auto-selecting one."""
-    if s.api not in APIS:
-        raise ValueError(f"--etcd-api {s.api!r}: must be one of {', '.join(APIS)}")
-
-    def one(api: str) -> EtcdRegistry:
-        return EtcdRegistry(open_store(s, api, timeout_s), prefix=s.prefix, previous_subnet=previous_subnet,
-                            renew_margin_s=renew_margin_s)
-    if s.api != "auto":
-        return one(s.api)
-    return AutoRegistry(one("v3"), one("v2"))
+    regs = registries_for(s, previous_subnet, renew_margin_s, timeout_s)
+    return AutoRegistry(regs["v3"], regs["v2"]) if s.api == "auto" else regs[s.api]
 
 
 @dataclass
