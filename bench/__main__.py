@@ -10,6 +10,12 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
 - ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
 - ``nohook``: vxland <-> vxland built with the capture hook compiled out (what the hook costs
   when capture is off: compare with ``vxland``)
+- ``strict``: vxland <-> vxland with ``--strict-source`` on both (what the check costs; off, it
+  is one load and one branch per datagram: compare with ``vxland``)
+
+``--soak S``: after the rounds, S seconds of 4-stream load on ``vxland`` with one registry
+change a second: RSS growth and open fds (``--rounds 0 --scenarios vxland --soak 600``: the soak
+alone).
 
 For each: iperf3 TCP with 1 and 4 streams, UDP with 64-byte payloads (receiver pps under an
 unlimited flood, and the highest offered rate with < 1 % loss), ping RTT p50/p99 without load,
@@ -45,6 +51,7 @@ SCENARIOS = {
     "pure": (["vxland", "vxland"], 0, 1, True),
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
     "nohook": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland built without the capture hook
+    "strict": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both with --strict-source
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb", "udp64_daemon_cpu_us_per_pkt"]
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="overlay", help="results file name part")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--soak", type=float, default=60.0,
-                   help="seconds of 4-stream load on vxland<->vxland to check RSS growth (0: skip; --quick: 0)")
+                   help="seconds of 4-stream load on vxland<->vxland with a registry change a second, to check "
+                        "RSS growth and fds (0: skip; --quick: 0)")
     p.add_argument("--scale", type=int, metavar="N",
                    help="instead: a node joining clusters of N leases (65536 fills a /8 with /24s) per registry "
                         "(etcd v3, etcd v2, file), beside 2 leases: start to converged, RSS, throughput, "
@@ -152,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             env = {"VXLAN_FASTPATH_BUILD": "nocapture"} if name == "nohook" else None
             lab = Lab(kinds, pure_python=pure, kernel_tx_off=(name != "kernel"), env=env).__enter__()
             labs[name] = lab
-            if name == "capture":
+            # the whole cost of capture (rings, draining, pcapng) without filling the disk
+            extra = {"capture": ["--capture", "/dev/null"], "strict": ["--strict-source"]}.get(name)
+            if extra:
                 for host in lab.hosts:
                     lab.stop_vxland(host)
-                    # the whole cost (rings, draining, pcapng) without filling the disk
-                    host.extra_args = ["--capture", "/dev/null"]
+                    host.extra_args = extra
                     lab.start_node(host)
         for rnd in range(1, args.rounds + 1):
             for name in names:
@@ -170,9 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"[{time.monotonic() - t0:.0f} s]", flush=True)
         soak = {}
         if args.soak and "vxland" in labs:
-            soak = measure.soak_rss(labs["vxland"], labs["vxland"].hosts[0], labs["vxland"].hosts[1], args.soak)
-            print(f"soak {args.soak:.0f} s, vxland RSS: {soak['rss_5s_mb']:.1f} MB after 5 s, "
-                  f"{soak['rss_end_mb']:.1f} MB at the end (growth {soak['rss_growth_mb']:+.1f} MB)")
+            soak = measure.soak(labs["vxland"], labs["vxland"].hosts[0], labs["vxland"].hosts[1], args.soak)
+            print(f"soak {args.soak:.0f} s, {soak['registry_changes']} registry changes "
+                  f"({soak['registry_changes_applied']} seen applied), vxland RSS: "
+                  f"{soak['rss_5s_mb']:.1f} MB after 5 s, {soak['rss_end_mb']:.1f} MB at the end "
+                  f"(growth {soak['rss_growth_mb']:+.1f} MB), fds {soak['fds_start']} -> {soak['fds_end']} "
+                  f"(max {soak['fds_max']})")
     finally:
         for lab in labs.values():
             lab.teardown()

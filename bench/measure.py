@@ -126,21 +126,46 @@ class CpuMeter:
         self.machine_s = self._machine_s() - self.m0
 
 
-def soak_rss(lab: Lab, client: Host, server: Host, seconds: float = 60.0) -> dict[str, float]:
-    """RSS (MB) of every vxland daemon after 5 s and at the end of ``seconds`` of full TCP load."""
+def soak(lab: Lab, client: Host, server: Host, seconds: float = 60.0) -> dict[str, float]:
+    """``seconds`` of full 4-stream TCP load with one registry change a second (a lease added,
+    then removed again: the follower re-reads the file, the peer table and the engine change):
+    RSS (MB) and open fds of every vxland daemon, sampled every 5 s."""
     procs = [psutil.Process(h.proc.pid) for h in lab.hosts if h.kind == "vxland" and h.proc]
     srv = lab.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", server.pod_ip],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     cli = lab.popen(client.pod_ns, ["iperf3", "-c", server.pod_ip, "-t", str(seconds), "-P", "4"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = lab.registry_doc()
+    extra = dict(base, subnets={**base["subnets"], "172.7.250.0-24": {
+        "PublicIP": "198.18.0.250", "BackendType": "vxlan",
+        "BackendData": {"VNI": lab.vni, "VtepMAC": "0e:00:00:00:fa:01"}}})  # nobody is sent to it
+    samples: list[tuple[float, list[float], list[int]]] = []
+    changes = applied = 0
+    base_peers = lab.metrics(client)["vxland_peers"]
+    t0 = time.monotonic()
     try:
-        time.sleep(5)
-        early = [p.memory_info().rss / 1e6 for p in procs]
-        time.sleep(max(0.0, seconds - 5.5))
-        late = [p.memory_info().rss / 1e6 for p in procs]
+        while True:
+            now = time.monotonic() - t0
+            if now >= seconds - 0.5 or cli.poll() is not None:
+                break
+            if now >= 5 * len(samples) + 5:
+                samples.append((now, [p.memory_info().rss / 1e6 for p in procs], [p.num_fds() for p in procs]))
+            lab.write_registry(extra if changes % 2 == 0 else base)
+            changes += 1
+            time.sleep(0.8)  # the follower polls every 0.5 s
+            # applied: the client's peer count shows the lease (one /metrics read a second)
+            applied += lab.metrics(client)["vxland_peers"] == base_peers + changes % 2
+            time.sleep(max(0.0, t0 + changes - time.monotonic()))
     finally:
         stop_process(cli)
         stop_process(srv)
-    return {"rss_5s_mb": max(early), "rss_end_mb": max(late),
-            "rss_growth_mb": max(b - a for a, b in zip(early, late, strict=True))}
+        lab.write_registry(base)
+    if len(samples) < 2:
+        raise LabError(f"the soak ended after {time.monotonic() - t0:.0f} s (iperf3 exit {cli.returncode})")
+    _, early, fds0 = samples[0]
+    _, late, fds1 = samples[-1]
+    return {"seconds": seconds, "registry_changes": changes, "registry_changes_applied": applied,
+            "rss_5s_mb": max(early), "rss_end_mb": max(late), "rss_max_mb": max(max(r) for _, r, _ in samples),
+            "rss_growth_mb": max(b - a for a, b in zip(early, late, strict=True)),
+            "fds_start": max(fds0), "fds_end": max(fds1), "fds_max": max(max(f) for _, _, f in samples)}

@@ -49,8 +49,14 @@ def markdown(results: dict) -> str:
         lines.append(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
     soak = results.get("soak")
     if soak:
-        lines += ["", f"Memory: vxland RSS {soak['rss_5s_mb']:.1f} MB after 5 s of 4-stream load, "
-                      f"{soak['rss_end_mb']:.1f} MB at the end (growth {soak['rss_growth_mb']:+.1f} MB)."]
+        changes = soak.get("registry_changes")
+        lines += ["", f"Soak: {soak.get('seconds', 0):.0f} s of 4-stream load"
+                      + (f" with {changes} registry changes (one a second, {soak.get('registry_changes_applied', '?')} "
+                         "seen applied)" if changes else "")
+                      + f": vxland RSS {soak['rss_5s_mb']:.1f} MB after 5 s, {soak['rss_end_mb']:.1f} MB at the end "
+                      f"(growth {soak['rss_growth_mb']:+.1f} MB)"
+                      + (f"; open fds {soak['fds_start']} at 5 s, {soak['fds_end']} at the end, at most "
+                         f"{soak['fds_max']}" if "fds_start" in soak else "") + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,7 @@ cdef extern from "vxengine.h" nogil:
         VX_MAX_SEGS
         VX_SCATTER_MAX_IOV
     ctypedef struct vx_core:
+        uint8_t strict_source
         uint32_t peer_count
         uint64_t drops[32]
         uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes
@@ -128,7 +129,7 @@ cdef class Codec:
     cdef int _n_reasons
     cdef uint32_t _mask
 
-    def __cinit__(self, int vni, vtep_mac, int subnet_len, int tun_mtu, int port):
+    def __cinit__(self, int vni, vtep_mac, int subnet_len, int tun_mtu, int port, strict_source=False):
         self._ready = 0
         wire.vxlan_header(vni)  # range check with the reference's error
         mac = bytes(vtep_mac)
@@ -138,6 +139,7 @@ cdef class Codec:
             raise ValueError(f"subnet_len {subnet_len} is out of range 1..32")
         if vx_core_init(&self.core, vni, <const uint8_t*>PyBytes_AS_STRING(mac), subnet_len, tun_mtu, port):
             raise MemoryError()
+        self.core.strict_source = 1 if strict_source else 0
         self._ready = 1
         self._n_reasons = wire.N_REASONS
         self._mask = <uint32_t>((0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF)

@@ -28,6 +28,7 @@ enum {
     VX_DST_MAC_MISMATCH = 5, VX_DST_MAC_BROADCAST = 6, VX_ARP = 7, VX_BAD_ETHERTYPE = 8,
     VX_BAD_INNER_IP = 9, VX_TOO_BIG = 10, VX_NO_ROUTE = 11, VX_NOT_IP = 12, VX_SEND_FAILED = 13,
     VX_TUN_WRITE_FAILED = 14, VX_BAD_OFFLOAD = 15, VX_TTL_EXPIRED = 16,  /* 16: udp backend only */
+    VX_SPOOFED_SOURCE = 17,
 };
 
 /* virtio_net_hdr (linux/virtio_net.h); host byte order as the TUN uses it. */
@@ -63,6 +64,7 @@ typedef struct {
     uint32_t mask;
     int tun_mtu;
     uint16_t port;
+    uint8_t strict_source;  /* --strict-source: inner source must lie in the sending VTEP's subnet */
     pthread_mutex_t lock;   /* guards the two tables; the data path takes it per batch */
     vx_peer *peers;
     uint32_t peer_cap, peer_count;

@@ -214,6 +214,9 @@ def vxland_parser() -> argparse.ArgumentParser:
                        help="TUN device name (default flannel.<VNI>)")
     extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
+    extra.add_argument("--strict-source", action="store_true", default=_env_bool("strict-source"),
+                       help="drop (and count as spoofed_source) tunnelled packets whose inner source is not in "
+                            "a subnet leased to the VTEP that sent them (flannel has no such check; off by default)")
     extra.add_argument("--engine-nice", type=int, default=_env("engine-nice", str(ENGINE_NICE)) or str(ENGINE_NICE),
                        help=f"nice value of the two data-plane threads, -20..19 (default {ENGINE_NICE}; they also "
                             "run SCHED_BATCH); a negative value needs CAP_SYS_NICE")
@@ -350,7 +353,7 @@ def vxland_main(argv: list[str] | None = None) -> int:
                    iptables_resync_s=args.iptables_resync, iptables_forward_rules=args.iptables_forward_rules,
                    blackhole_route=args.ip_blackhole_route,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
-                   offload=not args.no_offload, engine_nice=args.engine_nice,
+                   offload=not args.no_offload, engine_nice=args.engine_nice, strict_source=args.strict_source,
                    capture=args.capture, capture_filter=args.capture_filter,
                    capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,
                    capture_snaplen=args.capture_snaplen, debug_allow=tuple(args.debug_allow),

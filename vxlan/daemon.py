@@ -57,6 +57,7 @@ class Options:
     blackhole_route: bool = False
     offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
     engine_nice: int = ENGINE_NICE  # nice value of the compiled engine's two threads
+    strict_source: bool = False  # drop decapsulated packets whose source is not the sender's subnet
     capture: Path | None = None  # --capture: pcapng file, toggled by SIGUSR1
     capture_filter: str | None = None
     capture_count: int = 0
@@ -166,6 +167,9 @@ class Daemon:
         else:
             if self.opts.capture is not None or self.opts.trace_rate:
                 raise StartupError("--capture and --trace need the vxlan backend (host-gw has no tunnel to watch)")
+            if self.opts.strict_source:
+                raise StartupError("--strict-source needs a tunnel (the vxlan or udp backend): with host-gw the "
+                                   "kernel routes pod traffic itself (use rp_filter or iptables there)")
             self.routes = PeerRoutes(oif=iface.index)
             device = f"routes via {iface.name}"
         await self._apply(self.peers.reset(others))
@@ -187,19 +191,21 @@ class Daemon:
             self.metrics_source.info.update({"backend": config.backend.type, "subnet": str(own.subnet),
                                              "registry": self.registry.name,
                                              "vni": str(config.backend.vni), "port": str(config.backend.port),
-                                             "vtep_mac": mac})
+                                             "vtep_mac": mac,
+                                             "strict_source": "1" if self.opts.strict_source else "0"})
         self.ready = True
         sdnotify.notify(f"READY=1\nSTATUS=subnet {own.subnet}, {len(self.peers)} peers")
+        strict = ", strict source" if self.opts.strict_source else ""
         if config.backend.type == "vxlan":
             log.info("vxland started: VNI %d, port %d, MTU %d, subnet %s, VtepMAC %s, %d peers "
-                     "(underlay %s %s, public IP %s, %s, fastpath %s, offloads: %s, registry %s)",
+                     "(underlay %s %s, public IP %s, %s, fastpath %s, offloads: %s, registry %s%s)",
                      config.backend.vni, config.backend.port, mtu, own.subnet, mac, len(self.peers), iface.name,
                      iface.address or public_ip, public_ip, device, fastpath.IMPLEMENTATION,
-                     " ".join(self._offload_names) or "none", self.registry.name)
+                     " ".join(self._offload_names) or "none", self.registry.name, strict)
         else:
             log.info("vxland started: backend %s, MTU %d, subnet %s, VtepMAC none, %d peers "
-                     "(underlay %s %s, public IP %s, %s, registry %s)", config.backend.type, mtu, own.subnet,
-                     len(self.peers), iface.name, iface.address, public_ip, device, self.registry.name)
+                     "(underlay %s %s, public IP %s, %s, registry %s%s)", config.backend.type, mtu, own.subnet,
+                     len(self.peers), iface.name, iface.address, public_ip, device, self.registry.name, strict)
 
     async def _start_health(self) -> None:
         self.metrics_source = MetricsSource(
@@ -223,7 +229,8 @@ class Daemon:
             log.warning("our lease says VNI %d but the config says %d; using the config's", own.vni, backend.vni)
         threaded = fastpath.Engine is not None
         codec_cls = fastpath.Engine if threaded else fastpath.Codec
-        self.codec = codec_cls(backend.vni, own.vtep_mac, config.subnet_len, tun_mtu, backend.port)
+        self.codec = codec_cls(backend.vni, own.vtep_mac, config.subnet_len, tun_mtu, backend.port,
+                               strict_source=self.opts.strict_source)
 
         sock = self._open_socket(iface.address or public_ip, backend.port,
                                  "a kernel vxlan device or another vxland on this port?")
@@ -258,7 +265,8 @@ class Daemon:
         if self.opts.capture is not None or self.opts.trace_rate:
             raise StartupError("--capture and --trace need the vxlan backend (the udp backend has no capture hook)")
         port = config.backend.port
-        self.codec = UdpCodec(own.subnet.network_address, config.subnet_len, port)
+        self.codec = UdpCodec(own.subnet.network_address, config.subnet_len, port,
+                              strict_source=self.opts.strict_source)
         sock = self._open_socket(iface.address or public_ip, port, "flanneld's udp backend or another vxland "
                                  "on this port?")
         # "flannel%d", as flannel's ip.OpenTun: the kernel picks flannel0, flannel1 ...

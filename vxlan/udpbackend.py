@@ -74,8 +74,10 @@ class UdpCodec(DropCounters):
 
     headroom = 0  # nothing in front of the inner packet
 
-    def __init__(self, tun_address: ipaddress.IPv4Address, subnet_len: int, port: int) -> None:
+    def __init__(self, tun_address: ipaddress.IPv4Address, subnet_len: int, port: int,
+                 strict_source: bool = False) -> None:
         self.source = tun_address.packed
+        self.strict_source = strict_source
         self.mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
         self.port = port
         self._peers: dict[int, tuple[str, int]] = {}
@@ -90,6 +92,11 @@ class UdpCodec(DropCounters):
 
     def peer_count(self) -> int:
         return len(self._peers)
+
+    def _source_owner(self, packet: Any) -> str | None:
+        """--strict-source: the PublicIP of the peer whose subnet holds the packet's source."""
+        peer = self._peers.get(int.from_bytes(packet[12:16], "big") & self.mask)
+        return None if peer is None else peer[0]
 
     def _verdict(self, verdicts: list[int], i: int, verdict: int) -> bool:
         """Record packet ``i``'s verdict; True if it goes on."""
@@ -121,7 +128,7 @@ class UdpCodec(DropCounters):
             any_ok = self._verdict(verdicts, i, verdict) or any_ok
         return any_ok
 
-    def decap_batch(self, bufs: list, lengths: list[int], _senders: list, n: int, verdicts: list[int],
+    def decap_batch(self, bufs: list, lengths: list[int], senders: list, n: int, verdicts: list[int],
                     inner: list[int]) -> bool:
         """Datagrams -> (verdict, packet length); the packet starts at offset 0."""
         any_ok = False
@@ -130,6 +137,8 @@ class UdpCodec(DropCounters):
             verdict = DropReason.OK
             if length < 20 or buf[0] >> 4 != 4:
                 verdict = DropReason.BAD_INNER_IP
+            elif self.strict_source and self._source_owner(buf) != senders[i]:
+                verdict = DropReason.SPOOFED_SOURCE
             elif not decrement_ttl(buf):
                 verdict = DropReason.TTL_EXPIRED
             else:

@@ -70,6 +70,9 @@ class DropReason(enum.IntEnum):
     TUN_WRITE_FAILED = 14  # write() to the TUN failed
     BAD_OFFLOAD = 15  # a TUN super-packet that cannot be split, or a bad checksum offset in its header
     TTL_EXPIRED = 16  # udp backend: TTL reached 0 (flannel's proxy decrements it on both sides)
+    # --strict-source only: the inner source lies in no subnet whose lease names the sender as
+    # its VTEP (another node's subnet, outside the Network, or an IPv6 packet on an IPv4 VTEP)
+    SPOOFED_SOURCE = 17
 
     @property
     def label(self) -> str:
@@ -208,8 +211,10 @@ class Codec(DropCounters):
     drives; everything else is per batch.
     """
 
-    def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, tun_mtu: int, port: int) -> None:
+    def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, tun_mtu: int, port: int,
+                 strict_source: bool = False) -> None:
         self._map = PeerMap(vni, vtep_mac, subnet_len, port)
+        self._strict_source = strict_source
         self._vni_bytes = vxlan_header(vni)[4:7]
         self._vtep_mac = self._map.vtep_mac
         self._mask = self._map.mask
@@ -346,6 +351,15 @@ class Codec(DropCounters):
             return DropReason.ARP, 0
         else:
             return DropReason.BAD_ETHERTYPE, 0
+        if self._strict_source:
+            # flannel (and the kernel's vxlan) deliver whatever a known VTEP sends; this asks
+            # that the inner source lie in a subnet whose lease names that VTEP.
+            if ethertype != ETH_P_IP:
+                return DropReason.SPOOFED_SOURCE, 0
+            src = int.from_bytes(buf[HEADROOM + 12 : HEADROOM + 16], "big")
+            owner = self._peers.get(src & self._mask)
+            if owner is None or owner[1][0] != sender:
+                return DropReason.SPOOFED_SOURCE, 0
         if total > self._tun_mtu:
             return DropReason.TOO_BIG, 0
         return DropReason.OK, total

@@ -89,10 +89,11 @@ def _codecs():
     from fastpath import _fastpath
 
     out = []
-    for cls in (wire.Codec, _fastpath.Codec):
-        codec = cls(1, OWN_MAC, 24, 1450, 8472)
-        codec.set_peer(int(ipaddress.IPv4Address("172.7.2.0")), bytes.fromhex("0e0000000002"), PEER_IP)
-        out.append(codec)
+    for strict in (False, True):  # --strict-source off and on
+        for cls in (wire.Codec, _fastpath.Codec):
+            codec = cls(1, OWN_MAC, 24, 1450, 8472, strict_source=strict)
+            codec.set_peer(int(ipaddress.IPv4Address("172.7.2.0")), bytes.fromhex("0e0000000002"), PEER_IP)
+            out.append(codec)
     return out
 
 
@@ -109,8 +110,9 @@ def vxlan_datagram(data: bytes) -> None:
         out_v, out_len = [0], [0]
         codec.decap_batch([buf], [len(buf)], [PEER_IP], 1, out_v, out_len)
         verdicts.append((out_v[0], out_len[0] if out_v[0] == 0 else 0))
-    if verdicts[0] != verdicts[1]:
-        raise AssertionError(f"reference {verdicts[0]} != compiled {verdicts[1]}")
+    for ref, compiled in (verdicts[0:2], verdicts[2:4]):
+        if ref != compiled:
+            raise AssertionError(f"reference {ref} != compiled {compiled}")
 
 
 def tso_split(data: bytes) -> None:

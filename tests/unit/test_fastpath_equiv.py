@@ -26,14 +26,18 @@ SENDERS = ["198.18.0.2", "198.18.0.3", "198.18.0.9"]
 MTU = 1450
 
 
-def codecs():
+def codecs(strict_source=False):
     pair = []
     for cls in (wire.Codec, compiled_codec()):
-        codec = cls(7, OWN_MAC, 24, MTU, 8472)
+        codec = cls(7, OWN_MAC, 24, MTU, 8472, strict_source=strict_source)
         for subnet, (mac, ip) in PEERS.items():
             codec.set_peer(wire.ipv4_to_int(subnet), mac, ip)
         pair.append(codec)
     return pair
+
+
+# inner sources: the two peers' subnets, our own, outside the Network
+SOURCES = ["10.5.2.7", "10.5.3.200", "10.5.1.9", "192.0.2.1"]
 
 
 def ipv4_packet(draw, dst=None):
@@ -41,8 +45,9 @@ def ipv4_packet(draw, dst=None):
     payload = draw(st.binary(max_size=draw(st.sampled_from([8, 64, 1500]))))
     total = ihl * 4 + len(payload)
     dst = dst or draw(st.sampled_from(["10.5.2.7", "10.5.3.200", "10.5.1.2", "10.9.9.9"]))
+    src = draw(st.sampled_from(SOURCES))
     header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total & 0xFFFF, 1, 0, 64, 17, 0,
-                         bytes(4), bytes(int(x) for x in dst.split(".")))
+                         bytes(int(x) for x in src.split(".")), bytes(int(x) for x in dst.split(".")))
     return header + bytes(ihl * 4 - 20) + payload
 
 
@@ -108,10 +113,10 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 
 
 @settings(max_examples=6000, **SETTINGS)
-@given(st.lists(st.tuples(datagrams(), st.sampled_from(SENDERS)), min_size=1, max_size=4))
-def test_decap_equivalent(batch):
+@given(st.lists(st.tuples(datagrams(), st.sampled_from(SENDERS)), min_size=1, max_size=4), st.booleans())
+def test_decap_equivalent(batch, strict_source):
     results = []
-    for codec in codecs():
+    for codec in codecs(strict_source):
         bufs = [bytearray(d) + bytearray(8) for d, _ in batch]  # spare room past the datagram
         verdicts, inner = [0] * len(batch), [0] * len(batch)
         ok = codec.decap_batch(bufs, [len(d) for d, _ in batch], [s for _, s in batch], len(batch), verdicts, inner)
@@ -136,7 +141,7 @@ def test_encap_equivalent(packets):
 def test_peer_table_churn_equivalent(ops):
     """Many set/remove operations (the C table grows, deletes by backward shift, shares
     sender refcounts): both codecs route and accept exactly alike afterwards."""
-    pair = [cls(7, OWN_MAC, 24, MTU, 8472) for cls in (wire.Codec, compiled_codec())]
+    pair = [cls(7, OWN_MAC, 24, MTU, 8472, strict_source=True) for cls in (wire.Codec, compiled_codec())]
     for add, n, host in ops:
         subnet = (10 << 24) | (n << 8)
         for codec in pair:
@@ -148,7 +153,10 @@ def test_peer_table_churn_equivalent(ops):
     for n in range(0, 401, 7):
         packet = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20, 0, 0, 64, 17, 0, bytes(4), bytes([10, n >> 8, n & 255, 9]))
         assert wire.encap_one(pair[0], packet) == wire.encap_one(pair[1], packet)
-    datagram = bytes([8, 0, 0, 0, 0, 0, 7, 0]) + OWN_MAC + bytes(6) + b"\x08\x00" + bytes([0x45, 0, 0, 20]) + bytes(16)
-    for host in range(1, 41):
-        sender = f"198.18.1.{host}"
-        assert wire.decap_one(pair[0], datagram, sender) == wire.decap_one(pair[1], datagram, sender)
+    # --strict-source asks the table which VTEP owns the inner source's subnet
+    for n in range(0, 401, 13):
+        datagram = (bytes([8, 0, 0, 0, 0, 0, 7, 0]) + OWN_MAC + bytes(6) + b"\x08\x00"
+                    + bytes([0x45, 0, 0, 20]) + bytes(8) + bytes([10, n >> 8, n & 255, 9]) + bytes(4))
+        for host in range(1, 41, 3):
+            sender = f"198.18.1.{host}"
+            assert wire.decap_one(pair[0], datagram, sender) == wire.decap_one(pair[1], datagram, sender)
