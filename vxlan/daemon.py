@@ -25,6 +25,7 @@ from vxlan.capture import DEFAULT_SNAPLEN, CaptureHub, FileSink, Filter, TraceSi
 from vxlan.config import ConfigError
 from vxlan.dataplane import ENGINE_NICE, DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
 from vxlan.health import MetricsSource, start_health_server
+from vxlan.lease import Lease
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
 from vxlan.registry import Change, Deleted, OwnLeaseLost, Put, Registry, RegistryError, Reset
 from vxlan.routes import CHECK_INTERVAL_S, PeerRoutes
@@ -34,6 +35,7 @@ from vxlan.udpbackend import UdpCodec
 log = logging.getLogger("vxland")
 TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
 PEER_LINES_MAX = 32  # peer changes logged one line each; a larger batch is summed up
+UNDERLAY_CHECK_S = 2.0  # how often the underlay address is looked for on its interface
 
 
 class StartupError(RuntimeError):
@@ -89,6 +91,8 @@ class Daemon:
         self._leftover_routes: dict = {}
         self.task_failures = 0  # unexpected exceptions in long-lived tasks (each restarted)
         self.exit_code = 0
+        self.own: Lease | None = None  # our lease, once acquired
+        self._underlay: tuple[netconf.Iface, str] | None = None  # the interface and the address we bind
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -112,6 +116,8 @@ class Daemon:
                      asyncio.create_task(self._supervised("lease renewal", self.registry.keep_lease))]
             if self.routes is not None:
                 tasks.append(asyncio.create_task(self._supervised("route check", self._check_routes)))
+            if self._underlay is not None:
+                tasks.append(asyncio.create_task(self._supervised("underlay watch", self._watch_underlay)))
             await self._stop.wait()
             log.info("shutting down")
             sdnotify.notify("STOPPING=1")
@@ -144,6 +150,8 @@ class Daemon:
         except netconf.NetconfError as exc:
             raise StartupError(str(exc)) from None
         public_ip = self.opts.public_ip or iface.address
+        if iface.address:
+            self._underlay = (iface, iface.address)
         if config.backend.type == "host-gw" and public_ip != iface.address:
             # hostgw.go:RegisterNetwork, word for word
             raise StartupError(f"your PublicIP differs from interface IP, meaning that probably you're on a NAT, "
@@ -153,6 +161,7 @@ class Daemon:
             own, others = await self.registry.acquire(config, public_ip, wire.random_vtep_mac())
         except RegistryError as exc:
             raise StartupError(str(exc)) from None
+        self.own = own
         mtu = config.tun_mtu(iface.mtu)
         self.peers = PeerTable(own.subnet, config.subnet_len,
                                None if config.backend.type == "udp" else config.backend.type)
@@ -573,6 +582,35 @@ class Daemon:
                 backoff = TASK_BACKOFF_MIN_S  # it had run well for a while: a fresh fault
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, TASK_BACKOFF_MAX_S)
+
+    async def _watch_underlay(self) -> None:
+        """The address this node binds and announces can be taken away under it (DHCP, an
+        operator, a cloud agent). flanneld never notices and goes on announcing a dead address;
+        vxland says so and exits 1 so that its service manager starts it again, which finds the
+        interface's new address. With etcd, a lease naming the dead address is released first:
+        the restart then takes the same subnet again (the previous one, from subnet.env; see
+        allocator.choose_subnet) and the peers learn the new address from its lease."""
+        assert self._underlay is not None
+        iface, address = self._underlay
+        while True:
+            await asyncio.sleep(UNDERLAY_CHECK_S)
+            present = await asyncio.to_thread(netconf.iface_addresses, iface.index)
+            if present is not None and address in present:
+                continue
+            now = (f"interface {iface.name} is gone" if present is None
+                   else f"{iface.name} has {', '.join(present) or 'no IPv4 address'} now")
+            log.error("the underlay address %s is gone (%s): peers cannot reach this node at it; exiting so that "
+                      "vxland is started again with the new address", address, now)
+            if self.own is not None and self.own.public_ip == address:
+                try:
+                    if await asyncio.wait_for(self.registry.release(), 10.0):
+                        log.info("our lease %s named %s: released, so that the restart takes the same subnet with "
+                                 "the new address", self.own.key, address)
+                except Exception as exc:  # etcd down, say: best effort, the exit follows all the same
+                    log.warning("could not release our lease %s: %s", self.own.key, exc or type(exc).__name__)
+            self.exit_code = 1
+            self._stop.set()
+            return
 
     async def _follow_registry(self) -> None:
         async for change in self.registry.changes():

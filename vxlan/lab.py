@@ -90,6 +90,7 @@ class Host:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    wrap: list[str] = field(default_factory=list)  # a command the node runs under (strace, a sandbox)
 
     def _net(self) -> ipaddress.IPv4Network:
         if self.subnet is None:
@@ -347,7 +348,7 @@ class Lab(EtcdLabMixin):
             env["VXLAN_PURE_PYTHON"] = "1"
         offset = host.log_path.stat().st_size if host.log_path.exists() else 0
         with open(host.log_path, "ab") as log:
-            host.proc = self.popen(host.ns, cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+            host.proc = self.popen(host.ns, [*host.wrap, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL)
         if wait:
             self.wait_node(host, offset, ready, wait_s)

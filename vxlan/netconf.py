@@ -33,6 +33,16 @@ def _ipv4_addresses(ipr: IPRoute, index: int) -> list[str]:
     return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=index)]
 
 
+def iface_addresses(index: int) -> list[str] | None:
+    """The IPv4 addresses on interface ``index`` now; None if the interface is gone."""
+    with IPRoute() as ipr:
+        try:
+            ipr.get_links(index)
+        except NetlinkError:
+            return None
+        return _ipv4_addresses(ipr, index)
+
+
 def _iface_of(ipr: IPRoute, index: int, public_ip: str | None, preferred: str | None = None) -> Iface:
     link = ipr.get_links(index)[0]
     name = link.get_attr("IFLA_IFNAME")

@@ -69,6 +69,11 @@ class Registry(Protocol):
         """Renew our lease for as long as the daemon runs (returns only if nothing to do)."""
         ...
 
+    async def release(self) -> bool:
+        """Give our lease up because the PublicIP it names is gone (etcd: delete it, unless it
+        is an operator's reservation); True if it was released."""
+        ...
+
     def metrics(self) -> dict[str, float]:
         """Registry state for /metrics: name -> value (lease expiry, connection state...)."""
         ...

@@ -20,7 +20,8 @@ vxland and kernel flanneld nodes of either era share one etcd:
   early once etcd is reachable again.
 
 Keys or values that do not parse are skipped, counted and logged once each, as flannel's
-"Ignoring bad subnet node".
+"Ignoring bad subnet node": a re-list (after a compaction, a cleared v2 index, a reconnect)
+that finds the same bad value again does not count it again.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/coreos.com/network"
 SUBNET_TTL_S = 24 * 3600  # local_manager.go const subnetTTL
+BAD_KEYS_KEPT = 200_000  # bad keys remembered so that a re-list does not count them again
 RACE_RETRIES = 10  # local_manager.go const raceRetries
 RENEW_RETRY_S = 60  # CompleteLease: "retry every 1 min" on a failed renewal
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0  # registry.go watch reconnect backoff
@@ -80,6 +82,7 @@ class EtcdRegistry:
         self.skipped = 0  # unparsable keys and values seen
         self._reservations: set[ipaddress.IPv4Network] = set()  # of the latest list: keys without TTL
         self._warned: set[bytes] = set()
+        self._bad: dict[bytes, int] = {}  # key -> hash of the bad value counted for it
         self.renewals = 0
 
     # -- reading ----------------------------------------------------------------------------
@@ -128,20 +131,29 @@ class EtcdRegistry:
         """(subnet, lease) of a watched key; (None, None) for keys that are no subnet; lease None
         for a value that does not parse. Bad ones are counted and logged once per key."""
         subnet = parse_subnet_key(key[len(self.subnets_prefix):].decode(errors="replace"))
-        if subnet is None:
-            self._skip(key, "not a subnet, skipping")
-            return None, None
-        if value is None:
+        if value is None:  # deleted: nothing to parse, nothing bad left there
+            self._bad.pop(key, None)
             return subnet, None
+        if subnet is None:
+            self._skip(key, value, "not a subnet, skipping")
+            return None, None
         try:
-            return subnet, lease_from_attrs(subnet, json.loads(value), key.decode(errors="replace"))
+            lease = lease_from_attrs(subnet, json.loads(value), key.decode(errors="replace"))
         except (ValueError, UnicodeDecodeError) as exc:  # ConfigError is a ValueError
-            self._skip(key, f"ignoring bad subnet node: {exc}")
+            self._skip(key, value, f"ignoring bad subnet node: {exc}")
         except RecursionError:  # any node may write here: a value nested too deep must not end the watch
-            self._skip(key, "ignoring bad subnet node: JSON nested too deeply")
+            self._skip(key, value, "ignoring bad subnet node: JSON nested too deeply")
+        else:
+            self._bad.pop(key, None)
+            return subnet, lease
         return subnet, None
 
-    def _skip(self, key: bytes, why: str) -> None:
+    def _skip(self, key: bytes, value: bytes, why: str) -> None:
+        fingerprint = hash(value)
+        if self._bad.get(key) == fingerprint:
+            return  # this very value was counted when first seen (a re-list finds it again)
+        if len(self._bad) < BAD_KEYS_KEPT:
+            self._bad[key] = fingerprint
         self.skipped += 1
         if key not in self._warned and len(self._warned) < 10_000:
             self._warned.add(key)
@@ -280,6 +292,21 @@ class EtcdRegistry:
                 relist = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def release(self) -> bool:
+        if self.own is None or self.reserved:
+            return False  # a reservation is the operator's: it stays
+        for attempt in (1, 2):
+            try:
+                await self.store.delete(self._key(self.own.subnet))
+                break
+            except EtcdUnavailable:
+                # a connection made from the address that just vanished is dead; the client has
+                # dropped it, and a second try connects from the address the host has now
+                if attempt == 2:
+                    raise
+        log.info("released our lease %s (PublicIP %s)", self.own.key, self.own.public_ip)
+        return True
 
     def metrics(self) -> dict[str, float]:
         return {

@@ -46,6 +46,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 3_000),
+    # each channel its own connections: a channel opened after a failover (or after the
+    # underlay address changed) must not be handed the dead connection of the one it replaces
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 PAGE_SIZE = 5000  # leases per range read: ~1 MB, far below the 64 MiB receive limit; a /8 in 14 reads

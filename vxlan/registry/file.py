@@ -222,6 +222,9 @@ class FileRegistry:
     async def keep_lease(self) -> None:
         return None  # a static lease never expires
 
+    async def release(self) -> bool:
+        return False  # the file is the operator's to change
+
     def metrics(self) -> dict[str, float]:
         return {"lease_expiry_seconds": math.inf, "registry_reload_errors": self.reload_errors}
 

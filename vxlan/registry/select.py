@@ -195,6 +195,9 @@ class AutoRegistry:
     async def keep_lease(self) -> None:
         await self._active.keep_lease()
 
+    async def release(self) -> bool:
+        return await self._active.release()
+
     def metrics(self) -> dict[str, float]:
         return self.chosen.metrics() if self.chosen is not None else {"etcd_connected": 0.0}
 
