@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fastpath
-from vxlan import debug_http, iptables, netconf, sdnotify, subnetenv, wire
+from vxlan import debug_http, heap, iptables, netconf, sdnotify, subnetenv, wire
 from vxlan.capture import DEFAULT_SNAPLEN, CaptureHub, FileSink, Filter, TraceSink
 from vxlan.config import ConfigError
 from vxlan.dataplane import ENGINE_NICE, DataPlane, ThreadedDataPlane, open_udp_socket, probe_udp_offloads
@@ -36,6 +36,10 @@ log = logging.getLogger("vxland")
 TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
 PEER_LINES_MAX = 32  # peer changes logged one line each; a larger batch is summed up
 UNDERLAY_CHECK_S = 2.0  # how often the underlay address is looked for on its interface
+
+
+def _quiet(*_args: object) -> None:
+    """A peer line nobody will see (-v is off)."""
 
 
 class StartupError(RuntimeError):
@@ -183,6 +187,7 @@ class Daemon:
             device = f"routes via {iface.name}"
         await self._apply(self.peers.reset(others))
         del others  # a /8 of leases: the peer table holds them now
+        heap.trim()  # and give back what reading them took (6 MB of 120 for a /8)
 
         if self.opts.blackhole_route:
             try:
@@ -489,13 +494,16 @@ class Daemon:
     async def _apply(self, events: list[PeerEvent]) -> None:
         # One line per peer for what an operator reads (a few changes); a large snapshot (a
         # cluster of thousands, a start) is summed up, each line still there with -v.
-        say = log.info if len(events) <= PEER_LINES_MAX else log.debug
+        few = len(events) <= PEER_LINES_MAX
+        # (a bound method is made anew at each access: compare "few", never "say is log.info")
+        say = log.info if few else log.debug if log.isEnabledFor(logging.DEBUG) else _quiet
+        # _quiet: a /8 at start, -v off: no line to format 65,536 times
         tunnelled: set = set()
         skipped = 0
         for event in events:
             lease = event.lease
             if isinstance(event, PeerAdded):
-                if await self._add_peer(lease, say):
+                if await self._add_peer(lease, say) and self._leftover_routes:
                     tunnelled.add(lease.subnet)
             elif isinstance(event, PeerRemoved):
                 if self.codec is not None:
@@ -505,7 +513,7 @@ class Daemon:
                 say("peer %s via %s removed", lease.subnet, lease.public_ip)
             elif isinstance(event, PeerSkipped):
                 skipped += 1
-                (log.warning if say is log.info else log.debug)(
+                (log.warning if few else say)(
                     "lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
         if len(events) > PEER_LINES_MAX:
             added = sum(isinstance(e, PeerAdded) for e in events)
@@ -546,7 +554,8 @@ class Daemon:
             return True
         assert lease.vtep_mac is not None
         self.codec.set_peer(subnet, lease.vtep_mac, lease.public_ip)
-        say("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
+        if say is not _quiet:
+            say("peer %s via %s (VtepMAC %s)", lease.subnet, lease.public_ip, wire.mac_to_str(lease.vtep_mac))
         return True
 
     async def _on_change(self, change: Change) -> None:

@@ -8,9 +8,11 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vxlan.config import ConfigError
-from vxlan.lease import Lease, lease_from_attrs, make_subnet_key, parse_subnet_key
+from vxlan.lease import Lease, lease_from_attrs, lease_from_value, make_subnet_key, parse_subnet_key
 from vxlan.registry.file import load_registry, parse_registry
 
 LEASE = {"PublicIP": "192.168.64.3", "PublicIPv6": None, "BackendType": "vxlan",
@@ -150,3 +152,53 @@ def test_a_registry_file_others_can_write_is_named(tmp_path):
     assert "writable by others (mode 666)" in unsafe_permissions(path)
     path.chmod(0o664)
     assert "writable by its group" in unsafe_permissions(path)
+
+
+def _slow(subnet, value):
+    try:
+        return lease_from_attrs(subnet, json.loads(value), "k")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _fast(subnet, value):
+    try:
+        return lease_from_value(subnet, value, "k")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+_OCTET = st.one_of(st.integers(0, 255).map(str), st.sampled_from(["256", "999", "01", "00"]))
+_HEX = st.sampled_from("0123456789abcdefABCDEF")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(ip=st.lists(_OCTET, min_size=4, max_size=4).map(".".join),
+       vni=st.one_of(st.integers(0, 1 << 25).map(str), st.sampled_from(["01", "-1", "1.0"])),
+       mac=st.lists(st.tuples(_HEX, _HEX).map("".join), min_size=6, max_size=6).map(":".join),
+       tail=st.sampled_from(["", " ", "x"]))
+def test_the_canonical_fast_path_gives_the_full_paths_lease(ip, vni, mac, tail):
+    """flanneld's exact bytes take a regular expression instead of a JSON decode: for any
+    such value, valid or not, the lease (or the refusal) is the full path's."""
+    subnet = ipaddress.IPv4Network("10.5.1.0/24")
+    value = (f'{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan",'
+             f'"BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}}}{tail}').encode()
+    fast, slow = _fast(subnet, value), _slow(subnet, value)
+    if isinstance(slow, Lease):
+        assert fast == slow
+    else:
+        assert not isinstance(fast, Lease), (value, fast, slow)
+
+
+def test_subnet_keys_build_networks_equal_to_ipaddress():
+    for key in ("10.5.1.0-24", "0.0.0.0-0", "255.255.255.255-32", "172.16.0.0-12"):
+        net = parse_subnet_key(key)
+        ref = ipaddress.IPv4Network(key.replace("-", "/"))
+        # the same attributes, before any cached property fills either (a /32's hosts() is a
+        # lambda of its own per object)
+        assert vars(net).keys() == vars(ref).keys()
+        assert {k: v for k, v in vars(net).items() if k != "hosts"} == {k: v for k, v in vars(ref).items()
+                                                                         if k != "hosts"}
+        assert net == ref and hash(net) == hash(ref) and str(net) == str(ref)
+        assert net.broadcast_address == ref.broadcast_address and net.overlaps(ref) and net.subnet_of(ref)
+    assert parse_subnet_key("10.5.1.7-24") is None  # host bits: not a subnet key

@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator
 
 from vxlan.allocator import OutOfSubnets, choose_subnet
 from vxlan.config import ConfigError, NetworkConfig, parse_config
-from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, parse_subnet_key
+from vxlan.lease import Lease, lease_backend_type, lease_from_value, parse_subnet_key
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, RegistryError, Reset
 from vxlan.registry.store import ApiMissing, Compacted, EtcdError, EtcdUnavailable, KeyValue, Store
 
@@ -138,7 +138,7 @@ class EtcdRegistry:
             self._skip(key, value, "not a subnet, skipping")
             return None, None
         try:
-            lease = lease_from_attrs(subnet, json.loads(value), key.decode(errors="replace"))
+            lease = lease_from_value(subnet, value, key.decode(errors="replace"))
         except (ValueError, UnicodeDecodeError) as exc:  # ConfigError is a ValueError
             self._skip(key, value, f"ignoring bad subnet node: {exc}")
         except RecursionError:  # any node may write here: a value nested too deep must not end the watch
