@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import random
 from collections.abc import Iterable
@@ -41,27 +42,43 @@ def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str
             if config.contains_subnet(lease.subnet):
                 return Decision(subnet=lease.subnet, reuse=lease)
             stale.append(lease)
-    taken = [lease.subnet for lease in leases if lease not in stale]
+    # what is taken, as packed ranges (no IPv4Network per lease: a /8 holds 65,536)
+    taken = sorted(_packed(lease.network_address, lease.prefixlen) for lease in leases if lease not in stale)
     if previous is not None and config.contains_subnet(previous):
-        if not any(previous.overlaps(s) for s in taken):
+        if not _overlaps_any(_packed(int(previous.network_address), previous.prefixlen), taken):
             return Decision(subnet=previous, delete_first=stale)
-    return Decision(subnet=pick_free(config, taken, rng), delete_first=stale)
+    return Decision(subnet=_pick(config, taken, rng), delete_first=stale)
+
+
+def _packed(address: int, prefixlen: int) -> int:
+    """A subnet as one sortable int: first address << 32 | last address."""
+    return address << 32 | (address + (1 << (32 - prefixlen)) - 1)
+
+
+def _overlaps_any(subnet: int, taken: list[int]) -> bool:
+    """Whether the packed ``subnet`` overlaps one of the sorted packed ``taken``."""
+    first, last = subnet >> 32, subnet & 0xFFFFFFFF
+    i = bisect.bisect_right(taken, last << 32 | 0xFFFFFFFF)  # ranges that start at or before ``last``
+    return any(taken[j] & 0xFFFFFFFF >= first for j in range(i))  # ... and end at or after ``first``
 
 
 def pick_free(config: NetworkConfig, taken: Iterable[ipaddress.IPv4Network], rng: random.Random,
               exclude: Iterable[ipaddress.IPv4Network] = ()) -> ipaddress.IPv4Network:
     """Random among the first MAX_CANDIDATES subnets from SubnetMin that overlap nothing taken."""
+    return _pick(config, sorted(_packed(int(s.network_address), s.prefixlen) for s in [*taken, *exclude]), rng)
+
+
+def _pick(config: NetworkConfig, occupied: list[int], rng: random.Random) -> ipaddress.IPv4Network:
     step = 1 << (32 - config.subnet_len)
-    occupied = sorted((int(s.network_address), int(s.broadcast_address)) for s in [*taken, *exclude])
     candidates: list[int] = []
     sn, last = int(config.subnet_min), int(config.subnet_max)
     i = 0
     while sn <= last and len(candidates) < MAX_CANDIDATES:
         # skip occupied ranges that end before this subnet starts
-        while i < len(occupied) and occupied[i][1] < sn:
+        while i < len(occupied) and occupied[i] & 0xFFFFFFFF < sn:
             i += 1
         end = sn + step - 1
-        if i < len(occupied) and occupied[i][0] <= end:
+        if i < len(occupied) and occupied[i] >> 32 <= end:
             sn += step
             continue
         candidates.append(sn)

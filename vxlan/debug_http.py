@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable
-
-from aiohttp import web
+from collections.abc import AsyncIterator, Callable
 
 from vxlan.capture import CaptureHub, Filter, StreamSink, pcapng_header
+from vxlan.httpserve import HttpServer, Request, Response
 
 MAX_SECONDS = 300
 
@@ -29,43 +28,42 @@ def allowed(remote: str | None, allow: list[ipaddress.IPv4Network | ipaddress.IP
     return any(addr in net for net in allow if addr.version == net.version)
 
 
-def add_routes(app: web.Application, get_hub: Callable[[], CaptureHub | None], allow: list) -> None:
+def add_routes(server: HttpServer, get_hub: Callable[[], CaptureHub | None], allow: list) -> None:
     """``get_hub`` is read per request: the server is up before the data plane exists."""
-    async def capture(request: web.Request) -> web.StreamResponse:
+    async def capture(request: Request) -> Response:
         if not allowed(request.remote, allow):
-            raise web.HTTPForbidden(text="/debug is for loopback clients (see --debug-allow)\n")
+            return Response.text("/debug is for loopback clients (see --debug-allow)\n", 403)
         hub = get_hub()
         if hub is None:
-            raise web.HTTPServiceUnavailable(text="capture needs the compiled vxlan data plane, started\n")
+            return Response.text("capture needs the compiled vxlan data plane, started\n", 503)
         try:
             seconds = float(request.query.get("seconds", "5"))
             if not 0 < seconds <= MAX_SECONDS:
                 raise ValueError(f"seconds must be in (0, {MAX_SECONDS}]")
             capture_filter = Filter.parse(request.query.get("filter"))
         except ValueError as exc:
-            raise web.HTTPBadRequest(text=f"{exc}\n") from None
-        sink = StreamSink(asyncio.get_running_loop(), capture_filter)
-        response = web.StreamResponse(headers={
-            "Content-Type": "application/x-pcapng",
-            "Content-Disposition": 'attachment; filename="vxland.pcapng"'})
-        await response.prepare(request)
-        await response.write(pcapng_header(hub.snaplen))
-        hub.add(sink)
-        deadline = time.monotonic() + seconds
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    data = await asyncio.wait_for(sink.queue.get(), min(left, 0.5))
-                except TimeoutError:
-                    continue
-                sink.taken(data)
-                await response.write(data)
-        finally:
-            hub.remove(sink)
-            while not sink.queue.empty():
-                data = sink.queue.get_nowait()
-                await response.write(data)
-        await response.write_eof()
-        return response
+            return Response.text(f"{exc}\n", 400)
+        return Response(content_type="application/x-pcapng",
+                        headers={"Content-Disposition": 'attachment; filename="vxland.pcapng"'},
+                        stream=_records(hub, StreamSink(asyncio.get_running_loop(), capture_filter), seconds))
 
-    app.router.add_get("/debug/capture", capture)
+    server.route("/debug/capture", capture)
+
+
+async def _records(hub: CaptureHub, sink: StreamSink, seconds: float) -> AsyncIterator[bytes]:
+    """The pcapng stream: the header, then what the sink takes for ``seconds``."""
+    yield pcapng_header(hub.snaplen)
+    hub.add(sink)
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                data = await asyncio.wait_for(sink.queue.get(), min(left, 0.5))
+            except TimeoutError:
+                continue
+            sink.taken(data)
+            yield data
+    finally:
+        hub.remove(sink)
+    while not sink.queue.empty():
+        yield sink.queue.get_nowait()

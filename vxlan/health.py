@@ -1,4 +1,4 @@
-"""``/healthz``, ``/readyz``, ``/peers``, ``/metrics`` on ``--healthz-ip:--healthz-port`` (aiohttp, prometheus).
+"""``/healthz``, ``/readyz``, ``/peers``, ``/metrics`` on ``--healthz-ip:--healthz-port`` (vxlan.httpserve, prometheus).
 
 The counters live in the data plane and the codec; a custom collector reads them at scrape
 time, so nothing on the packet path knows about Prometheus.
@@ -6,13 +6,14 @@ time, so nothing on the packet path knows about Prometheus.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vxlan.httpserve import ANY_METHOD, HttpServer, Request, Response
 from vxlan.wire import DropReason
 
 
@@ -98,40 +99,38 @@ class _Collector:
                                 value=self.source.codec.peer_count())
 
 
-def make_app(source: MetricsSource, extra_routes=None) -> web.Application:
+def make_server(source: MetricsSource) -> HttpServer:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(source))
 
-    async def healthz(_request: web.Request) -> web.Response:
+    async def healthz(_request: Request) -> Response:
         # flanneld's body text (main.go:mustRunHealthz), so existing probes keep matching.
-        return web.Response(text="flanneld is running")
+        return Response.text("flanneld is running")
 
-    async def readyz(_request: web.Request) -> web.Response:
+    async def readyz(_request: Request) -> Response:
         # flanneld >= 0.28.9 (main.go): the same texts, so probes written for it keep working
         if source.ready():
-            return web.Response(text="flanneld is ready")
-        return web.Response(status=503, text="flanneld is not ready yet")
+            return Response.text("flanneld is ready")
+        return Response.text("flanneld is not ready yet", 503)
 
-    async def peers(_request: web.Request) -> web.Response:
-        return web.json_response({"peers": source.peers()})
+    async def peers(_request: Request) -> Response:
+        return Response(body=json.dumps({"peers": source.peers()}).encode(), content_type="application/json")
 
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    async def metrics(_request: Request) -> Response:
+        return Response(body=generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app = web.Application()
-    app.router.add_route("*", "/healthz", healthz)
-    app.router.add_route("*", "/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/peers", peers)
+    server = HttpServer()
+    server.route("/healthz", healthz, ANY_METHOD)
+    server.route("/readyz", readyz, ANY_METHOD)
+    server.route("/metrics", metrics)
+    server.route("/peers", peers)
+    return server
+
+
+async def start_health_server(source: MetricsSource, host: str, port: int,
+                              extra_routes: Callable[[HttpServer], None] | None = None) -> HttpServer:
+    server = make_server(source)
     if extra_routes is not None:
-        extra_routes(app)
-    return app
-
-
-async def start_health_server(source: MetricsSource, host: str, port: int, extra_routes=None) -> web.AppRunner:
-    runner = web.AppRunner(make_app(source, extra_routes), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    return runner
+        extra_routes(server)
+    await server.start(host, port)
+    return server

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from vxlan import wire
@@ -64,29 +63,86 @@ def parse_subnet_key(key: str) -> ipaddress.IPv4Network | None:
         address, prefix = wire.ipv4_to_int(match.group(1)), int(match.group(2))
         if prefix > 32:
             return None
-        if prefix >= 31 or address & ~(0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
-            # /31 and /32 get a special hosts() from the constructor; host bits set: its ValueError
-            return ipaddress.IPv4Network((address, prefix))
-        return _network(address, prefix)
+        return network(address, prefix)
     except ValueError:
         return None
+
+
+def network(address: int, prefix: int) -> ipaddress.IPv4Network:
+    """``IPv4Network((address, prefix))``, the fast way where it can be; ValueError for host bits."""
+    if prefix >= 31 or address & ~(0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
+        # /31 and /32 get a special hosts() from the constructor; host bits set: its ValueError
+        return ipaddress.IPv4Network((address, prefix))
+    return _network(address, prefix)
+
+
+def subnet_key(subnet: ipaddress.IPv4Network) -> int:
+    """A subnet as one int: network address << 6 | prefix length (orders as IPv4Network does
+    for subnets of one length)."""
+    return int(subnet.network_address) << 6 | subnet.prefixlen
 
 
 def make_subnet_key(subnet: ipaddress.IPv4Network) -> str:
     return f"{subnet.network_address}-{subnet.prefixlen}"
 
 
-@dataclass(frozen=True, slots=True)
 class Lease:
-    subnet: ipaddress.IPv4Network
+    """One subnet lease: its subnet and flannel's LeaseAttrs. Immutable; equal and hashed by
+    value, as a frozen dataclass.
+
+    The subnet is held as one int (``subnet_key``: network address << 6 | prefix length): a
+    /8 of leases is 65,536 of them, and an IPv4Network with its address object costs 224
+    bytes where the int costs 32; ``subnet`` builds the IPv4Network when asked.
+    """
+
+    __slots__ = ("subnet_key", "public_ip", "backend_type", "vtep_mac", "vni")
+    subnet_key: int
     public_ip: str
     backend_type: str
-    vtep_mac: bytes | None = None  # vxlan only
-    vni: int | None = None  # absent in leases of flannel <= 0.13
+    vtep_mac: bytes | None  # vxlan only
+    vni: int | None  # absent in leases of flannel <= 0.13
+
+    def __init__(self, subnet: ipaddress.IPv4Network, public_ip: str, backend_type: str,
+                 vtep_mac: bytes | None = None, vni: int | None = None) -> None:
+        init = object.__setattr__
+        init(self, "subnet_key", subnet_key(subnet))
+        init(self, "public_ip", public_ip)
+        init(self, "backend_type", backend_type)
+        init(self, "vtep_mac", vtep_mac)
+        init(self, "vni", vni)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Lease is immutable (cannot set {name})")
+
+    def _fields(self) -> tuple:
+        return (self.subnet_key, self.public_ip, self.backend_type, self.vtep_mac, self.vni)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Lease and self._fields() == other._fields()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"Lease(subnet={self.subnet!r}, public_ip={self.public_ip!r}, backend_type={self.backend_type!r}, "
+                f"vtep_mac={self.vtep_mac!r}, vni={self.vni!r})")
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return network(self.subnet_key >> 6, self.subnet_key & 63)
+
+    @property
+    def network_address(self) -> int:
+        """The subnet's network address as an int (what the data plane's table is keyed by)."""
+        return self.subnet_key >> 6
+
+    @property
+    def prefixlen(self) -> int:
+        return self.subnet_key & 63
 
     @property
     def key(self) -> str:
-        return make_subnet_key(self.subnet)
+        return f"{ipaddress.IPv4Address(self.subnet_key >> 6)}-{self.subnet_key & 63}"
 
     def to_json(self) -> str:
         """The value flanneld writes (field order of LeaseAttrs, compact like Go's Marshal)."""

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vxlan.lease import Lease
+from vxlan.lease import Lease, subnet_key
 
 
 @dataclass(frozen=True)
@@ -40,19 +40,20 @@ PeerEvent = PeerAdded | PeerRemoved | PeerSkipped
 class PeerTable:
     def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int, backend_type: str | None = "vxlan") -> None:
         self.own_subnet = own_subnet
+        self._own_key = subnet_key(own_subnet)
         self.subnet_len = subnet_len
         self.backend_type = backend_type
-        self._peers: dict[ipaddress.IPv4Network, Lease] = {}
+        self._peers: dict[int, Lease] = {}  # by Lease.subnet_key: no IPv4Network per peer
 
     def __len__(self) -> int:
         return len(self._peers)
 
     def peers(self) -> list[Lease]:
-        return sorted(self._peers.values(), key=lambda lease: lease.subnet)
+        return sorted(self._peers.values(), key=lambda lease: lease.subnet_key)
 
     def lookup(self, dst: ipaddress.IPv4Address) -> Lease | None:
         net = ipaddress.IPv4Network(f"{dst}/{self.subnet_len}", strict=False)
-        return self._peers.get(net)
+        return self._peers.get(subnet_key(net))
 
     def _admit(self, lease: Lease) -> str | None:
         """Why ``lease`` is no peer of ours, or None if it is one."""
@@ -60,34 +61,38 @@ class PeerTable:
         # the udp backend (backend_type None) takes every lease (udp_network_amd64.go).
         if self.backend_type is not None and lease.backend_type != self.backend_type:
             return f"backend type {lease.backend_type or '(none)'} is not {self.backend_type}"
-        if lease.subnet.prefixlen != self.subnet_len:
-            return f"prefix length /{lease.subnet.prefixlen} differs from SubnetLen /{self.subnet_len}"
+        if lease.prefixlen != self.subnet_len:
+            return f"prefix length /{lease.prefixlen} differs from SubnetLen /{self.subnet_len}"
         return None
 
     def update(self, lease: Lease) -> list[PeerEvent]:
         """A lease was written (created or renewed)."""
-        if lease.subnet == self.own_subnet:
+        key = lease.subnet_key
+        if key == self._own_key:
             return []
         reason = self._admit(lease)
         if reason is not None:
-            if lease.subnet in self._peers:
+            if key in self._peers:
                 reason += "; the peer stays programmed as it was"
             return [PeerSkipped(lease, reason)]
-        if self._peers.get(lease.subnet) == lease:
+        if self._peers.get(key) == lease:
             return []  # a renewal with the same attributes changes nothing on the data plane
-        self._peers[lease.subnet] = lease
+        self._peers[key] = lease
         return [PeerAdded(lease)]
 
     def remove(self, subnet: ipaddress.IPv4Network) -> list[PeerEvent]:
-        old = self._peers.pop(subnet, None)
+        return self._remove(subnet_key(subnet))
+
+    def _remove(self, key: int) -> list[PeerEvent]:
+        old = self._peers.pop(key, None)
         return [PeerRemoved(old)] if old is not None else []
 
     def reset(self, snapshot: Iterable[Lease]) -> list[PeerEvent]:
         """Make the table equal ``snapshot``; return what changed."""
-        leases = {lease.subnet: lease for lease in snapshot}
+        leases = {lease.subnet_key: lease for lease in snapshot}
         events: list[PeerEvent] = []
-        for subnet in [s for s in self._peers if s not in leases]:
-            events += self.remove(subnet)
+        for key in [k for k in self._peers if k not in leases]:
+            events += self._remove(key)
         for lease in leases.values():
             events += self.update(lease)
         return events

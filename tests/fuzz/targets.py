@@ -49,7 +49,17 @@ def lease(data: bytes) -> None:
     never an exception (bad ones are skipped and counted)."""
     key, _, value = data.partition(b"\n")
     _REGISTRY._parse(PREFIX + key, value)
-    _REGISTRY._warned.clear()  # the once-per-key log memory would grow without bound here
+    _REGISTRY._warned.clear()  # the once-per-key log and count memories would grow without bound here
+    _REGISTRY._bad.clear()
+
+
+def http_request(data: bytes) -> None:
+    """A request head as a client of /healthz, /metrics or /debug/capture sends it."""
+    from vxlan.httpserve import HttpError, parse_head, parse_target
+
+    with contextlib.suppress(HttpError):
+        _, target, _ = parse_head(data)
+        parse_target(target)
 
 
 def capture_filter(data: bytes) -> None:
@@ -148,5 +158,5 @@ def gro_train(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "registry_file": registry_file, "network_config": network_config, "lease": lease,
     "capture_filter": capture_filter, "flags": flags, "vxlan_datagram": vxlan_datagram, "tso_split": tso_split,
-    "gro_train": gro_train,
+    "gro_train": gro_train, "http_request": http_request,
 }

@@ -80,7 +80,6 @@ class EtcdRegistry:
         self._revision = 0
         self.connected = False
         self.skipped = 0  # unparsable keys and values seen
-        self._reservations: set[ipaddress.IPv4Network] = set()  # of the latest list: keys without TTL
         self._warned: set[bytes] = set()
         self._bad: dict[bytes, int] = {}  # key -> hash of the bad value counted for it
         self.renewals = 0
@@ -159,18 +158,18 @@ class EtcdRegistry:
             self._warned.add(key)
             log.warning("%s: %s", key.decode(errors="replace"), why)
 
-    async def list_leases(self) -> tuple[list[Lease], int]:
-        """Every parsable lease under ``<prefix>/subnets`` and the cursor of that snapshot."""
+    async def list_leases(self, reservations: set | None = None) -> tuple[list[Lease], int]:
+        """Every parsable lease under ``<prefix>/subnets`` and the cursor of that snapshot; the
+        subnets of those without a TTL (reservations) go into ``reservations`` if given."""
         leases: list[Lease] = []
-        self._reservations = set()
 
         def page(items: list[KeyValue]) -> None:
             for item in items:
                 _, lease = self._parse(item.key, item.value)
                 if lease is not None:
                     leases.append(lease)
-                    if not item.expires:
-                        self._reservations.add(lease.subnet)
+                    if reservations is not None and not item.expires:
+                        reservations.add(lease.subnet)
         revision = await self.store.list(self.subnets_prefix, page)
         return leases, revision
 
@@ -182,7 +181,8 @@ class EtcdRegistry:
         last_error = ""
         for attempt in range(1, RACE_RETRIES + 1):
             try:
-                leases, revision = await self.list_leases()
+                reservations: set[ipaddress.IPv4Network] = set()  # keys without TTL
+                leases, revision = await self.list_leases(reservations)
                 try:
                     decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng)
                 except OutOfSubnets as exc:
@@ -196,7 +196,7 @@ class EtcdRegistry:
                 else:  # host-gw leases carry no BackendData (hostgw.go), udp ones not even a type
                     lease = Lease(decision.subnet, public_ip, lease_backend_type(config))
                 key, value = self._key(lease.subnet), lease.to_json().encode()
-                reserved = decision.reuse is not None and decision.subnet in self._reservations
+                reserved = decision.reuse is not None and decision.subnet in reservations
                 granted: int | None
                 if decision.reuse is not None:
                     # updateSubnet: unconditional; a reservation keeps having no TTL
