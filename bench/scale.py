@@ -42,15 +42,16 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 SEED_V2 = """
-import asyncio, sys, aiohttp
+import asyncio, sys
+from vxlan.registry.select import EtcdSettings, open_store
 from bench.scale import lease_items
 async def main(url, first, last):
-    sem = asyncio.Semaphore(32)
-    async with aiohttp.ClientSession() as s:
-        async def put(k, v):
-            async with sem, s.put(f"{url}/v2/keys{k}", data={"value": v}) as r:
-                await r.read()
-        await asyncio.gather(*(put(k, v) for k, v in lease_items(int(first), int(last))))
+    store, sem = open_store(EtcdSettings(url, api="v2"), "v2", timeout_s=30), asyncio.Semaphore(16)
+    async def put(k, v):
+        async with sem:
+            await store.put(k.encode(), v.encode(), None)
+    await asyncio.gather(*(put(k, v) for k, v in lease_items(int(first), int(last))))
+    await store.close()
 asyncio.run(main(*sys.argv[1:]))
 """
 

@@ -1,4 +1,4 @@
-"""The etcd v2 keyspace over HTTP (aiohttp), as flanneld <= 0.17 uses it.
+"""The etcd v2 keyspace over HTTP (``httpclient``), as flanneld <= 0.17 uses it.
 
 flanneld 0.10-0.17 talk to etcd through the v2 keys API only (flannel v0.17.0
 ``subnet/etcdv2/registry.go`` on the vendored ``go.etcd.io/etcd/client``); clusters set up for
@@ -39,8 +39,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
+from vxlan.registry.httpclient import HttpClient, HttpClientError
 from vxlan.registry.store import (
     ApiMissing,
     Compacted,
@@ -74,7 +73,7 @@ class EtcdV2Store:
             self._headers["Authorization"] = f"Basic {token}"
         self._ssl = self._ssl_context(tls) if tls is not None else None
         self._index = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpClient(self._ssl, self._headers)
 
     @staticmethod
     def _ssl_context(tls: TLSFiles) -> ssl.SSLContext:
@@ -91,15 +90,9 @@ class EtcdV2Store:
     def where(self) -> str:
         return self.endpoint.url
 
-    def _sess(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True),
-                headers=self._headers, raise_for_status=False)
-        return self._session
-
-    def _url(self, key: bytes) -> str:
-        return f"{self.endpoint.base}/v2/keys{quote(key.decode(errors='replace').rstrip('/'), safe='/')}"
+    @staticmethod
+    def _path(key: bytes) -> str:
+        return f"/v2/keys{quote(key.decode(errors='replace').rstrip('/'), safe='/')}"
 
     def _error(self, status: int, body: bytes) -> EtcdError:
         """An etcd error answer as the exception the callers handle."""
@@ -134,20 +127,20 @@ class EtcdV2Store:
         last = ""
         for _ in range(len(self.endpoints)):
             try:
-                async with self._sess().request(method, self._url(key), params=params, data=form,
-                                                timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
-                    body = await resp.read()
-                    index = int(resp.headers.get("X-Etcd-Index", "0") or 0)
-                    if resp.status < 300:
-                        return json.loads(body), index
-                    error = self._error(resp.status, body)
-                    if not isinstance(error, EtcdUnavailable):
-                        doc = json.loads(body) if body[:1] == b"{" else {}
-                        if doc.get("errorCode") in ok_codes:
-                            return doc, int(doc.get("index", index))
-                        raise error
-                    last = str(error)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                deadline = time.monotonic() + self.timeout_s
+                resp = await self._http.request(self.endpoint, method, self._path(key), params, form, self.timeout_s)
+                body = await asyncio.wait_for(resp.read(), max(0.1, deadline - time.monotonic()))
+                index = int(resp.headers.get("x-etcd-index", "0") or 0)
+                if resp.status < 300:
+                    return json.loads(body), index
+                error = self._error(resp.status, body)
+                if not isinstance(error, EtcdUnavailable):
+                    doc = json.loads(body) if body[:1] == b"{" else {}
+                    if doc.get("errorCode") in ok_codes:
+                        return doc, int(doc.get("index", index))
+                    raise error
+                last = str(error)
+            except (HttpClientError, OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
                 last = f"{self.endpoint.url}: {exc.__class__.__name__}: {exc}"
             log.debug("etcd v2 endpoint failed (%s), trying the next one", last)
             self._index = (self._index + 1) % len(self.endpoints)
@@ -191,17 +184,17 @@ class EtcdV2Store:
             url = self.endpoint.url
             try:
                 # headers come at once (etcd flushes them); the body when an event happens
-                async with self._sess().get(self._url(prefix), params=params, timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=self.timeout_s, sock_read=None)) as resp:
-                    if resp.status >= 300:
-                        raise self._error(resp.status, await asyncio.wait_for(resp.read(), self.timeout_s))
-                    started = int(resp.headers.get("X-Etcd-Index", "0") or 0)
-                    try:
-                        body = await asyncio.wait_for(resp.read(), self.watch_poll_s)
-                    except TimeoutError:
-                        cursor = max(cursor, started)  # nothing changed up to where the watch began
-                        continue
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                resp = await self._http.request(self.endpoint, "GET", self._path(prefix), params, None, self.timeout_s)
+                if resp.status >= 300:
+                    raise self._error(resp.status, await asyncio.wait_for(resp.read(), self.timeout_s))
+                started = int(resp.headers.get("x-etcd-index", "0") or 0)
+                try:
+                    body = await asyncio.wait_for(resp.read(), self.watch_poll_s)
+                except TimeoutError:
+                    resp.close()  # abandoned mid-answer: this connection cannot be reused
+                    cursor = max(cursor, started)  # nothing changed up to where the watch began
+                    continue
+            except (HttpClientError, OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
                 self._index = (self._index + 1) % len(self.endpoints)
                 raise EtcdUnavailable(f"watch on {url} broke: {exc.__class__.__name__}: {exc}") from None
             try:
@@ -222,19 +215,18 @@ class EtcdV2Store:
         deadline = time.monotonic() + timeout_s
         while True:
             for i, ep in enumerate(self.endpoints):
+                budget = max(0.1, min(1.0, deadline - time.monotonic()))
                 try:
-                    async with self._sess().get(f"{ep.base}/version", timeout=aiohttp.ClientTimeout(
-                            total=max(0.1, min(1.0, deadline - time.monotonic())))) as resp:
-                        if resp.status == 200:
-                            self._index = i
-                            return True
-                except (aiohttp.ClientError, TimeoutError):
+                    resp = await self._http.request(ep, "GET", "/version", timeout_s=budget)
+                    await asyncio.wait_for(resp.read(), budget)
+                    if resp.status == 200:
+                        self._index = i
+                        return True
+                except (HttpClientError, OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                     pass
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
