@@ -13,8 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from vxlan.rtnl import IPRoute, NetlinkError
 
 
 class NetconfError(RuntimeError):

@@ -49,7 +49,7 @@ def test_old_and_other_backend_leases():
 def test_registry_parses():
     snap = parse_registry(DOC)
     assert len(snap.leases) == 2
-    assert snap.leases[ipaddress.IPv4Network("10.5.35.0/24")].vni is None
+    assert snap.lease(ipaddress.IPv4Network("10.5.35.0/24")).vni is None
 
 
 def _broken(path, value):

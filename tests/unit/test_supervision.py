@@ -46,3 +46,17 @@ def test_cancellation_is_not_a_failure():
         except asyncio.CancelledError:
             return "cancelled"
     assert asyncio.run(go()) == "cancelled" and d.task_failures == 0
+
+
+def test_rtnl_loads_iproute_alone_and_pyroute2_still_imports():
+    """vxlan.rtnl loads pyroute2's rtnetlink part without the package's every other part;
+    a later plain ``from pyroute2 import IPRoute`` gets the same class."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vxlan.rtnl import IPRoute; import pyroute2; from pyroute2 import IPRoute as I2; "
+            "assert I2 is IPRoute and IPRoute.__module__ == 'pyroute2.iproute.linux'; "
+            "assert 'pyroute2.ndb.main' not in sys.modules and 'pyroute2.ipdb' not in sys.modules; "
+            "IPRoute().close(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
