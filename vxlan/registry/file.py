@@ -203,7 +203,11 @@ class FileRegistry:
                 raise AcquireError(f"our lease {lease.key} is outside SubnetMin..SubnetMax or not "
                                    f"/{config.subnet_len} (flannel's isSubnetConfigCompat)")
             self._own = lease
-            return lease, [other for other in self._snapshot.leases.values() if other is not lease]
+            others = [other for other in self._snapshot.leases.values() if other is not lease]
+            # from here on only the config and our lease are compared against (the peers are
+            # the peer table's): no second map of a /8 of leases
+            self._snapshot = Snapshot(self._snapshot.config, {lease.subnet_key: lease})
+            return lease, others
         raise AcquireError(f"no lease in {self.path} has PublicIP {public_ip}: add one for this node under "
                            "\"subnets\", or pass the right --public-ip")
 
