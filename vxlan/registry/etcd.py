@@ -160,7 +160,7 @@ class EtcdRegistry:
 
     async def list_leases(self, reservations: set | None = None) -> tuple[list[Lease], int]:
         """Every parsable lease under ``<prefix>/subnets`` and the cursor of that snapshot; the
-        subnets of those without a TTL (reservations) go into ``reservations`` if given."""
+        subnet_keys of those without a TTL (reservations) go into ``reservations`` if given."""
         leases: list[Lease] = []
 
         def page(items: list[KeyValue]) -> None:
@@ -169,7 +169,7 @@ class EtcdRegistry:
                 if lease is not None:
                     leases.append(lease)
                     if reservations is not None and not item.expires:
-                        reservations.add(lease.subnet)
+                        reservations.add(lease.subnet_key)
         revision = await self.store.list(self.subnets_prefix, page)
         return leases, revision
 
@@ -181,7 +181,7 @@ class EtcdRegistry:
         last_error = ""
         for attempt in range(1, RACE_RETRIES + 1):
             try:
-                reservations: set[ipaddress.IPv4Network] = set()  # keys without TTL
+                reservations: set[int] = set()  # subnet_key of the keys without TTL
                 leases, revision = await self.list_leases(reservations)
                 try:
                     decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng)
@@ -196,7 +196,7 @@ class EtcdRegistry:
                 else:  # host-gw leases carry no BackendData (hostgw.go), udp ones not even a type
                     lease = Lease(decision.subnet, public_ip, lease_backend_type(config))
                 key, value = self._key(lease.subnet), lease.to_json().encode()
-                reserved = decision.reuse is not None and decision.subnet in reservations
+                reserved = decision.reuse is not None and decision.reuse.subnet_key in reservations
                 granted: int | None
                 if decision.reuse is not None:
                     # updateSubnet: unconditional; a reservation keeps having no TTL
