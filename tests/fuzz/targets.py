@@ -19,6 +19,7 @@ from collections.abc import Callable
 from vxlan import wire
 from vxlan.capture import Filter
 from vxlan.config import ConfigError
+from vxlan.httpserve import HttpError, parse_head, parse_target
 from vxlan.registry.etcd import EtcdRegistry, parse_config_value
 from vxlan.registry.file import parse_registry_bytes
 
@@ -55,8 +56,6 @@ def lease(data: bytes) -> None:
 
 def http_request(data: bytes) -> None:
     """A request head as a client of /healthz, /metrics or /debug/capture sends it."""
-    from vxlan.httpserve import HttpError, parse_head, parse_target
-
     with contextlib.suppress(HttpError):
         _, target, _ = parse_head(data)
         parse_target(target)
