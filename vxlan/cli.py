@@ -481,7 +481,7 @@ def vxlanctl_main(argv: list[str] | None = None) -> int:
             print(f"deleted namespace {name}")
         return 0
     if args.command == "demo":
-        from vxlan import demo
+        from vxlan.lab import demo
 
         return demo.run(vni=args.vni, port=args.port, seconds=args.seconds,
                         registry="file" if args.static else "etcd", etcd_api=args.etcd_api)

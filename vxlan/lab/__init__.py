@@ -33,9 +33,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vxlan import netconf, plan, wire
-from vxlan.lab_etcd import EtcdLabMixin, EtcdMember, make_certs
-from vxlan.labutil import LabError, sh, stop_process  # noqa: F401 (re-exported)
+from vxlan import netconf, plan, subnetenv, wire
+from vxlan.config import get_ci
+from vxlan.lab.etcd import SUBNETS, EtcdLabMixin, EtcdMember, make_certs
+from vxlan.lab.util import LabError, sh, stop_process  # noqa: F401 (re-exported)
 from vxlan.lease import Lease
 
 _counter = itertools.count(1)
@@ -123,7 +124,7 @@ class Lab(EtcdLabMixin):
     nodes are programmed once from it. ``registry="etcd"``: a real etcd (``etcd_members``
     members) in the underlay namespace seeded with the network config (in the v3 store, or with
     ``etcd_api="v2"`` in the v2 store of an etcd started with ``--enable-v2``); vxland hosts join
-    with ``--etcd-endpoints`` and kernel nodes are driven by ``vxlan.flanneld_emu``; subnets and
+    with ``--etcd-endpoints`` and kernel nodes are driven by ``vxlan.lab.flanneld_emu``; subnets and
     VtepMACs are what the nodes acquire.
     """
 
@@ -326,7 +327,7 @@ class Lab(EtcdLabMixin):
     def _node_cmd(self, host: Host) -> tuple[list[str], str]:
         """The command that runs ``host``'s node, and the log line that says it is up."""
         if host.kind == "kernel":
-            return ([sys.executable, "-m", "vxlan.flanneld_emu", "--etcd-endpoints", self.etcd_endpoints,
+            return ([sys.executable, "-m", "vxlan.lab.flanneld_emu", "--etcd-endpoints", self.etcd_endpoints,
                      *self.etcd_tls_args(), "--etcd-api", self.etcd_api, "--iface", "eth0",
                      "--subnet-file", str(host.subnet_file), "--tx-checksum-off"],
                     "flanneld-emu started")
@@ -359,27 +360,40 @@ class Lab(EtcdLabMixin):
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             text = host.log_path.read_text(errors="replace")[offset:]
-            line = next((ln for ln in text.splitlines() if ready in ln), None)
-            if line is not None:
-                self._learn(host, line)
+            if any(ready in ln for ln in text.splitlines()):  # started (subnet.env is written by then)
+                self._learn(host)
                 return
             if host.proc.poll() is not None:
                 break
             time.sleep(0.05)
         raise LabError(f"h{host.index} ({host.kind}) did not start:\n{self.log(host)[-3000:]}")
 
-    def _learn(self, host: Host, line: str) -> None:
-        """Subnet and VtepMAC from the start-up line; then the pod gets its addresses."""
-        subnet = re.search(r"subnet (\d+\.\d+\.\d+\.\d+/\d+)", line)
-        mac = re.search(r"VtepMAC ([0-9a-f:]{17}|none)", line)
-        if subnet is None or mac is None:
-            raise LabError(f"cannot read subnet and VtepMAC from: {line}")
-        new_subnet = ipaddress.IPv4Network(subnet.group(1))
+    def _learn(self, host: Host) -> None:
+        """The node's lease as any other node would learn it: its subnet from the subnet.env it
+        wrote (FLANNEL_SUBNET), its VtepMAC from its lease in the registry; then the pod gets
+        its addresses. (Not from the log: a log line is no interface.)"""
+        new_subnet = subnetenv.previous_subnet(host.subnet_file)
+        if new_subnet is None:
+            raise LabError(f"h{host.index} started but {host.subnet_file} has no FLANNEL_SUBNET")
         changed = new_subnet != host.subnet
         host.subnet = new_subnet
-        host.vtep_mac = b"" if mac.group(1) == "none" else wire.mac_to_bytes(mac.group(1))
+        if self.registry == "etcd":
+            host.vtep_mac = self._lease_mac(new_subnet)
         if changed or self.registry == "etcd":
             self._address_pod(host)
+
+    def _lease_mac(self, subnet: ipaddress.IPv4Network) -> bytes:
+        """The VtepMAC of the lease for ``subnet`` in etcd (b"" for backends without one)."""
+        key = f"{SUBNETS}/{subnet.network_address}-{subnet.prefixlen}"
+        if self.etcd_api == "v2":
+            value = self.etcdctl("get", key, api="v2").stdout
+        else:
+            value = self.etcdctl("get", key, "--print-value-only").stdout
+        try:
+            mac = get_ci(get_ci(json.loads(value), "BackendData") or {}, "VtepMAC")
+        except (ValueError, AttributeError):
+            raise LabError(f"the lease {key} is no lease JSON: {value!r}") from None
+        return wire.mac_to_bytes(mac) if mac else b""
 
     def stop_vxland(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the node and wait (how long it took is for the caller to judge); returns its

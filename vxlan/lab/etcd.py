@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vxlan.labutil import LabError, sh, stop_process
+from vxlan.lab.util import LabError, sh, stop_process
 
 
 @dataclass

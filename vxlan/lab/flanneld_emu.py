@@ -14,7 +14,7 @@ Leases of another backend are ignored as flannel's backends ignore them. It exis
 and the demo have a kernel peer that learns from etcd; it is no replacement for flanneld (no
 iptables, no health port).
 
-    python -m vxlan.flanneld_emu --etcd-endpoints http://198.18.0.250:2379 --iface eth0 \\
+    python -m vxlan.lab.flanneld_emu --etcd-endpoints http://198.18.0.250:2379 --iface eth0 \\
         --subnet-file /tmp/h3.env [--etcd-api v2] [--tx-checksum-off]
 """
 
