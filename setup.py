@@ -5,10 +5,20 @@ compiled out): only ``python -m bench``'s "nohook" scenario uses it, and bench b
 place when it is missing, so the product never ships it.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+# The drop reasons are numbered in wire.py and in vxengine.h: refuse to build when they differ.
+_spec = importlib.util.spec_from_file_location("reasons_check", Path(__file__).parent / "fastpath" / "reasons_check.py")
+_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_check)
+_differ = _check.mismatches(Path(__file__).parent)
+if _differ:
+    raise SystemExit("drop reasons differ between vxlan/wire.py and fastpath/vxengine.h: " + "; ".join(_differ))
 
 extensions = [
     Extension("fastpath._fastpath", ["fastpath/_fastpath.pyx", "fastpath/vxengine.c"],

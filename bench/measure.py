@@ -5,7 +5,6 @@ Every function runs inside a lab (``vxlan.lab.Lab``) between two pods; nothing l
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import subprocess
@@ -29,31 +28,12 @@ class Iperf:
 def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 1, udp_rate: str | None = None,
            length: int | None = None) -> tuple[Iperf, dict]:
     """Run iperf3 pod to pod; the receiver's view and the raw JSON."""
-    srv = lab.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", server.pod_ip],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cmd = ["iperf3", "-c", server.pod_ip, "-t", str(seconds), "-P", str(streams), "-J"]
+    args = ["-P", str(streams)]
     if udp_rate is not None:
-        cmd += ["-u", "-b", udp_rate]
+        args += ["-u", "-b", udp_rate]
     if length is not None:
-        cmd += ["-l", str(length)]
-    try:
-        error = ""
-        for _ in range(50):
-            proc = sh(cmd, ns=client.pod_ns, check=False, timeout=seconds + 30)
-            try:
-                data = json.loads(proc.stdout)
-            except ValueError:
-                data = {"error": (proc.stdout + proc.stderr)[-300:]}
-            error = data.get("error", "")
-            if not error:
-                break
-            if "refused" not in error and "busy" not in error:
-                raise LabError(f"iperf3 failed: {error}")
-            time.sleep(0.1)
-        else:
-            raise LabError(f"iperf3 server never answered: {error}")
-    finally:
-        stop_process(srv)
+        args += ["-l", str(length)]
+    data = lab.iperf3(client, server, seconds, *args)
     end = data["end"]
     if udp_rate is not None:
         s = end["sum"]

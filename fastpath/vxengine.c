@@ -1,6 +1,6 @@
 /* vxengine.c: see vxengine.h. The verdict logic mirrors vxlan/wire.py line by line; the
  * offload logic follows the kernel's TCP GSO/GRO rules as wireguard-go's tun/offload_linux.go
- * ports them (reference/fastpath.md §2.1-2.4). */
+ * ports them (the kernel's net/ipv4/tcp_offload.c and include/uapi/linux/virtio_net.h). */
 #define _GNU_SOURCE
 #include "vxengine.h"
 

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from vxlan.wire import HEADROOM, DropReason
+from vxlan.wire import HEADROOM, DropReason, internet_checksum
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +62,12 @@ def pcapng_header(snaplen: int) -> bytes:
     return shb + idbs
 
 
-def _ipv4_checksum(header: bytes) -> int:
-    total = sum(struct.unpack("!10H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def outer_headers(saddr: str, sport: int, daddr: str, dport: int, payload_len: int) -> bytes:
     """IPv4 + UDP in front of a captured VXLAN payload (UDP checksum 0: not recomputed)."""
     total = 28 + payload_len
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total & 0xFFFF, 0, 0x4000, 64, 17, 0,
                      ipaddress.IPv4Address(saddr).packed, ipaddress.IPv4Address(daddr).packed)
-    ip = ip[:10] + struct.pack("!H", _ipv4_checksum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
     return ip + struct.pack("!HHHH", sport, dport, (8 + payload_len) & 0xFFFF, 0)
 
 

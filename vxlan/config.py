@@ -1,6 +1,6 @@
 """flannel's network config (``<prefix>/config``): parse, defaults, validation, subnet math.
 
-Follows ``pkg/subnet/config.go:ParseConfig`` / ``CheckNetworkConfig`` (flannel-spec §2): Go's
+Follows ``pkg/subnet/config.go:ParseConfig`` / ``CheckNetworkConfig``: Go's
 encoding/json matches keys case-insensitively and ignores unknown ones, so we do the same, and
 the validation texts are flannel's own so operators can search for them. Pure: no I/O.
 """

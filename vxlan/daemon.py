@@ -1,6 +1,6 @@
 """vxland's life cycle: start in flanneld's order, follow the registry, stop cleanly.
 
-Order as flanneld's ``main.go:main`` (flannel-spec §7): network config -> external interface ->
+Order as flanneld's ``main.go:main``: network config -> external interface ->
 lease -> device -> subnet.env -> watch leases and renew ours. flanneld creates its kernel
 device before the lease so the VtepMAC can go into it; a TUN has no MAC, so vxland takes the
 lease first (reusing the VtepMAC of a lease it already holds) and then makes the device.
@@ -315,7 +315,7 @@ class Daemon:
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         self._cleanups.append(tun.close)
-        # pyroute2's sync API must not run on the event-loop thread (reference/dependencies.md)
+        # pyroute2's sync API must not run on the event-loop thread (it blocks on netlink)
         self._cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, config.network))
         try:
             await asyncio.to_thread(netconf.configure_tun, tun.name, own.subnet.network_address, mtu, config.network)
@@ -333,7 +333,7 @@ class Daemon:
             self.metrics_source.dataplane, self.metrics_source.codec = dataplane, self.codec
 
     async def _start_iptables(self, network, subnet) -> None:
-        """--ip-masq and the forward rules, as flanneld's main.go sets them up (flannel-spec §6).
+        """--ip-masq and the forward rules, as flanneld's main.go sets them up (pkg/trafficmngr/iptables).
 
         Hosts without iptables (or without netfilter, as under gVisor) are among vxland's
         users: there the default forward rules are skipped with an error in the log, as

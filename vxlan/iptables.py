@@ -1,7 +1,7 @@
 """``--ip-masq`` and the forward rules, exactly as flanneld >= 0.22 installs them.
 
-Rules and order: ``pkg/trafficmngr/iptables/iptables.go:masqRules`` / ``forwardRules``
-(flannel-spec §6). Applied as flanneld's ``ipTablesBootstrap`` does: each rule that already
+Rules and order: ``pkg/trafficmngr/iptables/iptables.go:masqRules`` / ``forwardRules``.
+Applied as flanneld's ``ipTablesBootstrap`` does: each rule that already
 exists is deleted and re-appended in one ``iptables-restore --noflush`` transaction, so the set
 stays in order with nothing of anyone else's between; re-checked every ``--iptables-resync``
 seconds and rebuilt if any rule is missing (``ensureIPTables``). Rules left by a previous

@@ -1,7 +1,7 @@
 """Subnet leases: keys like ``10.5.34.0-24`` and the lease JSON, exactly as flannel has them.
 
-Key format: ``pkg/subnet/subnet.go:MakeSubnetKey`` / ``ParseSubnetKey`` (flannel-spec §1.1).
-Value: ``pkg/lease/lease.go:LeaseAttrs`` marshalled in field order (flannel-spec §1.2), e.g.
+Key format: ``pkg/subnet/subnet.go:MakeSubnetKey`` / ``ParseSubnetKey``.
+Value: ``pkg/lease/lease.go:LeaseAttrs`` marshalled in field order, e.g.
 ``{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",
 "BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}``. Pure: no I/O.
 """

@@ -1,7 +1,7 @@
 """Host network facts and programming through netlink (pyroute2's sync API).
 
 Every function here blocks; the daemon calls them with ``asyncio.to_thread`` because
-pyroute2's async API does not work under uvloop (reference/dependencies.md).
+pyroute2's async API does not work under uvloop (its sockets expect the stock loop).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PeerTable: which remote VTEP serves which subnet, fed by lease events. Pure: no I/O.
 
-Mirrors flannel's ``pkg/lease/lease.go:LeaseWatcher`` (flannel-spec §1.5): our own subnet is
+Mirrors flannel's ``pkg/lease/lease.go:LeaseWatcher``: our own subnet is
 never a peer; ``reset(snapshot)`` reports new and changed leases as added and vanished ones as
 removed, unchanged ones not at all; a removal carries the stored lease so the data plane knows
 what to unprogram. Leases of other backends are ignored as ``vxlan_network.go`` and

@@ -2,7 +2,7 @@
 ``DirectRouting`` the peers whose PublicIP is on a directly connected subnet.
 
 ``ip route replace S via P [dev IFACE]`` per peer as flannel's ``route_network.go`` /
-``vxlan_network.go`` (flannel-spec §3.2, §4); ``check()`` re-adds any that went missing, as
+``vxlan_network.go``; ``check()`` re-adds any that went missing, as
 host-gw's ``routeCheck`` does every 10 s. Blocking (netlink): call from a thread.
 """
 

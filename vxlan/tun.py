@@ -4,8 +4,8 @@
 Ethernet header is stripped. With offloads (the default with the compiled data plane) the
 device also gets ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD(CSUM | TSO4 | TSO6 | USO4 | USO6)``:
 every read then starts with a 10-byte virtio_net_hdr and may be a TCP or UDP super-packet of
-up to 64 KiB, and every write may be a coalesced one (reference/fastpath.md §2.1-2.2; USO
-needs Linux 6.2 and is dropped alone when refused). If the kernel refuses, the
+up to 64 KiB, and every write may be a coalesced one (drivers/net/tun.c TUNSETOFFLOAD,
+include/uapi/linux/virtio_net.h; USO needs Linux 6.2 and is dropped alone when refused). If the kernel refuses, the
 device is reopened without them and the reason is logged. The device is not persistent:
 closing the fd (or the process dying) removes it with its addresses and routes.
 """

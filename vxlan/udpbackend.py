@@ -1,6 +1,6 @@
 """flannel's ``udp`` backend, for configs without ``Backend`` (flanneld's code then picks it).
 
-The wire format is flannel's ``pkg/backend/udp/proxy_amd64.c`` (flannel-spec §4): the UDP
+The wire format is flannel's ``pkg/backend/udp/proxy_amd64.c``: the UDP
 payload is the bare inner IPv4 packet, sent to the peer's PublicIP on ``Backend.Port`` (8285).
 Both sender and receiver decrement the TTL with the RFC 1624 checksum fix and drop at zero; a
 destination in no peer's subnet gets an ICMP net-unreachable written back into the TUN; the
@@ -17,23 +17,11 @@ import ipaddress
 import struct
 from typing import Any
 
-from vxlan.wire import DropCounters, DropReason
+from vxlan.wire import DropCounters, DropReason, fold16, internet_checksum
 
 DEFAULT_UDP_PORT = 8285  # udp_amd64.go defaultPort
 UDP_ENCAP_OVERHEAD = 28  # udp_network_amd64.go encapOverhead: IPv4 + UDP headers
 ICMP_NET_UNREACHABLE_TTL = 8  # proxy_amd64.c send_net_unreachable
-
-
-def _fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    return ~_fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
 
 
 def decrement_ttl(buf: Any) -> bool:
@@ -44,7 +32,7 @@ def decrement_ttl(buf: Any) -> bool:
     buf[8] = ttl
     # HC' = ~(~HC + ~m + m'): the 16-bit word holding TTL drops by 0x0100
     old = (buf[10] << 8) | buf[11]
-    new = ~_fold((~old & 0xFFFF) + (~((ttl + 1) << 8 | buf[9]) & 0xFFFF) + ((ttl << 8) | buf[9])) & 0xFFFF
+    new = ~fold16((~old & 0xFFFF) + (~((ttl + 1) << 8 | buf[9]) & 0xFFFF) + ((ttl << 8) | buf[9])) & 0xFFFF
     buf[10], buf[11] = new >> 8, new & 0xFF
     return True
 
@@ -61,11 +49,11 @@ def net_unreachable(offender: bytes, source: bytes) -> bytes | None:
         return None
     quoted = offender[: ihl + 8]
     icmp = bytearray(struct.pack("!BBHI", 3, 0, 0, 0) + quoted)
-    icmp[2:4] = struct.pack("!H", _checksum(bytes(icmp)))
+    icmp[2:4] = struct.pack("!H", internet_checksum(bytes(icmp)))
     total = 20 + len(icmp)
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, ICMP_NET_UNREACHABLE_TTL, 1, 0, source,
                                offender[12:16]))
-    ip[10:12] = struct.pack("!H", _checksum(bytes(ip)))
+    ip[10:12] = struct.pack("!H", internet_checksum(bytes(ip)))
     return bytes(ip + icmp)
 
 

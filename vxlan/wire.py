@@ -4,7 +4,7 @@ This module is the specification of the data plane. ``fastpath._fastpath`` is it
 twin and must give byte-identical results for every input (tests/unit/test_fastpath_equiv.py
 holds the two side by side). Nothing here does I/O.
 
-On the wire (RFC 7348 §5, and what a Linux ``flannel.<VNI>`` device emits, flannel-spec §3.3)
+On the wire (RFC 7348 §5, and what a Linux ``flannel.<VNI>`` device emits: pkg/backend/vxlan/device.go)
 the UDP payload is::
 
     VXLAN header (8)   flags 0x08 (I bit), 3 reserved, 24-bit VNI, 1 reserved
@@ -24,6 +24,7 @@ import ipaddress
 import os
 import re
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,6 +136,21 @@ def check_vtep_address(ip: str) -> None:
     n = ipv4_to_int(ip)  # raises ValueError
     if n == 0 or n >> 28 == 0xE or n == 0xFFFFFFFF:  # unspecified, multicast (224/4), broadcast
         raise ValueError(f"{ip} is not a VTEP address")
+
+
+def fold16(total: int) -> int:
+    """A one's-complement sum folded to 16 bits (RFC 1071 §4.1: add the carries back in)."""
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def internet_checksum(data: bytes) -> int:
+    """The Internet checksum of ``data`` (RFC 1071), as it goes into a header: the complement of
+    the folded sum of its 16-bit big-endian words (an odd last byte padded with a zero)."""
+    if len(data) % 2:
+        data += b"\0"
+    return ~fold16(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
 
 
 def ipv4_to_int(ip: str) -> int:

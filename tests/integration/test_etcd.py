@@ -57,7 +57,7 @@ def test_lease_key_and_json_are_flanneld_s(local_etcd, api):
         granted = 86400
     assert re.fullmatch(r"/coreos\.com/network/subnets/172\.7\.\d+\.0-24", key)
     value = json.loads(raw)
-    # flannel-spec §1.2 / Documentation/reservations.md, field order included (0.15-0.17 on
+    # flannel's pkg/lease/lease.go LeaseAttrs / Documentation/reservations.md, field order included (0.15-0.17 on
     # v2 write PublicIPv6 too)
     assert list(value) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData"]
     assert value == {"PublicIP": "198.18.0.7", "PublicIPv6": None, "BackendType": "vxlan",

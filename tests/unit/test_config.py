@@ -1,4 +1,4 @@
-"""flannel network config: defaults and flannel's own validation texts (flannel-spec §2)."""
+"""flannel network config: defaults and flannel's own validation texts (pkg/subnet/config.go)."""
 
 from __future__ import annotations
 

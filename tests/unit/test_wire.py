@@ -211,3 +211,12 @@ def test_every_drop_reason_has_a_side():
     assert set(sides.values()) == {"tun", "underlay", "both"}
     assert {k for k, v in sides.items() if v == "tun"} == {"no_route", "not_ip", "send_failed", "bad_offload"}
     assert sides["tun_write_failed"] == "underlay" and sides["ttl_expired"] == "both"
+
+
+def test_drop_reasons_are_numbered_alike_in_wire_and_the_engine():
+    """setup.py refuses to build when they differ; this says so in make test too."""
+    from fastpath.reasons_check import mismatches, reasons_of_header
+
+    root = Path(__file__).resolve().parents[2]
+    assert mismatches(root) == []
+    assert len(reasons_of_header((root / "fastpath" / "vxengine.h").read_text())) == len(DropReason)

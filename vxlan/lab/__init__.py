@@ -12,7 +12,7 @@ can delete the leftovers of a lab whose process died, and never touches a live o
 Addresses: underlay 198.18.0.0/24 (RFC 2544 benchmarking range), overlay 172.7.0.0/16.
 
 A host is ``vxland`` (our daemon, started from the generated registry file), ``kernel`` (a
-Linux vxlan device programmed exactly as flanneld >= 0.9 does, flannel-spec §3.2) or
+Linux vxlan device programmed exactly as flanneld >= 0.9 does in pkg/backend/vxlan/) or
 ``plain`` (an underlay address and a lease, no tunnel: a source of crafted datagrams).
 """
 
@@ -449,6 +449,30 @@ class Lab(EtcdLabMixin):
         if dont_fragment:
             cmd += ["-M", "do"]
         return sh([*cmd, dst.pod_ip], ns=src.pod_ns, check=False, timeout=count * interval + timeout_s + 10)
+
+    def iperf3(self, client: Host, server: Host, seconds: float, *args: str) -> dict:
+        """iperf3 from ``client``'s pod to ``server``'s (``args``: more client flags): its JSON
+        report. The one-shot server is started here and retried until it listens."""
+        srv = self.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", server.pod_ip],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = ["iperf3", "-c", server.pod_ip, "-t", str(seconds), "-J", *args]
+        try:
+            error = ""
+            for _ in range(50):  # until the server listens
+                proc = sh(cmd, ns=client.pod_ns, check=False, timeout=seconds + 30)
+                try:
+                    report = json.loads(proc.stdout)
+                except ValueError:
+                    report = {"error": (proc.stdout + proc.stderr).strip()[-300:]}
+                error = report.get("error", "")
+                if not error:
+                    return report
+                if "refused" not in error and "busy" not in error:
+                    break
+                time.sleep(0.1)
+            raise LabError(f"iperf3 {client.pod_ip} -> {server.pod_ip} failed: {error or 'no result'}")
+        finally:
+            stop_process(srv)
 
     def http_get(self, host: Host, path: str) -> str:
         code = ("import sys, urllib.request; "

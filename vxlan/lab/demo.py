@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import sys
-import time
 
 from vxlan import lab as labmod
 from vxlan import wire
@@ -18,26 +16,11 @@ from vxlan.lab import Host, Lab
 
 def iperf3(lab: Lab, client: Host, server: Host, seconds: int, streams: int = 1) -> float:
     """TCP throughput pod to pod in bit/s, as the receiver counted it."""
-    srv = lab.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", server.pod_ip],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    report = lab.iperf3(client, server, seconds, "-P", str(streams))
     try:
-        error = ""
-        for _ in range(50):  # until the server listens
-            proc = labmod.sh(["iperf3", "-c", server.pod_ip, "-t", str(seconds), "-P", str(streams), "-J"],
-                             ns=client.pod_ns, check=False, timeout=seconds + 30)
-            try:
-                result = json.loads(proc.stdout)
-            except ValueError:
-                result = {"error": (proc.stdout + proc.stderr).strip()[-300:]}
-            error = result.get("error", "")
-            if not error and "sum_received" in result.get("end", {}):
-                return float(result["end"]["sum_received"]["bits_per_second"])
-            if "refused" not in error and "busy" not in error:
-                break
-            time.sleep(0.1)
-        raise labmod.LabError(f"iperf3 {client.pod_ip} -> {server.pod_ip} failed: {error or 'no result'}")
-    finally:
-        labmod.stop_process(srv)
+        return float(report["end"]["sum_received"]["bits_per_second"])
+    except (KeyError, TypeError):
+        raise labmod.LabError(f"iperf3 {client.pod_ip} -> {server.pod_ip}: no result") from None
 
 
 def _ping_cell(proc) -> tuple[bool, str]:

@@ -1,8 +1,8 @@
 """The etcd part of the lab: members in the underlay namespace, etcdctl, the seed config.
 
 A mixin of ``vxlan.lab.Lab`` (kept apart so that the topology code stays readable). Members
-listen on 198.18.0.251+ on the underlay bridge and start with the fast single-node timings
-from reference/dependencies.md (heartbeat 10 ms, election 100 ms).
+listen on 198.18.0.251+ on the underlay bridge and start with fast timings for one
+machine (heartbeat 10 ms, election 100 ms: a lost leader is replaced within a second).
 """
 
 from __future__ import annotations

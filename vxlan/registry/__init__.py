@@ -38,7 +38,7 @@ class Deleted:
 
 @dataclass(frozen=True)
 class OwnLeaseLost:
-    """Our own lease was deleted: flanneld logs it and exits 0 (main.go, flannel-spec §1.5)."""
+    """Our own lease was deleted: flanneld logs it and exits 0 (main.go, LeaseWatcher)."""
 
     reason: str
 

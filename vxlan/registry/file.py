@@ -1,6 +1,6 @@
 """Static registry: flannel's config plus a ``subnets`` map of lease JSON in one file.
 
-Format (DESIGN.md)::
+Format (the same data model as etcd: the config, and the lease JSON by subnet key)::
 
     {"config": {"Network": "172.7.0.0/16", "Backend": {"Type": "vxlan"}},
      "subnets": {"172.7.1.0-24": {"PublicIP": "198.18.0.1", "BackendType": "vxlan",
