@@ -133,7 +133,8 @@ class HttpServer:
     async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[Response, str]:
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+                async with asyncio.timeout(HEAD_TIMEOUT_S):
+                    head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.LimitOverrunError:
                 raise HttpError(431, "request head too large") from None
             except (asyncio.IncompleteReadError, TimeoutError):

@@ -129,7 +129,8 @@ class EtcdV2Store:
             try:
                 deadline = time.monotonic() + self.timeout_s
                 resp = await self._http.request(self.endpoint, method, self._path(key), params, form, self.timeout_s)
-                body = await asyncio.wait_for(resp.read(), max(0.1, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):  # not wait_for: httpclient.py
+                    body = await resp.read()
                 index = int(resp.headers.get("x-etcd-index", "0") or 0)
                 if resp.status < 300:
                     return json.loads(body), index
@@ -186,10 +187,13 @@ class EtcdV2Store:
                 # headers come at once (etcd flushes them); the body when an event happens
                 resp = await self._http.request(self.endpoint, "GET", self._path(prefix), params, None, self.timeout_s)
                 if resp.status >= 300:
-                    raise self._error(resp.status, await asyncio.wait_for(resp.read(), self.timeout_s))
+                    async with asyncio.timeout(self.timeout_s):
+                        body = await resp.read()
+                    raise self._error(resp.status, body)
                 started = int(resp.headers.get("x-etcd-index", "0") or 0)
                 try:
-                    body = await asyncio.wait_for(resp.read(), self.watch_poll_s)
+                    async with asyncio.timeout(self.watch_poll_s):
+                        body = await resp.read()
                 except TimeoutError:
                     resp.close()  # abandoned mid-answer: this connection cannot be reused
                     cursor = max(cursor, started)  # nothing changed up to where the watch began
@@ -218,7 +222,8 @@ class EtcdV2Store:
                 budget = max(0.1, min(1.0, deadline - time.monotonic()))
                 try:
                     resp = await self._http.request(ep, "GET", "/version", timeout_s=budget)
-                    await asyncio.wait_for(resp.read(), budget)
+                    async with asyncio.timeout(budget):
+                        await resp.read()
                     if resp.status == 200:
                         self._index = i
                         return True

@@ -1,5 +1,9 @@
 """A small HTTP/1.1 client for etcd's v2 keys API, on asyncio streams.
 
+Timeouts are ``asyncio.timeout`` blocks, not ``asyncio.wait_for``: on Python 3.11 the latter
+can swallow a cancellation that arrives as the awaited read completes, and a daemon whose
+lease renewal does one request after another then never stops.
+
 What the v2 store needs and no more: requests with a query and an urlencoded form, plain or
 TLS (client certificates), keep-alive (a busy v2 watch polls once per event), bodies delimited
 by Content-Length, by chunked transfer coding (RFC 9112 §7.1; etcd streams a watch's body and
@@ -118,9 +122,9 @@ class HttpClient:
             conn.close()
         host = ep.host.strip("[]")
         context = (self.tls or ssl.create_default_context()) if ep.secure else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, ep.port, ssl=context, server_hostname=host if context else None,
-                                    limit=MAX_HEAD), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, ep.port, ssl=context,
+                                                           server_hostname=host if context else None, limit=MAX_HEAD)
         return _Connection(self, key, reader, writer)
 
     async def request(self, ep: Endpoint, method: str, path: str, query: dict[str, str] | None = None,
@@ -138,7 +142,8 @@ class HttpClient:
             conn = await self._open(ep, timeout_s, fresh)
             try:
                 conn.writer.write(request)
-                head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    head = await conn.reader.readuntil(b"\r\n\r\n")
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 conn.close()
                 if fresh or isinstance(exc, asyncio.IncompleteReadError) and exc.partial:

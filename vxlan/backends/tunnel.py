@@ -1,0 +1,116 @@
+"""What the two tunnel backends (vxlan, udp) share: the UDP socket, the TUN device with our
+subnet's address and the Network route, the data plane and its failure, the peers' routes
+(vxlan DirectRouting) and the routes a host-gw or DirectRouting run left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from vxlan import netconf
+from vxlan.backends import FAILED, ROUTE, TUNNEL, Context, StartupError, Task
+from vxlan.dataplane import open_udp_socket
+from vxlan.lease import Lease
+from vxlan.routes import CHECK_INTERVAL_S, PeerRoutes
+from vxlan.tun import Tun
+
+log = logging.getLogger("vxland")
+
+
+class TunnelBackend:
+    name = ""
+    device = ""
+
+    def __init__(self) -> None:
+        self.ctx: Context | None = None
+        self.codec = None
+        self.dataplane = None
+        self.routes: PeerRoutes | None = None  # vxlan DirectRouting: peers on a directly connected subnet
+        # routes with a gateway into the Network found at start: leftovers of a host-gw or
+        # DirectRouting run, deleted as the peers they lead to come through the tunnel
+        self.leftover_routes: dict[ipaddress.IPv4Network, str] = {}
+
+    def precheck(self, opts, iface, public_ip: str) -> None:
+        return None
+
+    def open_socket(self, ctx: Context, port: int, hint: str):
+        bind_ip = ctx.iface.address or ctx.public_ip
+        try:
+            sock = open_udp_socket(bind_ip, port)
+        except OSError as exc:
+            raise StartupError(f"cannot bind UDP {bind_ip}:{port}: {exc.strerror} ({hint})") from None
+        ctx.cleanups.append(sock.close)
+        return sock
+
+    async def open_tun(self, ctx: Context, name: str, offload: bool) -> Tun:
+        """The TUN with MTU, our subnet's /32 and the Network route; all undone at exit."""
+        try:
+            tun = Tun(name, offload=offload)
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from None
+        ctx.cleanups.append(tun.close)
+        network = ctx.config.network
+        # pyroute2's sync API must not run on the event-loop thread (it blocks on netlink)
+        ctx.cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, network))
+        try:
+            await asyncio.to_thread(netconf.configure_tun, tun.name, ctx.own.subnet.network_address, ctx.mtu, network)
+            self.leftover_routes = await asyncio.to_thread(netconf.gateway_routes, network)
+        except (netconf.NetconfError, OSError) as exc:
+            raise StartupError(str(exc)) from None
+        self.device = f"TUN {tun.name}"
+        return tun
+
+    def run(self, ctx: Context, dataplane) -> None:
+        self.dataplane = dataplane
+        dataplane.on_failure = ctx.on_failure
+        dataplane.start(ctx.loop)
+        ctx.cleanups.append(dataplane.stop)
+        if ctx.metrics is not None:
+            ctx.metrics.dataplane, ctx.metrics.codec = dataplane, self.codec
+
+    async def tunnel_to(self, lease: Lease) -> None:
+        """The peer goes through the tunnel: a route to it (ours, or a leftover) goes."""
+        if self.routes is not None and lease.subnet in self.routes:
+            await asyncio.to_thread(self.routes.remove, lease.subnet)
+        if self.leftover_routes:  # no netlink call in the common case
+            subnet = lease.subnet
+            gateway = self.leftover_routes.pop(subnet, None)
+            if gateway is not None:
+                await asyncio.to_thread(netconf.delete_route, subnet, gateway)
+                log.info("deleted route %s via %s left by an earlier host-gw or DirectRouting run: the peer is "
+                         "reached through the tunnel now", subnet, gateway)
+
+    async def route_to(self, lease: Lease) -> str:
+        """The peer is reached by a route (DirectRouting), not through the tunnel."""
+        assert self.routes is not None
+        self.codec.remove_peer(lease.network_address)
+        try:
+            await asyncio.to_thread(self.routes.add, lease.subnet, lease.public_ip)
+        except netconf.NetconfError as exc:
+            log.error("peer %s: %s", lease.subnet, exc)
+            return FAILED
+        return ROUTE
+
+    async def remove_peer(self, lease: Lease) -> None:
+        self.codec.remove_peer(lease.network_address)
+        if self.routes is not None and lease.subnet in self.routes:
+            await asyncio.to_thread(self.routes.remove, lease.subnet)
+
+    def via(self, subnet: ipaddress.IPv4Network) -> str:
+        return ROUTE if self.routes is not None and subnet in self.routes else TUNNEL
+
+    def tasks(self) -> list[Task]:
+        return [("route check", self.check_routes)] if self.routes is not None else []
+
+    async def check_routes(self) -> None:
+        assert self.routes is not None
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            await asyncio.to_thread(self.routes.check)
+
+    def on_usr1(self) -> bool:
+        return False
+
+    def metrics(self) -> dict[str, float]:
+        return {}

@@ -1,0 +1,142 @@
+"""The vxlan backend: flannel's ``pkg/backend/vxlan/``, with the device in user space. A codec
+(the compiled engine, or the pure-Python reference) between a TUN and a UDP socket, the kernel
+offloads it can use, packet capture and ``--trace``; with ``DirectRouting``, peers on a directly
+connected subnet get a route instead (``vxlan_network.go:handleSubnetEvents``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import fastpath
+from vxlan import netconf, wire
+from vxlan.backends import TUNNEL, Context, StartupError
+from vxlan.backends.tunnel import TunnelBackend
+from vxlan.capture import CaptureHub, FileSink, Filter, TraceSink
+from vxlan.dataplane import DataPlane, ThreadedDataPlane, probe_udp_offloads
+from vxlan.lease import Lease
+from vxlan.routes import PeerRoutes
+from vxlan.tun import Tun
+
+log = logging.getLogger("vxland")
+
+
+class VxlanBackend(TunnelBackend):
+    name = peer_type = "vxlan"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub: CaptureHub | None = None
+        self.capture_sink: FileSink | None = None
+        self.capture_files = 0
+        self.offloads: list[str] = []
+
+    async def start(self, ctx: Context) -> None:
+        self.ctx = ctx
+        opts, backend, own = ctx.opts, ctx.config.backend, ctx.own
+        assert own.vtep_mac is not None
+        if own.vni is not None and own.vni != backend.vni:
+            log.warning("our lease says VNI %d but the config says %d; using the config's", own.vni, backend.vni)
+        threaded = fastpath.Engine is not None
+        codec_cls = fastpath.Engine if threaded else fastpath.Codec
+        self.codec = codec_cls(backend.vni, own.vtep_mac, ctx.config.subnet_len, ctx.mtu, backend.port,
+                               strict_source=opts.strict_source)
+        sock = self.open_socket(ctx, backend.port, "a kernel vxlan device or another vxland on this port?")
+        tun = await self.open_tun(ctx, opts.tun_name or f"flannel.{backend.vni}", threaded and opts.offload)
+        self.offloads = self._probe_offloads(threaded, tun, sock)
+        if threaded:
+            self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
+                                            "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice))
+            self.hub = CaptureHub(self.codec, opts.capture_snaplen)
+            ctx.cleanups.append(self.hub.close)
+        else:
+            self.run(ctx, DataPlane(self.codec, tun.fd, sock))
+        if backend.direct_routing:
+            self.routes = PeerRoutes()
+        self._start_capture(ctx)
+
+    def _start_capture(self, ctx: Context) -> None:
+        opts = ctx.opts
+        if opts.trace_rate:
+            if self.hub is None:
+                raise StartupError("--trace needs the compiled data plane")
+            self.hub.add(TraceSink(sys.stderr, opts.trace_rate, Filter.parse(opts.capture_filter)))
+        if opts.capture is not None:
+            if self.hub is None:
+                raise StartupError("--capture needs the compiled data plane (VXLAN_PURE_PYTHON is set or the "
+                                   "extension is missing)")
+            try:
+                self._capture_next()
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--capture {opts.capture}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def _probe_offloads(self, threaded: bool, tun: Tun, sock) -> list[str]:
+        """Probe what the kernel offers; log what is off and why (wireguard-go's habit)."""
+        if not threaded:
+            return []
+        if not self.ctx.opts.offload:
+            log.info("offloads off (--no-offload)")
+            return []
+        if tun.offload_error:
+            log.warning("TUN offloads off: %s", tun.offload_error)
+        elif tun.uso_error:
+            log.info("%s: UDP super-packets are not used on the TUN", tun.uso_error)
+        gso, gro, reasons = probe_udp_offloads(sock)
+        for reason in reasons:
+            log.warning("%s", reason)
+        names = (["tun-tso-gro"] if tun.vnet_hdr else []) + (["tun-uso"] if tun.uso else [])
+        return names + (["udp-gso"] if gso else []) + (["udp-gro"] if gro else [])
+
+    async def add_peer(self, lease: Lease) -> str:
+        # DirectRouting is decided per event, as vxlan_network.go does
+        if self.routes is not None and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
+            return await self.route_to(lease)
+        await self.tunnel_to(lease)
+        assert lease.vtep_mac is not None
+        self.codec.set_peer(lease.network_address, lease.vtep_mac, lease.public_ip)
+        return TUNNEL
+
+    def describe(self, lease: Lease, how: str) -> str:
+        if how == TUNNEL:
+            return f"VtepMAC {wire.mac_to_str(lease.vtep_mac or b'')}"
+        return "direct route, no tunnel"
+
+    def started(self) -> tuple[str, str]:
+        backend = self.ctx.config.backend
+        return (f"VNI {backend.vni}, port {backend.port}",
+                f", fastpath {fastpath.IMPLEMENTATION}, offloads: {' '.join(self.offloads) or 'none'}")
+
+    # -- capture: --capture PATH, toggled by SIGUSR1 ------------------------------------------
+    def _capture_next(self) -> None:
+        """Open the next capture file: --capture's path first, then PATH.c1, PATH.c2 ..."""
+        opts = self.ctx.opts
+        assert self.hub is not None and opts.capture is not None
+        path = opts.capture
+        if self.capture_files:
+            path = path.with_name(f"{path.name}.c{self.capture_files}")
+        self.capture_sink = FileSink(path, opts.capture_snaplen, Filter.parse(opts.capture_filter),
+                                     opts.capture_count, opts.capture_max_bytes)
+        self.capture_files += 1
+        self.hub.add(self.capture_sink)
+        log.info("capture on: writing %s", path)
+
+    def on_usr1(self) -> bool:
+        """Stop a running file capture (the file is complete), or start a new one."""
+        if self.ctx is None or self.ctx.opts.capture is None or self.hub is None:
+            return False
+        if self.capture_sink is not None and not self.capture_sink.done:
+            self.hub.remove(self.capture_sink)
+            self.capture_sink.close()
+            log.info("capture off: %d packets in %s", self.capture_sink.packets,
+                     ", ".join(map(str, self.capture_sink.files)))
+            self.capture_sink = None
+            return True
+        try:
+            self._capture_next()
+        except OSError as exc:
+            log.error("capture: cannot open %s: %s", self.ctx.opts.capture, exc.strerror)
+        return True
+
+    def metrics(self) -> dict[str, float]:
+        return {"capture_lost_total": float(self.hub.lost)} if self.hub is not None else {}
