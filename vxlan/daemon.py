@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import signal
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fastpath
-from vxlan import debug_http, heap, iptables, netconf, sdnotify, subnetenv, wire
+from vxlan import debug_http, heap, hostrules, netconf, sdnotify, subnetenv, wire
 from vxlan.backends import FAILED, Backend, Context, StartupError, backend_for
 from vxlan.capture import DEFAULT_SNAPLEN
 from vxlan.config import ConfigError
@@ -226,86 +225,9 @@ class Daemon:
         self._cleanups.append(server.close)
 
     async def _start_iptables(self, network, subnet) -> None:
-        """--ip-masq and the forward rules, as flanneld's main.go sets them up (pkg/trafficmngr/iptables).
-
-        Hosts without iptables (or without netfilter, as under gVisor) are among vxland's
-        users: there the default forward rules are skipped with an error in the log, as
-        flanneld does; an explicit --ip-masq that cannot be honoured stops start-up instead,
-        so pods do not come up without the masquerading they were promised."""
-        if not (self.opts.ip_masq or self.opts.iptables_forward_rules):
-            return
-
-        def failed(what: str, exc: Exception) -> None:
-            if self.opts.ip_masq:
-                raise StartupError(f"--ip-masq: {what}: {exc}") from None
-            log.error("forward rules not installed (%s: %s); pass --iptables-forward-rules=false if this "
-                      "host has no iptables", what, exc)
-
-        try:
-            ipt = await asyncio.to_thread(iptables.IPTables)
-        except iptables.IPTablesError as exc:
-            return failed("iptables", exc)
-        rule_sets = []
-        old = subnetenv.read_values(self.opts.subnet_file)
-        prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(self.opts.subnet_file)
-        await self._remove_legacy_rules(ipt, network, subnet, prev_net, prev_subnet)
-        if self.opts.ip_masq:
-            random_fully = self.opts.masq_random_fully and ipt.random_fully
-            if prev_net and prev_subnet is not None and (prev_net != str(network) or prev_subnet != subnet):
-                log.info("network or subnet (%s, %s) differ from the previous ones (%s, %s): removing the old "
-                         "masquerade rules", network, subnet, prev_net, prev_subnet)
-                try:
-                    old_rules = iptables.masq_rules(ipaddress.IPv4Network(prev_net, strict=False), prev_subnet,
-                                                    random_fully)
-                    await asyncio.to_thread(ipt.delete, old_rules)
-                except (ValueError, iptables.IPTablesError) as exc:
-                    log.warning("could not remove the old masquerade rules: %s", exc)
-            rule_sets.append(("masquerade", iptables.masq_rules(network, subnet, random_fully)))
-        if self.opts.iptables_forward_rules:
-            rule_sets.append(("forward", iptables.forward_rules(network)))
-        for name, rules in rule_sets:
-            try:
-                await asyncio.to_thread(ipt.apply, rules, True)
-            except iptables.IPTablesError as exc:
-                failed(f"installing the {name} rules", exc)
-                continue
-            log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
-            self._iptables_tasks.append(asyncio.create_task(
-                self._supervised(f"{name} rules resync", lambda ipt=ipt, name=name, rules=rules:
-                                 self._resync_iptables(ipt, name, rules))))
-
-    async def _remove_legacy_rules(self, ipt, network, subnet, prev_net: str | None, prev_subnet) -> None:
-        """flanneld <= 0.19 put its rules straight into POSTROUTING and FORWARD (flannel v0.17.0
-        network/iptables.go); on a host it ran on they stay, and beside vxland's chains they would
-        apply twice. Those of the rule kinds vxland installs go, for this Network and subnet and
-        for the previous ones in subnet.env."""
-        pairs = {(network, subnet)}
-        if prev_net and prev_subnet is not None:
-            try:
-                pairs.add((ipaddress.IPv4Network(prev_net, strict=False), prev_subnet))
-            except ValueError:
-                pass
-        tables = ({"nat"} if self.opts.ip_masq else set()) | ({"filter"} if self.opts.iptables_forward_rules else set())
-        legacy = [r for n, s in pairs for r in iptables.legacy_rules(n, s) if r.table in tables]
-        try:
-            found = await asyncio.to_thread(lambda: [r for r in legacy if ipt.exists(r)])
-            if found:
-                await asyncio.to_thread(ipt.delete, found)
-                log.info("removed %d iptables rules flanneld <= 0.19 left in POSTROUTING/FORWARD; vxland's "
-                         "FLANNEL-POSTRTG/FLANNEL-FWD chains replace them", len(found))
-        except iptables.IPTablesError as exc:
-            log.warning("could not remove the rules of an older flanneld: %s", exc)
-
-    async def _resync_iptables(self, ipt, name: str, rules) -> None:
-        """ensureIPTables: every --iptables-resync seconds, rebuild the set if a rule is missing."""
-        while True:
-            await asyncio.sleep(self.opts.iptables_resync_s)
-            try:
-                if not await asyncio.to_thread(ipt.all_exist, rules):
-                    log.info("some %s rules are missing; deleting and recreating them", name)
-                    await asyncio.to_thread(ipt.apply, rules)
-            except iptables.IPTablesError as exc:
-                log.error("failed to ensure the %s rules: %s", name, exc)
+        """--ip-masq and the forward rules (vxlan.hostrules); their resync loops run supervised."""
+        for name, resync in await hostrules.install(self.opts, network, subnet):
+            self._iptables_tasks.append(asyncio.create_task(self._supervised(f"{name} rules resync", resync)))
 
     def _data_plane_failed(self, why: str) -> None:
         """The TUN went away under us (someone ran ip link del), or an engine loop ended: no

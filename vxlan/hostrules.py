@@ -1,0 +1,104 @@
+"""The host's iptables rules for the overlay: --ip-masq's masquerade rules and the forward
+rules, as flanneld's ``main.go`` sets them up (``pkg/trafficmngr/iptables``), the rules an older
+flanneld left in the built-in chains, and the loops that put back what someone deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from vxlan import iptables, subnetenv
+from vxlan.backends import StartupError
+
+if TYPE_CHECKING:
+    from vxlan.daemon import Options
+
+log = logging.getLogger("vxland")
+
+
+async def install(opts: Options, network, subnet) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    """--ip-masq and the forward rules, as flanneld's main.go sets them up (pkg/trafficmngr/iptables).
+
+    Hosts without iptables (or without netfilter, as under gVisor) are among vxland's
+    users: there the default forward rules are skipped with an error in the log, as
+    flanneld does; an explicit --ip-masq that cannot be honoured stops start-up instead,
+    so pods do not come up without the masquerading they were promised. Returns each rule
+    set's resync loop, for the caller to run."""
+    if not (opts.ip_masq or opts.iptables_forward_rules):
+        return []
+
+    def failed(what: str, exc: Exception) -> None:
+        if opts.ip_masq:
+            raise StartupError(f"--ip-masq: {what}: {exc}") from None
+        log.error("forward rules not installed (%s: %s); pass --iptables-forward-rules=false if this "
+                  "host has no iptables", what, exc)
+
+    try:
+        ipt = await asyncio.to_thread(iptables.IPTables)
+    except iptables.IPTablesError as exc:
+        failed("iptables", exc)
+        return []
+    rule_sets = []
+    old = subnetenv.read_values(opts.subnet_file)
+    prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(opts.subnet_file)
+    await _remove_legacy_rules(opts, ipt, network, subnet, prev_net, prev_subnet)
+    if opts.ip_masq:
+        random_fully = opts.masq_random_fully and ipt.random_fully
+        if prev_net and prev_subnet is not None and (prev_net != str(network) or prev_subnet != subnet):
+            log.info("network or subnet (%s, %s) differ from the previous ones (%s, %s): removing the old "
+                     "masquerade rules", network, subnet, prev_net, prev_subnet)
+            try:
+                old_rules = iptables.masq_rules(ipaddress.IPv4Network(prev_net, strict=False), prev_subnet,
+                                                random_fully)
+                await asyncio.to_thread(ipt.delete, old_rules)
+            except (ValueError, iptables.IPTablesError) as exc:
+                log.warning("could not remove the old masquerade rules: %s", exc)
+        rule_sets.append(("masquerade", iptables.masq_rules(network, subnet, random_fully)))
+    if opts.iptables_forward_rules:
+        rule_sets.append(("forward", iptables.forward_rules(network)))
+    resyncs = []
+    for name, rules in rule_sets:
+        try:
+            await asyncio.to_thread(ipt.apply, rules, True)
+        except iptables.IPTablesError as exc:
+            failed(f"installing the {name} rules", exc)
+            continue
+        log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
+        resyncs.append((name, lambda ipt=ipt, name=name, rules=rules: _resync(opts, ipt, name, rules)))
+    return resyncs
+
+async def _remove_legacy_rules(opts: Options, ipt, network, subnet, prev_net: str | None, prev_subnet) -> None:
+    """flanneld <= 0.19 put its rules straight into POSTROUTING and FORWARD (flannel v0.17.0
+    network/iptables.go); on a host it ran on they stay, and beside vxland's chains they would
+    apply twice. Those of the rule kinds vxland installs go, for this Network and subnet and
+    for the previous ones in subnet.env."""
+    pairs = {(network, subnet)}
+    if prev_net and prev_subnet is not None:
+        try:
+            pairs.add((ipaddress.IPv4Network(prev_net, strict=False), prev_subnet))
+        except ValueError:
+            pass
+    tables = ({"nat"} if opts.ip_masq else set()) | ({"filter"} if opts.iptables_forward_rules else set())
+    legacy = [r for n, s in pairs for r in iptables.legacy_rules(n, s) if r.table in tables]
+    try:
+        found = await asyncio.to_thread(lambda: [r for r in legacy if ipt.exists(r)])
+        if found:
+            await asyncio.to_thread(ipt.delete, found)
+            log.info("removed %d iptables rules flanneld <= 0.19 left in POSTROUTING/FORWARD; vxland's "
+                     "FLANNEL-POSTRTG/FLANNEL-FWD chains replace them", len(found))
+    except iptables.IPTablesError as exc:
+        log.warning("could not remove the rules of an older flanneld: %s", exc)
+
+async def _resync(opts: Options, ipt, name: str, rules) -> None:
+    """ensureIPTables: every --iptables-resync seconds, rebuild the set if a rule is missing."""
+    while True:
+        await asyncio.sleep(opts.iptables_resync_s)
+        try:
+            if not await asyncio.to_thread(ipt.all_exist, rules):
+                log.info("some %s rules are missing; deleting and recreating them", name)
+                await asyncio.to_thread(ipt.apply, rules)
+        except iptables.IPTablesError as exc:
+            log.error("failed to ensure the %s rules: %s", name, exc)
