@@ -20,15 +20,17 @@ _differ = _check.mismatches(Path(__file__).parent)
 if _differ:
     raise SystemExit("drop reasons differ between vxlan/wire.py and fastpath/vxengine.h: " + "; ".join(_differ))
 
+# the engine, one file per job (fastpath/vxengine.h says which)
+ENGINE = [f"fastpath/vx_{job}.c" for job in ("table", "csum", "offload", "tx", "rx", "capture")]
+HEADERS = ["fastpath/vxengine.h", "fastpath/vx_internal.h"]
 extensions = [
-    Extension("fastpath._fastpath", ["fastpath/_fastpath.pyx", "fastpath/vxengine.c"],
-              include_dirs=["fastpath"], depends=["fastpath/vxengine.h"],
-              extra_compile_args=["-O2", "-Wall"]),
+    Extension("fastpath._fastpath", ["fastpath/_fastpath.pyx", *ENGINE], include_dirs=["fastpath"],
+              depends=HEADERS, extra_compile_args=["-O2", "-Wall"]),
 ]
 if os.environ.get("VXLAN_BUILD_NOCAPTURE") == "1":
     extensions.append(
-        Extension("fastpath._fastpath_nocapture", ["fastpath/_fastpath_nocapture.pyx", "fastpath/vxengine.c"],
-                  include_dirs=["fastpath"], depends=["fastpath/vxengine.h", "fastpath/_fastpath.pyx"],
+        Extension("fastpath._fastpath_nocapture", ["fastpath/_fastpath_nocapture.pyx", *ENGINE],
+                  include_dirs=["fastpath"], depends=[*HEADERS, "fastpath/_fastpath.pyx"],
                   define_macros=[("VX_NO_CAPTURE", "1")], extra_compile_args=["-O2", "-Wall"]))
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

@@ -2,7 +2,7 @@
 """Compiled data plane: ``Codec`` (the twin of ``vxlan.wire.Codec``, same API and bytes) and
 ``Engine`` (the Codec plus the two I/O loops, run by threads without the GIL).
 
-Why hand-written: this is the per-packet work. The logic lives in C (``vxengine.c``): a peer
+Why hand-written: this is the per-packet work. The logic lives in C (``vx_*.c``, see ``vxengine.h``): a peer
 hash table updated under a mutex by ``set_peer``/``remove_peer``, the receive checks, the
 Internet checksum, TCP segmentation of TUN super-packets and GRO coalescing, and loops that
 move whole batches per system call (``recvmmsg``, ``sendmmsg``, ``UDP_SEGMENT``, ``UDP_GRO``,

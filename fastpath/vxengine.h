@@ -1,9 +1,13 @@
-/* vxengine: the compiled VXLAN data plane of vxland.
- *
- * Pure part (no I/O): the peer table, encapsulation, the receive checks (same verdicts as
- * vxlan/wire.py), the Internet checksum, TCP segmentation of TUN super-packets (GSO split)
- * and coalescing of received TCP segments into super-packets (GRO).
- * I/O part: two loops, TUN -> UDP and UDP -> TUN, each run by its own thread without the GIL.
+/* vxengine: the compiled VXLAN data plane of vxland, one C file per job:
+ *   vx_table.c    the peer table, encapsulation and the receive checks (same verdicts as
+ *                 vxlan/wire.py)
+ *   vx_csum.c     the Internet checksum
+ *   vx_offload.c  TCP/UDP segmentation of TUN super-packets (GSO split) and coalescing of
+ *                 received segments into super-packets (GRO)
+ *   vx_tx.c       the TUN -> UDP loop; vx_rx.c the UDP -> TUN loop (each run by its own
+ *                 thread without the GIL)
+ *   vx_capture.c  the capture rings
+ * vx_internal.h holds what they share and nothing outside them sees.
  */
 #ifndef VXENGINE_H
 #define VXENGINE_H
@@ -110,7 +114,7 @@ int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);
 int vx_gso_headers(const uint8_t *pkt, int len, int gso_size, uint8_t *hdrs, size_t hdrs_cap, int *lens,
                    int max_segs, int *hdr_stride, int *hdr_len);
 
-/* The scattered TUN read and the in-place split (see vxengine.c). */
+/* The scattered TUN read and the in-place split (see vx_offload.c). */
 /* -1: the layout needs more than max_iov pieces or more than cap bytes from buf */
 int vx_scatter_iov(uint8_t *buf, size_t cap, int lead, int hlen, int mss, struct iovec *iov, int max_iov);
 void vx_scatter_compact(uint8_t *buf, int hlen, int mss, int len);

@@ -1,0 +1,53 @@
+/* vx_internal.h: what the engine's C files share and nothing outside them sees. */
+#ifndef VX_INTERNAL_H
+#define VX_INTERNAL_H
+
+#include "vxengine.h"
+
+#include <errno.h>
+#include <poll.h>
+
+/* The capture hook: one load and one branch per batch while capture is off. The
+ * _fastpath_nocapture build compiles it out, so that bench can measure what the hook costs. */
+#ifdef VX_NO_CAPTURE
+#define CAPTURE_RING(io, ring) ((vx_cap_ring *)NULL)
+#else
+#define CAPTURE_RING(io, ring) ((io)->capture ? (io)->ring : NULL)
+#endif
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+#define TX_SLOTS 64         /* TUN reads per drain */
+#define TXQ 1024             /* datagrams queued per flush (sendmmsg's limit is 1024) */
+#define HDR_ARENA (TXQ * 128)
+#define RX_MSGS 32
+#define RX_BUF 65536
+#define GSO_MAX_DGRAMS 64    /* UDP_MAX_SEGMENTS */
+#define GSO_MAX_BYTES (65535 - 20 - 8)
+
+/* vx_csum.c */
+void vx_ipv4_header_csum(uint8_t *iph, int ihl);
+/* vx_offload.c: segments a super-packet splits into, and its header length (-1: cannot) */
+int vx_gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hdr_len);
+
+/* Both loops: 1 when fd is readable, 0 when stop_fd is, -1 on error. */
+static inline int vx_wait_readable(int fd, int stop_fd) {
+    struct pollfd pf[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    for (;;) {
+        int r = poll(pf, 2, -1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (pf[1].revents) return 0;
+        if (pf[0].revents & (POLLIN | POLLERR | POLLHUP)) return 1;
+    }
+}
+
+#endif
