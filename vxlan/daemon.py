@@ -27,7 +27,7 @@ from vxlan.dataplane import ENGINE_NICE
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.lease import Lease
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
-from vxlan.registry import Change, Deleted, OwnLeaseLost, Put, Registry, RegistryError, Reset
+from vxlan.registry import Change, OwnLeaseLost, Registry, RegistryError, peer_events
 
 log = logging.getLogger("vxland")
 TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
@@ -293,12 +293,9 @@ class Daemon:
 
     async def _on_change(self, change: Change) -> None:
         assert self.peers is not None
-        if isinstance(change, Reset):
-            await self._apply(self.peers.reset(change.leases))
-        elif isinstance(change, Put):
-            await self._apply(self.peers.update(change.lease))
-        elif isinstance(change, Deleted):
-            await self._apply(self.peers.remove(change.subnet))
+        events = peer_events(self.peers, change)
+        if events is not None:
+            await self._apply(events)
         elif isinstance(change, OwnLeaseLost):
             # flanneld: "Lease has been revoked. Shutting down daemon." and exit 0 (main.go).
             log.warning("%s Shutting down daemon.", change.reason)

@@ -36,7 +36,7 @@ import uvloop  # noqa: E402
 
 from vxlan import netconf, plan, subnetenv, wire  # noqa: E402
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerTable  # noqa: E402
-from vxlan.registry import Deleted, OwnLeaseLost, Put, Reset  # noqa: E402
+from vxlan.registry import peer_events  # noqa: E402
 from vxlan.registry.etcd import DEFAULT_PREFIX  # noqa: E402
 from vxlan.registry.select import EtcdSettings, make_registry  # noqa: E402
 
@@ -149,16 +149,12 @@ async def run(args: argparse.Namespace) -> int:
 async def follow_until_stopped(registry, node, peers: PeerTable, stop: asyncio.Event) -> int:
     async def follow() -> None:
         async for change in registry.changes():
-            if isinstance(change, Reset):
-                await node.program(peers.reset(change.leases))
-            elif isinstance(change, Put):
-                await node.program(peers.update(change.lease))
-            elif isinstance(change, Deleted):
-                await node.program(peers.remove(change.subnet))
-            elif isinstance(change, OwnLeaseLost):
+            events = peer_events(peers, change)
+            if events is None:  # OwnLeaseLost
                 log.warning("%s Shutting down daemon.", change.reason)
                 stop.set()
                 return
+            await node.program(events)
 
     tasks = [asyncio.create_task(follow()), asyncio.create_task(registry.keep_lease())]
     await stop.wait()

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from vxlan.config import NetworkConfig
 from vxlan.lease import Lease
+from vxlan.peers import PeerEvent, PeerTable
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,18 @@ class OwnLeaseLost:
 
 
 Change = Reset | Put | Deleted | OwnLeaseLost
+
+
+def peer_events(table: PeerTable, change: Change) -> list[PeerEvent] | None:
+    """What a change does to the peer table (the events to program), or None when our own
+    lease is gone (flanneld then shuts down). The one dispatch of the daemon and the emulator."""
+    if isinstance(change, Reset):
+        return table.reset(change.leases)
+    if isinstance(change, Put):
+        return table.update(change.lease)
+    if isinstance(change, Deleted):
+        return table.remove(change.subnet)
+    return None
 
 
 class RegistryError(RuntimeError):
