@@ -15,24 +15,20 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import fastpath
-from vxlan import debug_http, heap, hostrules, netconf, sdnotify, subnetenv, wire
+from vxlan import debug_http, heap, hostrules, netconf, sdnotify, subnetenv, underlay, wire
 from vxlan.backends import FAILED, Backend, Context, StartupError, backend_for
-from vxlan.capture import DEFAULT_SNAPLEN
 from vxlan.config import ConfigError
-from vxlan.dataplane import ENGINE_NICE
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.lease import Lease
+from vxlan.options import Options
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
 from vxlan.registry import Change, OwnLeaseLost, Registry, RegistryError, peer_events
 
 log = logging.getLogger("vxland")
 TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
 PEER_LINES_MAX = 32  # peer changes logged one line each; a larger batch is summed up
-UNDERLAY_CHECK_S = 2.0  # how often the underlay address is looked for on its interface
 
 
 def _quiet(*_args: object) -> None:
@@ -40,33 +36,6 @@ def _quiet(*_args: object) -> None:
 
 
 __all__ = ["Daemon", "Options", "StartupError"]
-
-
-@dataclass(frozen=True)
-class Options:
-    subnet_file: Path = Path("/run/flannel/subnet.env")
-    iface: tuple[str, ...] = ()
-    iface_regex: tuple[str, ...] = ()
-    iface_can_reach: str | None = None
-    public_ip: str | None = None
-    tun_name: str | None = None
-    healthz_ip: str = "0.0.0.0"
-    healthz_port: int = 0
-    ip_masq: bool = False
-    masq_random_fully: bool = True  # unless --ip-masq-fully-random-disable
-    iptables_resync_s: int = 5
-    iptables_forward_rules: bool = True
-    blackhole_route: bool = False
-    offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
-    engine_nice: int = ENGINE_NICE  # nice value of the compiled engine's two threads
-    strict_source: bool = False  # drop decapsulated packets whose source is not the sender's subnet
-    capture: Path | None = None  # --capture: pcapng file, toggled by SIGUSR1
-    capture_filter: str | None = None
-    capture_count: int = 0
-    capture_max_bytes: int = 0
-    capture_snaplen: int = DEFAULT_SNAPLEN
-    debug_allow: tuple = ()  # networks besides loopback that may use /debug/*
-    trace_rate: int = 0  # --trace: lines per second to stderr (0: off)
 
 
 class Daemon:
@@ -323,33 +292,11 @@ class Daemon:
             backoff = min(backoff * 2, TASK_BACKOFF_MAX_S)
 
     async def _watch_underlay(self) -> None:
-        """The address this node binds and announces can be taken away under it (DHCP, an
-        operator, a cloud agent). flanneld never notices and goes on announcing a dead address;
-        vxland says so and exits 1 so that its service manager starts it again, which finds the
-        interface's new address. With etcd, a lease naming the dead address is released first:
-        the restart then takes the same subnet again (the previous one, from subnet.env; see
-        allocator.choose_subnet) and the peers learn the new address from its lease."""
+        """Exit 1 when the underlay address is gone (vxlan.underlay says why and releases the lease)."""
         assert self._underlay is not None
-        iface, address = self._underlay
-        while True:
-            await asyncio.sleep(UNDERLAY_CHECK_S)
-            present = await asyncio.to_thread(netconf.iface_addresses, iface.index)
-            if present is not None and address in present:
-                continue
-            now = (f"interface {iface.name} is gone" if present is None
-                   else f"{iface.name} has {', '.join(present) or 'no IPv4 address'} now")
-            log.error("the underlay address %s is gone (%s): peers cannot reach this node at it; exiting so that "
-                      "vxland is started again with the new address", address, now)
-            if self.own is not None and self.own.public_ip == address:
-                try:
-                    if await asyncio.wait_for(self.registry.release(), 10.0):
-                        log.info("our lease %s named %s: released, so that the restart takes the same subnet with "
-                                 "the new address", self.own.key, address)
-                except Exception as exc:  # etcd down, say: best effort, the exit follows all the same
-                    log.warning("could not release our lease %s: %s", self.own.key, exc or type(exc).__name__)
-            self.exit_code = 1
-            self._stop.set()
-            return
+        await underlay.watch(*self._underlay, self.own, self.registry)
+        self.exit_code = 1
+        self._stop.set()
 
     async def _follow_registry(self) -> None:
         async for change in self.registry.changes():

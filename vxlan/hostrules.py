@@ -14,7 +14,7 @@ from vxlan import iptables, subnetenv
 from vxlan.backends import StartupError
 
 if TYPE_CHECKING:
-    from vxlan.daemon import Options
+    from vxlan.options import Options
 
 log = logging.getLogger("vxland")
 

@@ -16,7 +16,7 @@ from vxlan import backends, netconf, wire
 from vxlan.backends import ROUTE, TUNNEL, Context, StartupError, backend_for
 from vxlan.backends import tunnel as tunnel_mod
 from vxlan.config import parse_config
-from vxlan.daemon import Options
+from vxlan.options import Options
 from vxlan.lease import Lease
 
 NET = ipaddress.IPv4Network

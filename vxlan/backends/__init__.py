@@ -19,9 +19,9 @@ from vxlan.config import NetworkConfig
 from vxlan.lease import Lease
 
 if TYPE_CHECKING:
-    from vxlan.daemon import Options
     from vxlan.health import MetricsSource
     from vxlan.netconf import Iface
+    from vxlan.options import Options
 
 
 class StartupError(RuntimeError):
