@@ -16,8 +16,8 @@ from vxlan import backends, netconf, wire
 from vxlan.backends import ROUTE, TUNNEL, Context, StartupError, backend_for
 from vxlan.backends import tunnel as tunnel_mod
 from vxlan.config import parse_config
-from vxlan.options import Options
 from vxlan.lease import Lease
+from vxlan.options import Options
 
 NET = ipaddress.IPv4Network
 OWN_MAC, PEER_MAC = bytes.fromhex("0e0000000001"), bytes.fromhex("0e0000000002")
