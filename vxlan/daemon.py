@@ -184,8 +184,8 @@ class Daemon:
             peer_count=lambda: len(self.peers) if self.peers is not None else 0)
         allow = list(self.opts.debug_allow)
         try:
-            def hub():  # the vxlan backend's capture hub, once it runs
-                return getattr(self.backend, "hub", None)
+            def hub():  # the backend's capture hub, once it runs
+                return self.backend.hub if self.backend is not None else None
             server = await start_health_server(self.metrics_source, self.opts.healthz_ip, self.opts.healthz_port,
                                                lambda srv: debug_http.add_routes(srv, hub, allow))
         except OSError as exc:

@@ -68,6 +68,7 @@ class FakeRegistry:
 class FakeBackend:
     name = peer_type = "vxlan"
     device = "TUN fake0"
+    hub = None
 
     def __init__(self) -> None:
         self.log: list[tuple] = []

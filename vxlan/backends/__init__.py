@@ -19,6 +19,7 @@ from vxlan.config import NetworkConfig
 from vxlan.lease import Lease
 
 if TYPE_CHECKING:
+    from vxlan.capture import CaptureHub
     from vxlan.health import MetricsSource
     from vxlan.netconf import Iface
     from vxlan.options import Options
@@ -55,6 +56,7 @@ class Backend(Protocol):
     # the BackendType of the leases that are peers (vxlan_network.go and route_network.go
     # compare it exactly); None: every lease (udp_network_amd64.go)
     peer_type: str | None
+    hub: CaptureHub | None  # packet capture (/debug/capture, --capture, --trace); None: none here
 
     def precheck(self, opts: Options, iface: Iface, public_ip: str) -> None:
         """Before a lease is taken: StartupError if this backend cannot run so."""

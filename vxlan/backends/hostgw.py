@@ -21,6 +21,7 @@ class HostGwBackend:
 
     def __init__(self) -> None:
         self.ctx: Context | None = None
+        self.hub = None  # no tunnel to watch
         self.routes: PeerRoutes | None = None
 
     def precheck(self, opts, iface, public_ip: str) -> None:

@@ -24,6 +24,7 @@ class TunnelBackend:
 
     def __init__(self) -> None:
         self.ctx: Context | None = None
+        self.hub = None  # the vxlan backend's, with the compiled engine
         self.codec = None
         self.dataplane = None
         self.routes: PeerRoutes | None = None  # vxlan DirectRouting: peers on a directly connected subnet

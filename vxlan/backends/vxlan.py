@@ -27,7 +27,7 @@ class VxlanBackend(TunnelBackend):
 
     def __init__(self) -> None:
         super().__init__()
-        self.hub: CaptureHub | None = None
+        self.hub: CaptureHub | None = None  # set by start() with the compiled engine
         self.capture_sink: FileSink | None = None
         self.capture_files = 0
         self.offloads: list[str] = []
