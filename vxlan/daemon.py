@@ -18,21 +18,16 @@ from collections.abc import Awaitable, Callable
 
 import fastpath
 from vxlan import debug_http, heap, hostrules, netconf, sdnotify, subnetenv, underlay, wire
-from vxlan.backends import FAILED, Backend, Context, StartupError, backend_for
+from vxlan.backends import Backend, Context, StartupError, apply_events, backend_for
 from vxlan.config import ConfigError
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.lease import Lease
 from vxlan.options import Options
-from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped, PeerTable
+from vxlan.peers import PeerEvent, PeerTable
 from vxlan.registry import Change, OwnLeaseLost, Registry, RegistryError, peer_events
 
 log = logging.getLogger("vxland")
 TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
-PEER_LINES_MAX = 32  # peer changes logged one line each; a larger batch is summed up
-
-
-def _quiet(*_args: object) -> None:
-    """A peer line nobody will see (-v is off)."""
 
 
 __all__ = ["Daemon", "Options", "StartupError"]
@@ -232,33 +227,8 @@ class Daemon:
                         "--capture")
 
     async def _apply(self, events: list[PeerEvent]) -> None:
-        """Peer events to the backend, logged: one line per peer for what an operator reads (a
-        few changes); a large snapshot (a cluster of thousands, a start) is summed up, each line
-        still there with -v."""
         assert self.backend is not None
-        backend = self.backend
-        few = len(events) <= PEER_LINES_MAX
-        # (a bound method is made anew at each access: compare "few", never "say is log.info")
-        say = log.info if few else log.debug if log.isEnabledFor(logging.DEBUG) else _quiet
-        skipped = 0
-        for event in events:
-            lease = event.lease
-            if isinstance(event, PeerAdded):
-                how = await backend.add_peer(lease)
-                if how != FAILED and say is not _quiet:  # _quiet: a /8 at start, -v off: nothing to format
-                    say("peer %s via %s (%s)", lease.subnet, lease.public_ip, backend.describe(lease, how))
-            elif isinstance(event, PeerRemoved):
-                await backend.remove_peer(lease)
-                say("peer %s via %s removed", lease.subnet, lease.public_ip)
-            elif isinstance(event, PeerSkipped):
-                skipped += 1
-                (log.warning if few else say)("lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
-        if not few:
-            added = sum(isinstance(e, PeerAdded) for e in events)
-            removed = sum(isinstance(e, PeerRemoved) for e in events)
-            (log.warning if skipped else log.info)(
-                "peer table: %d added, %d removed, %d leases ignored (other backends or prefix lengths); one line "
-                "each with -v", added, removed, skipped)
+        await apply_events(self.backend, events)
 
     async def _on_change(self, change: Change) -> None:
         assert self.peers is not None

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from vxlan.config import NetworkConfig
 from vxlan.lease import Lease
+from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped
+
+log = logging.getLogger("vxland")
+PEER_LINES_MAX = 32  # peer changes logged one line each; a larger batch is summed up
 
 if TYPE_CHECKING:
     from vxlan.capture import CaptureHub
@@ -95,6 +100,38 @@ class Backend(Protocol):
     def metrics(self) -> dict[str, float]:
         """Backend state for /metrics (capture records lost ...)."""
         ...
+
+
+async def apply_events(backend: Backend, events: list[PeerEvent]) -> None:
+    """Peer events to the backend, logged: one line per peer for what an operator reads (a
+    few changes); a large snapshot (a cluster of thousands, a start) is summed up, each line
+    still there with -v."""
+    few = len(events) <= PEER_LINES_MAX
+    # (a bound method is made anew at each access: compare "few", never "say is log.info")
+    say = log.info if few else log.debug if log.isEnabledFor(logging.DEBUG) else _quiet
+    skipped = 0
+    for event in events:
+        lease = event.lease
+        if isinstance(event, PeerAdded):
+            how = await backend.add_peer(lease)
+            if how != FAILED and say is not _quiet:  # _quiet: a /8 at start, -v off: nothing to format
+                say("peer %s via %s (%s)", lease.subnet, lease.public_ip, backend.describe(lease, how))
+        elif isinstance(event, PeerRemoved):
+            await backend.remove_peer(lease)
+            say("peer %s via %s removed", lease.subnet, lease.public_ip)
+        elif isinstance(event, PeerSkipped):
+            skipped += 1
+            (log.warning if few else say)("lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
+    if not few:
+        added = sum(isinstance(e, PeerAdded) for e in events)
+        removed = sum(isinstance(e, PeerRemoved) for e in events)
+        (log.warning if skipped else log.info)(
+            "peer table: %d added, %d removed, %d leases ignored (other backends or prefix lengths); one line "
+            "each with -v", added, removed, skipped)
+
+
+def _quiet(*_args: object) -> None:
+    """A peer line nobody will see (-v is off)."""
 
 
 def backend_for(type_name: str) -> Backend:
