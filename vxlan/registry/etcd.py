@@ -296,6 +296,7 @@ class EtcdRegistry:
     async def release(self) -> bool:
         if self.own is None or self.reserved:
             return False  # a reservation is the operator's: it stays
+        await self.store.reconnect()  # connections from the address that vanished are dead
         for attempt in (1, 2):
             try:
                 await self.store.delete(self._key(self.own.subnet))

@@ -302,5 +302,8 @@ class V3Store:
     async def wait_ready(self, timeout_s: float) -> bool:
         return await self.client.wait_ready(timeout_s)
 
+    async def reconnect(self) -> None:
+        await self.client.close()  # the next call opens a channel again
+
     async def close(self) -> None:
         await self.client.close()

@@ -233,5 +233,8 @@ class EtcdV2Store:
                 return False
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
+    async def reconnect(self) -> None:
+        await self._http.close()  # idle keep-alive connections; the next request makes a new one
+
     async def close(self) -> None:
         await self._http.close()

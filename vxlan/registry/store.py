@@ -132,4 +132,9 @@ class Store(Protocol):
         """Wait up to ``timeout_s`` for any endpoint to answer; True once one does."""
         ...
 
+    async def reconnect(self) -> None:
+        """Drop the open connections (the local address they were made from may be gone); the
+        next request makes new ones."""
+        ...
+
     async def close(self) -> None: ...
