@@ -8,6 +8,7 @@ host-gw's ``routeCheck`` does every 10 s. Blocking (netlink): call from a thread
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 
@@ -49,3 +50,10 @@ class PeerRoutes:
                 except netconf.NetconfError as exc:
                     log.error("%s", exc)
         return fixed
+
+
+async def check_forever(routes: PeerRoutes) -> None:
+    """routeCheck's loop: ``routes.check()`` every CHECK_INTERVAL_S, off the event loop."""
+    while True:
+        await asyncio.sleep(CHECK_INTERVAL_S)
+        await asyncio.to_thread(routes.check)

@@ -10,7 +10,7 @@ import logging
 from vxlan import netconf
 from vxlan.backends import FAILED, ROUTE, Context, StartupError, Task
 from vxlan.lease import Lease
-from vxlan.routes import CHECK_INTERVAL_S, PeerRoutes
+from vxlan.routes import PeerRoutes, check_forever
 
 log = logging.getLogger("vxland")
 
@@ -62,13 +62,9 @@ class HostGwBackend:
         return ROUTE
 
     def tasks(self) -> list[Task]:
-        return [("route check", self.check_routes)]
-
-    async def check_routes(self) -> None:
-        assert self.routes is not None
-        while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
-            await asyncio.to_thread(self.routes.check)
+        routes = self.routes
+        assert routes is not None
+        return [("route check", lambda: check_forever(routes))]
 
     def started(self) -> tuple[str, str]:
         return f"backend {self.name}", ""

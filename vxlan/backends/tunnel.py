@@ -12,7 +12,7 @@ from vxlan import netconf
 from vxlan.backends import FAILED, ROUTE, TUNNEL, Context, StartupError, Task
 from vxlan.dataplane import open_udp_socket
 from vxlan.lease import Lease
-from vxlan.routes import CHECK_INTERVAL_S, PeerRoutes
+from vxlan.routes import PeerRoutes, check_forever
 from vxlan.tun import Tun
 
 log = logging.getLogger("vxland")
@@ -102,13 +102,8 @@ class TunnelBackend:
         return ROUTE if self.routes is not None and subnet in self.routes else TUNNEL
 
     def tasks(self) -> list[Task]:
-        return [("route check", self.check_routes)] if self.routes is not None else []
-
-    async def check_routes(self) -> None:
-        assert self.routes is not None
-        while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
-            await asyncio.to_thread(self.routes.check)
+        routes = self.routes
+        return [("route check", lambda: check_forever(routes))] if routes is not None else []
 
     def on_usr1(self) -> bool:
         return False
