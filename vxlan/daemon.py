@@ -13,21 +13,19 @@ import asyncio
 import gc
 import logging
 import signal
-import time
-from collections.abc import Awaitable, Callable
 
 import fastpath
 from vxlan import debug_http, heap, hostrules, netconf, sdnotify, subnetenv, underlay, wire
-from vxlan.backends import Backend, Context, StartupError, apply_events, backend_for
+from vxlan.backends import Backend, Context, StartupError, apply_events, backend_for, peer_report
 from vxlan.config import ConfigError
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.lease import Lease
 from vxlan.options import Options
 from vxlan.peers import PeerEvent, PeerTable
 from vxlan.registry import Change, OwnLeaseLost, Registry, RegistryError, peer_events
+from vxlan.supervise import Supervisor
 
 log = logging.getLogger("vxland")
-TASK_BACKOFF_MIN_S, TASK_BACKOFF_MAX_S = 1.0, 30.0
 
 
 __all__ = ["Daemon", "Options", "StartupError"]
@@ -43,8 +41,7 @@ class Daemon:
         self.backend: Backend | None = None
         self.peers: PeerTable | None = None
         self.metrics_source: MetricsSource | None = None
-        self._iptables_tasks: list[asyncio.Task] = []  # resync loops, started with the rules
-        self.task_failures = 0  # unexpected exceptions in long-lived tasks (each restarted)
+        self.tasks = Supervisor()  # long-lived tasks, restarted when they fail (vxlan.supervise)
         self.exit_code = 0
         self.own: Lease | None = None  # our lease, once acquired
         self._underlay: tuple[netconf.Iface, str] | None = None  # the interface and the address we bind
@@ -56,7 +53,6 @@ class Daemon:
         # SIGUSR1's default action ends a process: operators and log-rotation scripts send it
         # to daemons out of habit. It toggles a capture when there is one, else it is logged.
         loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
-        tasks: list[asyncio.Task] = []
         try:
             start = asyncio.create_task(self._start(loop))
             stop = asyncio.create_task(self._stop.wait())
@@ -67,18 +63,18 @@ class Daemon:
                 return 0
             stop.cancel()
             start.result()
-            tasks = [asyncio.create_task(self._supervised("registry watch", self._follow_registry)),
-                     asyncio.create_task(self._supervised("lease renewal", self.registry.keep_lease))]
+            self.tasks.start("registry watch", self._follow_registry)
+            self.tasks.start("lease renewal", self.registry.keep_lease)
             assert self.backend is not None
-            tasks += [asyncio.create_task(self._supervised(name, run)) for name, run in self.backend.tasks()]
+            for name, task in self.backend.tasks():
+                self.tasks.start(name, task)
             if self._underlay is not None:
-                tasks.append(asyncio.create_task(self._supervised("underlay watch", self._watch_underlay)))
+                self.tasks.start("underlay watch", self._watch_underlay)
             await self._stop.wait()
             log.info("shutting down")
             sdnotify.notify("STOPPING=1")
         finally:
-            for task in tasks + self._iptables_tasks:  # the resync loops also when start-up failed
-                task.cancel()
+            self.tasks.cancel_all()  # the rules resync loops too, also when start-up failed
             await self._cleanup()
         return self.exit_code
 
@@ -152,7 +148,9 @@ class Daemon:
                 await asyncio.to_thread(netconf.add_blackhole, own.subnet)
             except netconf.NetconfError as exc:
                 raise StartupError(str(exc)) from None
-        await self._start_iptables(config.network, own.subnet)
+        # --ip-masq and the forward rules (vxlan.hostrules); their resync loops run supervised
+        for name, resync in await hostrules.install(self.opts, config.network, own.subnet):
+            self.tasks.start(f"{name} rules resync", resync)
         try:
             subnetenv.write(self.opts.subnet_file, config.network, own.subnet, mtu, self.opts.ip_masq)
         except OSError as exc:
@@ -177,21 +175,14 @@ class Daemon:
             dataplane=None, codec=None, registry=self._registry_metrics,
             info={"fastpath": fastpath.IMPLEMENTATION}, ready=lambda: self.ready, peers=self.peer_report,
             peer_count=lambda: len(self.peers) if self.peers is not None else 0)
-        allow = list(self.opts.debug_allow)
+        hub = lambda: self.backend.hub if self.backend is not None else None  # noqa: E731 (once it runs)
         try:
-            def hub():  # the backend's capture hub, once it runs
-                return self.backend.hub if self.backend is not None else None
             server = await start_health_server(self.metrics_source, self.opts.healthz_ip, self.opts.healthz_port,
-                                               lambda srv: debug_http.add_routes(srv, hub, allow))
+                                               lambda srv: debug_http.add_routes(srv, hub, list(self.opts.debug_allow)))
         except OSError as exc:
             raise StartupError(f"cannot serve health on {self.opts.healthz_ip}:"
                                f"{self.opts.healthz_port}: {exc.strerror}") from None
         self._cleanups.append(server.close)
-
-    async def _start_iptables(self, network, subnet) -> None:
-        """--ip-masq and the forward rules (vxlan.hostrules); their resync loops run supervised."""
-        for name, resync in await hostrules.install(self.opts, network, subnet):
-            self._iptables_tasks.append(asyncio.create_task(self._supervised(f"{name} rules resync", resync)))
 
     def _data_plane_failed(self, why: str) -> None:
         """The TUN went away under us (someone ran ip link del), or an engine loop ended: no
@@ -207,16 +198,11 @@ class Daemon:
 
     def peer_report(self) -> list[dict]:
         """/peers: every peer and how it is reached."""
-        if self.peers is None or self.backend is None:
-            return []
-        return [{"subnet": str(lease.subnet), "public_ip": lease.public_ip, "backend_type": lease.backend_type,
-                 "vtep_mac": wire.mac_to_str(lease.vtep_mac) if lease.vtep_mac else None,
-                 "vni": lease.vni, "via": self.backend.via(lease.subnet)}
-                for lease in self.peers.peers()]
+        return [] if self.peers is None or self.backend is None else peer_report(self.backend, self.peers.peers())
 
     def _registry_metrics(self) -> dict[str, float]:
         values = self.registry.metrics()
-        values["task_failures_total"] = float(self.task_failures)
+        values["task_failures_total"] = float(self.tasks.failures)
         if self.backend is not None:
             values.update(self.backend.metrics())
         return values
@@ -239,27 +225,6 @@ class Daemon:
             # flanneld: "Lease has been revoked. Shutting down daemon." and exit 0 (main.go).
             log.warning("%s Shutting down daemon.", change.reason)
             self._stop.set()
-
-    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run a long-lived task for as long as the daemon runs. An exception nobody expected is
-        logged with its traceback, counted (vxland_task_failures_total) and the task starts
-        again after a backoff (1 s, doubling to 30 s): forwarding goes on with what is known,
-        and a dead task never hides behind a healthy /healthz."""
-        backoff = TASK_BACKOFF_MIN_S
-        while True:
-            started = time.monotonic()
-            try:
-                await run()
-                return  # done by itself (nothing to renew, say)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.task_failures += 1
-                log.exception("the %s task failed; starting it again in %.0f s (forwarding goes on)", name, backoff)
-            if time.monotonic() - started > TASK_BACKOFF_MAX_S:
-                backoff = TASK_BACKOFF_MIN_S  # it had run well for a while: a fresh fault
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, TASK_BACKOFF_MAX_S)
 
     async def _watch_underlay(self) -> None:
         """Exit 1 when the underlay address is gone (vxlan.underlay says why and releases the lease)."""

@@ -10,7 +10,7 @@ import ipaddress
 
 import pytest
 
-from vxlan import backends, daemon, netconf
+from vxlan import backends, daemon, netconf, supervise
 from vxlan.backends import ROUTE, TUNNEL
 from vxlan.config import parse_config
 from vxlan.lease import Lease
@@ -113,7 +113,7 @@ def node(monkeypatch, tmp_path):
     """A daemon with fakes around it; returns (daemon, registry, backend, run)."""
     backend = FakeBackend()
     monkeypatch.setattr(daemon, "backend_for", lambda type_name: backend)
-    monkeypatch.setattr(daemon, "TASK_BACKOFF_MIN_S", 0.01)
+    monkeypatch.setattr(supervise, "BACKOFF_MIN_S", 0.01)
     iface = netconf.Iface("eth9", 9, "192.0.2.1", 1500)
     monkeypatch.setattr(netconf, "find_iface", lambda *a, **k: iface)
     monkeypatch.setattr(netconf, "iface_addresses", lambda index: ["192.0.2.1"])
@@ -168,7 +168,7 @@ def test_a_failing_registry_watch_is_started_again(node):
     make, backend, _ = node
     d, registry = make([RuntimeError("etcd answered garbage"), Put(lease("10.5.6.0/24", "192.0.2.6"))])
     run_until(d, lambda d: ("add", "10.5.6.0/24") in backend.log)
-    assert registry.follows == 2 and d.task_failures == 1
+    assert registry.follows == 2 and d.tasks.failures == 1
 
 
 def test_our_lease_revoked_ends_the_daemon_with_0(node):

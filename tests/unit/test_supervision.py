@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from vxlan import daemon
+from vxlan import daemon, supervise
 
 
 class Registry:
@@ -17,7 +17,7 @@ class Registry:
 
 
 def test_a_failing_task_is_logged_counted_and_started_again(monkeypatch, caplog):
-    monkeypatch.setattr(daemon, "TASK_BACKOFF_MIN_S", 0.01)
+    monkeypatch.setattr(supervise, "BACKOFF_MIN_S", 0.01)
     d = daemon.Daemon(daemon.Options(), Registry())
     runs = []
 
@@ -27,8 +27,8 @@ def test_a_failing_task_is_logged_counted_and_started_again(monkeypatch, caplog)
             raise RecursionError("maximum recursion depth exceeded")  # what a poison lease did
 
     with caplog.at_level(logging.ERROR):
-        asyncio.run(asyncio.wait_for(d._supervised("registry watch", flaky), 5))
-    assert len(runs) == 3 and d.task_failures == 2
+        asyncio.run(asyncio.wait_for(d.tasks.supervised("registry watch", flaky), 5))
+    assert len(runs) == 3 and d.tasks.failures == 2
     assert d._registry_metrics()["task_failures_total"] == 2
     failed = [r for r in caplog.records if "the registry watch task failed" in r.getMessage()]
     assert len(failed) == 2 and failed[0].exc_info is not None  # with its traceback
@@ -38,14 +38,14 @@ def test_cancellation_is_not_a_failure():
     d = daemon.Daemon(daemon.Options(), Registry())
 
     async def go():
-        task = asyncio.create_task(d._supervised("route check", lambda: asyncio.sleep(60)))
+        task = asyncio.create_task(d.tasks.supervised("route check", lambda: asyncio.sleep(60)))
         await asyncio.sleep(0.05)
         task.cancel()
         try:
             await task
         except asyncio.CancelledError:
             return "cancelled"
-    assert asyncio.run(go()) == "cancelled" and d.task_failures == 0
+    assert asyncio.run(go()) == "cancelled" and d.tasks.failures == 0
 
 
 def test_rtnl_loads_iproute_alone_and_pyroute2_still_imports():

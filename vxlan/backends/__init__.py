@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from vxlan.config import NetworkConfig
 from vxlan.lease import Lease
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped
+from vxlan.wire import mac_to_str
 
 log = logging.getLogger("vxland")
 PEER_LINES_MAX = 32  # peer changes logged one line each; a larger batch is summed up
@@ -128,6 +129,14 @@ async def apply_events(backend: Backend, events: list[PeerEvent]) -> None:
         (log.warning if skipped else log.info)(
             "peer table: %d added, %d removed, %d leases ignored (other backends or prefix lengths); one line "
             "each with -v", added, removed, skipped)
+
+
+def peer_report(backend: Backend, peers: Iterable[Lease]) -> list[dict]:
+    """/peers: every peer and how this backend reaches it."""
+    return [{"subnet": str(lease.subnet), "public_ip": lease.public_ip, "backend_type": lease.backend_type,
+             "vtep_mac": mac_to_str(lease.vtep_mac) if lease.vtep_mac else None,
+             "vni": lease.vni, "via": backend.via(lease.subnet)}
+            for lease in peers]
 
 
 def _quiet(*_args: object) -> None:
