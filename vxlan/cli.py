@@ -158,15 +158,28 @@ def vxland_parser() -> argparse.ArgumentParser:
                "repeatable flags take a comma-separated list there. As with flanneld, -flag and --flag "
                "are the same, and boolean flags take =true or =false.",
     )
-
-    def boolean(group, flag: str, default: bool, help_text: str) -> None:
-        env = _env(flag)
-        group.add_argument(f"--{flag}", type=_gobool, nargs="?", const=True, metavar="BOOL",
-                           default=env if env else default,
-                           help=f"{help_text} (default {str(default).lower()})")
-
     add_etcd_flags(p.add_argument_group("flanneld flags: etcd"))
-    node = p.add_argument_group("flanneld flags: this node")
+    _add_node_flags(p.add_argument_group("flanneld flags: this node"))
+    _add_rules_flags(p.add_argument_group("flanneld flags: iptables and routes"))
+    _add_health_flags(p.add_argument_group("flanneld flags: health and logging"))
+    p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
+    kube = p.add_argument_group("flanneld flags vxland does not support (Kubernetes subnet manager)")
+    for flag, default in KUBE_FLAGS.items():
+        kube.add_argument(f"--{flag}", default=_env(flag, default), nargs="?", const="true",
+                          help="refused with an error: vxland has no Kubernetes subnet manager")
+    _add_vxland_flags(p.add_argument_group("vxland flags"))
+    _add_capture_flags(p.add_argument_group("vxland flags: capture (debugging)"))
+    return p
+
+
+def _boolean(group, flag: str, default: bool, help_text: str) -> None:
+    """A Go-style boolean flag: --flag, --flag=true, --flag=false."""
+    env = _env(flag)
+    group.add_argument(f"--{flag}", type=_gobool, nargs="?", const=True, metavar="BOOL",
+                       default=env if env else default, help=f"{help_text} (default {str(default).lower()})")
+
+
+def _add_node_flags(node) -> None:
     node.add_argument("--iface", action="append", default=_env_list("iface"),
                       help="underlay interface, by name or IPv4 address; repeatable, the first that exists "
                            "wins (default: the interface of the default route)")
@@ -184,14 +197,18 @@ def vxland_parser() -> argparse.ArgumentParser:
     node.add_argument("--subnet-lease-renew-margin", type=_minutes,
                       default=_env("subnet-lease-renew-margin", "60"),
                       help="renew the lease this many minutes before it expires (1..1439, default 60)")
-    rules = p.add_argument_group("flanneld flags: iptables and routes")
-    boolean(rules, "ip-masq", False, "masquerade traffic leaving the overlay (flanneld's FLANNEL-POSTRTG rules)")
-    boolean(rules, "ip-masq-fully-random-disable", False, "do not add --random-fully to the MASQUERADE rules")
+
+
+def _add_rules_flags(rules) -> None:
+    _boolean(rules, "ip-masq", False, "masquerade traffic leaving the overlay (flanneld's FLANNEL-POSTRTG rules)")
+    _boolean(rules, "ip-masq-fully-random-disable", False, "do not add --random-fully to the MASQUERADE rules")
     rules.add_argument("--iptables-resync", type=_seconds, default=_env("iptables-resync", "5") or "5",
                        help="re-check the iptables rules every this many seconds (default 5)")
-    boolean(rules, "iptables-forward-rules", True, "accept forwarding to and from the Network (FLANNEL-FWD)")
-    boolean(rules, "ip-blackhole-route", False, "add a blackhole route for this node's subnet")
-    health = p.add_argument_group("flanneld flags: health and logging")
+    _boolean(rules, "iptables-forward-rules", True, "accept forwarding to and from the Network (FLANNEL-FWD)")
+    _boolean(rules, "ip-blackhole-route", False, "add a blackhole route for this node's subnet")
+
+
+def _add_health_flags(health) -> None:
     health.add_argument("--healthz-ip", type=_ipv4, default=_env("healthz-ip", "0.0.0.0"),
                         help="address for /healthz, /readyz, /metrics and /peers (default 0.0.0.0)")
     health.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "0") or "0",
@@ -200,13 +217,9 @@ def vxland_parser() -> argparse.ArgumentParser:
                         default=_env("v", "0") or "0", help="log verbosity; 1 or more logs debug lines")
     for flag in KLOG_FLAGS:
         health.add_argument(f"--{flag}", default=_env(flag), help=argparse.SUPPRESS)
-    p.add_argument("--version", action="version", version=f"vxland {vxlan.__version__}")
-    kube = p.add_argument_group("flanneld flags vxland does not support (Kubernetes subnet manager)")
-    for flag, default in KUBE_FLAGS.items():
-        kube.add_argument(f"--{flag}", default=_env(flag, default), nargs="?", const="true",
-                          help="refused with an error: vxland has no Kubernetes subnet manager")
 
-    extra = p.add_argument_group("vxland flags")
+
+def _add_vxland_flags(extra) -> None:
     extra.add_argument("--registry-file", type=Path, default=_env("registry-file"),
                        help="static mode: read the config and leases from this JSON file instead of etcd; "
                             "re-read when it changes")
@@ -223,7 +236,9 @@ def vxland_parser() -> argparse.ArgumentParser:
     extra.add_argument("--log-format", type=_one_of("text", "json"), metavar="{text,json}",
                        default=_env("log-format", "text"),
                        help="text (default) or json: one object per line with time, level, logger, message")
-    cap = p.add_argument_group("vxland flags: capture (debugging)")
+
+
+def _add_capture_flags(cap) -> None:
     cap.add_argument("--capture", type=Path, default=_env("capture"),
                      help="write a pcapng of the underlay and the overlay to this file (mode 0600); "
                           "SIGUSR1 stops it and, sent again, starts PATH.c1, PATH.c2 ...")
@@ -242,7 +257,6 @@ def vxland_parser() -> argparse.ArgumentParser:
     cap.add_argument("--debug-allow", action="append", type=_cidr, default=[],
                      help="also answer /debug/* (packet capture) for clients in this CIDR; repeatable "
                           "(default: loopback only)")
-    return p
 
 
 def go_style_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
@@ -298,6 +312,27 @@ def vxland_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(go_style_argv(parser, sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbosity, args.log_format)
     log = logging.getLogger("vxland")
+    refused = _refuse_flags(args, log)
+    if refused is not None:
+        return refused
+    import uvloop  # imported late: --help and flag errors should not need it
+
+    from vxlan.daemon import Daemon, StartupError
+
+    try:
+        registry = make_registry(args)
+    except (ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return uvloop.run(Daemon(daemon_options(args), registry).run())
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _refuse_flags(args: argparse.Namespace, log: logging.Logger) -> int | None:
+    """Log what is wrong with the flags and return the exit status; None when they are fine."""
     kube = kube_flags_used(args)
     if kube:
         log.error("--%s: not supported: vxland has no Kubernetes subnet manager; it takes the network "
@@ -309,45 +344,45 @@ def vxland_main(argv: list[str] | None = None) -> int:
     for flag in KLOG_FLAGS:
         if getattr(args, flag) is not None:
             log.info("-%s accepted for flanneld compatibility and ignored (use -v)", flag)
+    problem = _flag_problem(args)
+    if problem is not None:
+        log.error("%s", problem)
+        return 2
+    if not 0 < args.subnet_lease_renew_margin < 24 * 60:
+        log.error("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
+        return 1  # as flanneld (main.go)
+    return None
+
+
+def _flag_problem(args: argparse.Namespace) -> str | None:
+    """The first flag value out of its range, said as the error line."""
     for pattern in args.iface_regex:
         try:
             re.compile(pattern)
         except re.error as exc:
-            log.error("--iface-regex %r: %s", pattern, exc)
-            return 2
-    import uvloop  # imported late: --help and flag errors should not need it
-
-    from vxlan.daemon import Daemon, Options, StartupError
-
-    if not 64 <= args.capture_snaplen <= 65535:
-        log.error("--capture-snaplen %d: must be 64..65535", args.capture_snaplen)
-        return 2
-    if not -20 <= args.engine_nice <= 19:
-        log.error("--engine-nice %d: must be -20..19", args.engine_nice)
-        return 2
-    if args.trace_rate < 1:
-        log.error("--trace-rate %d: must be 1 or more", args.trace_rate)
-        return 2
-    if args.capture_count < 0:
-        log.error("--capture-count %d: must be 0 or more", args.capture_count)
-        return 2
+            return f"--iface-regex {pattern!r}: {exc}"
+    checks = [(64 <= args.capture_snaplen <= 65535, f"--capture-snaplen {args.capture_snaplen}: must be 64..65535"),
+              (-20 <= args.engine_nice <= 19, f"--engine-nice {args.engine_nice}: must be -20..19"),
+              (args.trace_rate >= 1, f"--trace-rate {args.trace_rate}: must be 1 or more"),
+              (args.capture_count >= 0, f"--capture-count {args.capture_count}: must be 0 or more")]
+    for ok, problem in checks:
+        if not ok:
+            return problem
     if args.capture_filter:
         from vxlan.capture import Filter
 
         try:
             Filter.parse(args.capture_filter)
         except ValueError as exc:
-            log.error("--capture-filter: %s", exc)
-            return 2
-    if not 0 < args.subnet_lease_renew_margin < 24 * 60:
-        log.error("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
-        return 1  # as flanneld (main.go)
-    try:
-        registry = make_registry(args)
-    except (ValueError, OSError) as exc:
-        log.error("%s", exc)
-        return 2
-    opts = Options(subnet_file=args.subnet_file, iface=tuple(args.iface), iface_regex=tuple(args.iface_regex),
+            return f"--capture-filter: {exc}"
+    return None
+
+
+def daemon_options(args: argparse.Namespace):
+    """vxlan.options.Options from the parsed flags."""
+    from vxlan.options import Options
+
+    return Options(subnet_file=args.subnet_file, iface=tuple(args.iface), iface_regex=tuple(args.iface_regex),
                    iface_can_reach=args.iface_can_reach, public_ip=args.public_ip,
                    ip_masq=args.ip_masq, masq_random_fully=not args.ip_masq_fully_random_disable,
                    iptables_resync_s=args.iptables_resync, iptables_forward_rules=args.iptables_forward_rules,
@@ -358,11 +393,6 @@ def vxland_main(argv: list[str] | None = None) -> int:
                    capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,
                    capture_snaplen=args.capture_snaplen, debug_allow=tuple(args.debug_allow),
                    trace_rate=args.trace_rate if args.trace else 0)
-    try:
-        return uvloop.run(Daemon(opts, registry).run())
-    except StartupError as exc:
-        log.error("%s", exc)
-        return 1
 
 
 def vxlanctl_parser() -> argparse.ArgumentParser:
@@ -389,8 +419,20 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--iface", action="append", default=_env_list("iface"))
     doctor.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "0") or "0",
                         help="a running vxland's health port: its UDP port then counts as in use by it")
-    plan = sub.add_parser("plan", help="print this host's commands that do flanneld's job by hand (ip route, "
-                                       "ip neigh, bridge fdb, iptables, subnet.env); --apply runs them once")
+    _add_plan_parser(sub.add_parser("plan", help="print this host's commands that do flanneld's job by hand "
+                                                 "(ip route, ip neigh, bridge fdb, iptables, subnet.env); --apply "
+                                                 "runs them once"))
+    peers = sub.add_parser("peers", help="the running vxland's peer table (from its /peers endpoint)")
+    peers.add_argument("--healthz-ip", default="127.0.0.1")
+    peers.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "2401") or "2401")
+    peers.add_argument("--json", action="store_true", help="print the JSON as served")
+    lab = sub.add_parser("lab", help="lab housekeeping")
+    lab.add_argument("action", choices=["clean"],
+                     help="clean: delete namespaces left by labs whose process is gone")
+    return p
+
+
+def _add_plan_parser(plan: argparse.ArgumentParser) -> None:
     add_etcd_flags(plan)
     plan.add_argument("--registry-file", type=Path, default=_env("registry-file"),
                       help="read this static registry instead of etcd")
@@ -405,14 +447,6 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
                       help="include flanneld's FORWARD rules (default true)")
     plan.add_argument("--format", choices=("sh", "json"), default="sh", help="a shell script (default) or JSON")
     plan.add_argument("--apply", action="store_true", help="run the commands once (steps already done are kept)")
-    peers = sub.add_parser("peers", help="the running vxland's peer table (from its /peers endpoint)")
-    peers.add_argument("--healthz-ip", default="127.0.0.1")
-    peers.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "2401") or "2401")
-    peers.add_argument("--json", action="store_true", help="print the JSON as served")
-    lab = sub.add_parser("lab", help="lab housekeeping")
-    lab.add_argument("action", choices=["clean"],
-                     help="clean: delete namespaces left by labs whose process is gone")
-    return p
 
 
 def print_peers(ip: str, port: int, as_json: bool) -> int:
@@ -439,53 +473,67 @@ def print_peers(ip: str, port: int, as_json: bool) -> int:
 def vxlanctl_main(argv: list[str] | None = None) -> int:
     args = vxlanctl_parser().parse_args(argv)
     setup_logging(0)
-    if args.command == "check":
-        from vxlan.config import ConfigError
-        from vxlan.registry.file import load_registry
+    return VXLANCTL_COMMANDS[args.command](args)
 
-        try:
-            snap = load_registry(args.file)
-        except ConfigError as exc:
-            print(f"invalid: {exc}", file=sys.stderr)
-            return 1
-        cfg = snap.config
-        print(f"Network {cfg.network}, SubnetLen {cfg.subnet_len}, VNI {cfg.backend.vni}, port {cfg.backend.port}")
-        for lease in sorted(snap.leases.values(), key=lambda lease: lease.subnet):
-            mac = ":".join(f"{b:02x}" for b in lease.vtep_mac) if lease.vtep_mac else "-"
-            print(f"  {lease.key:<20} {lease.public_ip:<16} {lease.backend_type:<8} {mac}")
-        return 0
-    if args.command == "decode":
-        from vxlan import decode
 
-        return decode.run(args.file, args.vxlan_port)
-    if args.command == "doctor":
-        from vxlan import doctor
+def _check(args: argparse.Namespace) -> int:
+    from vxlan.config import ConfigError
+    from vxlan.registry.file import load_registry
 
-        checks = doctor.run_all(args, None if args.registry_file else etcd_settings(args))
-        print(doctor.render(checks))
-        return 1 if any(c.status == "FAIL" for c in checks) else 0
-    if args.command == "peers":
-        return print_peers(args.healthz_ip, args.healthz_port, args.json)
-    if args.command == "plan":
-        from vxlan import planrun
+    try:
+        snap = load_registry(args.file)
+    except ConfigError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    cfg = snap.config
+    print(f"Network {cfg.network}, SubnetLen {cfg.subnet_len}, VNI {cfg.backend.vni}, port {cfg.backend.port}")
+    for lease in sorted(snap.leases.values(), key=lambda lease: lease.subnet):
+        mac = ":".join(f"{b:02x}" for b in lease.vtep_mac) if lease.vtep_mac else "-"
+        print(f"  {lease.key:<20} {lease.public_ip:<16} {lease.backend_type:<8} {mac}")
+    return 0
 
-        req = planrun.Request(registry_file=args.registry_file,
-                              etcd=None if args.registry_file else etcd_settings(args), iface=tuple(args.iface),
-                              public_ip=args.public_ip, subnet_file=args.subnet_file, ip_masq=args.ip_masq,
-                              forward_rules=args.iptables_forward_rules)
-        return planrun.run(req, args.format, args.apply)
-    if args.command == "lab":
-        from vxlan import lab
 
-        for name in lab.clean_stale():
-            print(f"deleted namespace {name}")
-        return 0
-    if args.command == "demo":
-        from vxlan.lab import demo
+def _decode(args: argparse.Namespace) -> int:
+    from vxlan import decode
 
-        return demo.run(vni=args.vni, port=args.port, seconds=args.seconds,
-                        registry="file" if args.static else "etcd", etcd_api=args.etcd_api)
-    return 2
+    return decode.run(args.file, args.vxlan_port)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from vxlan import doctor
+
+    checks = doctor.run_all(args, None if args.registry_file else etcd_settings(args))
+    print(doctor.render(checks))
+    return 1 if any(c.status == "FAIL" for c in checks) else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from vxlan import planrun
+
+    req = planrun.Request(registry_file=args.registry_file,
+                          etcd=None if args.registry_file else etcd_settings(args), iface=tuple(args.iface),
+                          public_ip=args.public_ip, subnet_file=args.subnet_file, ip_masq=args.ip_masq,
+                          forward_rules=args.iptables_forward_rules)
+    return planrun.run(req, args.format, args.apply)
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from vxlan import lab
+
+    for name in lab.clean_stale():
+        print(f"deleted namespace {name}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vxlan.lab import demo  # the lab is imported by these two commands only, lazily
+
+    return demo.run(vni=args.vni, port=args.port, seconds=args.seconds,
+                    registry="file" if args.static else "etcd", etcd_api=args.etcd_api)
+
+
+VXLANCTL_COMMANDS = {"check": _check, "decode": _decode, "doctor": _doctor, "plan": _plan, "lab": _lab,
+                     "demo": _demo, "peers": lambda args: print_peers(args.healthz_ip, args.healthz_port, args.json)}
 
 
 if __name__ == "__main__":
