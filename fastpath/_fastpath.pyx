@@ -124,13 +124,17 @@ cdef uint32_t _ip_net(str ip) except? 0:
 
 
 cdef class Codec:
+    """The compiled vxlan.wire.Codec (the interface: vxlan.codec.BatchCodec)."""
     cdef vx_core core
     cdef int _ready
     cdef int _n_reasons
     cdef uint32_t _mask
+    cdef public list pending_tun  # always empty: the C paths answer nothing into the TUN
+    headroom = wire.HEADROOM
 
     def __cinit__(self, int vni, vtep_mac, int subnet_len, int tun_mtu, int port, strict_source=False):
         self._ready = 0
+        self.pending_tun = []
         wire.vxlan_header(vni)  # range check with the reference's error
         mac = bytes(vtep_mac)
         if len(mac) != 6:

@@ -19,6 +19,7 @@ import socket
 import threading
 from collections.abc import Callable
 
+from vxlan.codec import BatchCodec
 from vxlan.wire import HEADROOM, DropReason
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,13 @@ class _Pool:
 
 
 class DataPlane:
-    def __init__(self, codec, tun_fd: int, sock: socket.socket, batch: int = BATCH) -> None:
+    def __init__(self, codec: BatchCodec, tun_fd: int, sock: socket.socket, batch: int = BATCH) -> None:
         self.codec = codec
         self.tun_fd = tun_fd
         self.sock = sock
         self.batch = batch
         # bytes in front of the inner packet: VXLAN + Ethernet, or none for flannel's udp backend
-        self.headroom = getattr(codec, "headroom", HEADROOM)
+        self.headroom = codec.headroom
         self._tx = _Pool(batch, self.headroom)
         self._rx = _Pool(batch, self.headroom)
         self.tx_packets = self.tx_bytes = 0  # inner packets/bytes sent into the tunnel
@@ -103,7 +104,7 @@ class DataPlane:
             return
         self.tun_received += n
         ok = self.codec.encap_batch(pool.bufs, pool.lengths, n, pool.verdicts, pool.aux)
-        pending = getattr(self.codec, "pending_tun", None)
+        pending = self.codec.pending_tun
         if pending:  # ICMP errors the codec wants delivered back into the TUN
             for reply in pending:
                 try:

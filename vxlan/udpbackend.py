@@ -93,9 +93,10 @@ class UdpCodec(DropCounters):
             self._drops[verdict] += 1
         return not verdict
 
-    def encap_batch(self, bufs: list, lengths: list[int], n: int, verdicts: list[int], aux: list) -> bool:
-        """TUN packets -> (verdict, destination); the datagram is the packet itself."""
-        any_ok = False
+    def encap_batch(self, bufs: list, lengths: list[int], n: int, verdicts: list[int], aux: list) -> int:
+        """TUN packets -> (verdict, destination); the datagram is the packet itself. The number
+        forwarded (vxlan.codec.BatchCodec)."""
+        ok = 0
         for i in range(n):
             buf, length = bufs[i], lengths[i]
             verdict = DropReason.OK
@@ -113,13 +114,14 @@ class UdpCodec(DropCounters):
                     verdict = DropReason.TTL_EXPIRED
                 else:
                     aux[i] = peer
-            any_ok = self._verdict(verdicts, i, verdict) or any_ok
-        return any_ok
+            ok += self._verdict(verdicts, i, verdict)
+        return ok
 
     def decap_batch(self, bufs: list, lengths: list[int], senders: list, n: int, verdicts: list[int],
-                    inner: list[int]) -> bool:
-        """Datagrams -> (verdict, packet length); the packet starts at offset 0."""
-        any_ok = False
+                    inner: list[int]) -> int:
+        """Datagrams -> (verdict, packet length); the packet starts at offset 0. The number
+        forwarded."""
+        ok = 0
         for i in range(n):
             buf, length = bufs[i], lengths[i]
             verdict = DropReason.OK
@@ -131,5 +133,5 @@ class UdpCodec(DropCounters):
                 verdict = DropReason.TTL_EXPIRED
             else:
                 inner[i] = min(length, (buf[2] << 8) | buf[3]) or length
-            any_ok = self._verdict(verdicts, i, verdict) or any_ok
-        return any_ok
+            ok += self._verdict(verdicts, i, verdict)
+        return ok

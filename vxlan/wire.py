@@ -220,15 +220,19 @@ class DropCounters:
 
 
 class Codec(DropCounters):
-    """Encapsulates TUN packets for their peer and checks and strips received datagrams.
+    """Encapsulates TUN packets for their peer and checks and strips received datagrams
+    (the interface: vxlan.codec.BatchCodec).
 
     Reads the peer table (``PeerMap``) and keeps the drop counters by reason.
     ``set_peer``/``remove_peer`` are the narrow, idempotent interface the control plane
     drives; everything else is per batch.
     """
 
+    headroom = HEADROOM  # VXLAN + inner Ethernet in front of each inner packet
+
     def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, tun_mtu: int, port: int,
                  strict_source: bool = False) -> None:
+        self.pending_tun: list[bytes] = []  # nothing goes back into the TUN (vxlan.codec.BatchCodec)
         self._map = PeerMap(vni, vtep_mac, subnet_len, port)
         self._strict_source = strict_source
         self._vni_bytes = vxlan_header(vni)[4:7]

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "vxlan"
 # The pure core: no I/O, no root, nothing above it. (vxlan.plan is pure itself but takes its
 # rules from vxlan.iptables and vxlan.subnetenv, which also run them: not in the core until
 # those are split.)
-PURE = {"vxlan.wire", "vxlan.config", "vxlan.lease", "vxlan.allocator", "vxlan.peers"}
+PURE = {"vxlan.wire", "vxlan.codec", "vxlan.config", "vxlan.lease", "vxlan.allocator", "vxlan.peers"}
 PURE_MAY_IMPORT = PURE | {"vxlan"}
 # What the data plane is: registries never reach into it.
 DATA_PLANE = {"fastpath", "vxlan.dataplane", "vxlan.tun", "vxlan.capture", "vxlan.udpbackend", "vxlan.netconf",
