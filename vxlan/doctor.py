@@ -66,27 +66,16 @@ def check_etcd(settings) -> list[Check]:
     """etcd reachable, and the network config present (in the store ``--etcd-api`` names, or in
     either with auto) and valid."""
     from vxlan.registry import RegistryError
-    from vxlan.registry.etcd import parse_config_value, write_config_command
-    from vxlan.registry.select import choose_api, probe_config, registries_for
+    from vxlan.registry.etcd import write_config_command
+    from vxlan.registry.select import choose_api, registries_for
 
     try:
         regs = registries_for(settings)
         apis = tuple(regs)
     except ValueError as exc:
         return [Check("etcd", "FAIL", str(exc), "fix the --etcd-* flags")]
-
-    async def probe():
-        try:
-            return await asyncio.wait_for(probe_config(regs), 8)
-        finally:
-            for reg in regs.values():
-                await reg.close()
     key = f"{settings.prefix.rstrip('/')}/config"
-    try:
-        found = asyncio.run(probe())
-    except Exception as exc:  # any failure to talk to etcd is the finding here
-        found = None
-        detail = str(exc) or type(exc).__name__
+    found, detail = _probe_etcd(regs)
     if found is None or len(found.down) == len(apis):
         detail = "; ".join(found.down.values()) if found is not None else detail
         return [Check("etcd", "FAIL", f"cannot reach etcd at {settings.endpoints}: {detail}",
@@ -101,11 +90,32 @@ def check_etcd(settings) -> list[Check]:
         fix = " or ".join(write_config_command(a, key) for a in apis)
         return checks + [Check("config", "FAIL", f"no network config at {key}" + (f" ({notes})" if notes else ""),
                                fix)]
+    return checks + [_check_config_value(api, key, found.values[api])]
+
+
+def _probe_etcd(regs: dict) -> tuple[object | None, str]:
+    """select.probe_config over the stores (8 s at most), then close them; (found, why not)."""
+    from vxlan.registry.select import probe_config
+
+    async def probe():
+        try:
+            return await asyncio.wait_for(probe_config(regs), 8)
+        finally:
+            for reg in regs.values():
+                await reg.close()
     try:
-        config = parse_config_value(key, found.values[api])
+        return asyncio.run(probe()), ""
+    except Exception as exc:  # any failure to talk to etcd is the finding here
+        return None, str(exc) or type(exc).__name__
+
+
+def _check_config_value(api: str, key: str, value: bytes) -> Check:
+    from vxlan.registry.etcd import parse_config_value, write_config_command
+
+    try:
+        config = parse_config_value(key, value)
     except ConfigError as exc:
-        return checks + [Check("config", "FAIL", f"{key} is invalid: {exc}",
-                               f"correct it, e.g. {write_config_command(api, key)}")]
+        return Check("config", "FAIL", f"{key} is invalid: {exc}", f"correct it, e.g. {write_config_command(api, key)}")
     detail = f"Network {config.network}, backend {config.backend.type}, etcd {api} store"
     if config.backend_missing:
         detail += " (no Backend in the config: flanneld's code, and vxland, then run udp)"
@@ -113,8 +123,7 @@ def check_etcd(settings) -> list[Check]:
         detail += f", VNI {config.backend.vni}"
     if config.backend.type in ("vxlan", "udp"):
         detail += f", port {config.backend.port}"
-    checks.append(Check("config", "ok", detail))
-    return checks
+    return Check("config", "ok", detail)
 
 
 def check_mtu(ifaces: tuple[str, ...]) -> tuple[Check, netconf.Iface | None]:

@@ -167,23 +167,29 @@ class Lab(EtcdLabMixin):
         self.registry_path = self.workdir / "registry.json"
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
-        subnets = self.network.subnets(new_prefix=subnet_len)
+        self.hosts = self._make_hosts(kinds)
+        self.etcd = [EtcdMember(i, str(UNDERLAY.network_address + 250 + i), self.workdir / f"etcd-m{i}",
+                                self.workdir / f"etcd-m{i}.log", tls=etcd_tls)
+                     for i in range(1, etcd_members + 1)] if registry == "etcd" else []
+        self._torn_down = False
+
+    def _make_hosts(self, kinds: list[str]) -> list[Host]:
+        """Hosts 1..n; with a registry file they get their subnets and VtepMACs here, with etcd
+        they take what they acquire."""
+        subnets = self.network.subnets(new_prefix=self.subnet_len)
         next(subnets)  # flannel skips the first subnet (SubnetMin = Network + 1 subnet)
-        self.hosts = [
+        hosts = [
             Host(index=i, kind=kind, ns=f"{self.prefix}-h{i}", pod_ns=f"{self.prefix}-p{i}",
                  public_ip=str(SEGMENTS[self.segments[i - 1]].network_address + i),
                  subnet_file=self.workdir / f"h{i}.subnet.env")
             for i, kind in enumerate(kinds, start=1)
         ]
-        for host in self.hosts:
+        for host in hosts:
             if host.kind not in ("vxland", "kernel", "plain"):
                 raise ValueError(f"unknown host kind {host.kind!r}")
-            if registry == "file":
+            if self.registry == "file":
                 host.subnet, host.vtep_mac = next(subnets), wire.random_vtep_mac()
-        self.etcd = [EtcdMember(i, str(UNDERLAY.network_address + 250 + i), self.workdir / f"etcd-m{i}",
-                                self.workdir / f"etcd-m{i}.log", tls=etcd_tls)
-                     for i in range(1, etcd_members + 1)] if registry == "etcd" else []
-        self._torn_down = False
+        return hosts
 
     # -- life cycle -----------------------------------------------------------------------
     def __enter__(self) -> Lab:
