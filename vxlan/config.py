@@ -157,11 +157,24 @@ def parse_config(raw: Any) -> NetworkConfig:
     except ValueError:
         raise ConfigError("Network", "please define a correct Network parameter in the flannel config") from None
 
+    subnet_len = _subnet_len(raw, network)
+    subnet_min, subnet_max = _subnet_range(raw, network, subnet_len)
+    return NetworkConfig(
+        network=network,
+        subnet_len=subnet_len,
+        subnet_min=subnet_min,
+        subnet_max=subnet_max,
+        backend=parse_backend(get_ci(raw, "Backend")),
+        backend_missing=get_ci(raw, "Backend") is None,
+    )
+
+
+def _subnet_len(raw: dict, network: ipaddress.IPv4Network) -> int:
+    """SubnetLen, or config.go's default: 24 when the Network is /22 or larger, else prefix + 2."""
     subnet_len = get_ci(raw, "SubnetLen", 0)
     if isinstance(subnet_len, bool) or not isinstance(subnet_len, int):
         raise ConfigError("SubnetLen", f"must be an integer, got {json.dumps(subnet_len)}")
     if subnet_len == 0:
-        # config.go: 24 when the Network is /22 or larger, else prefix + 2.
         if network.prefixlen > 28:
             raise ConfigError("Network", "network is too small. Minimum useful network prefix is /28")
         subnet_len = 24 if network.prefixlen <= 22 else network.prefixlen + 2
@@ -169,7 +182,12 @@ def parse_config(raw: Any) -> NetworkConfig:
         raise ConfigError("SubnetLen", "SubnetLen must be less than /31")
     if subnet_len < network.prefixlen + 2:
         raise ConfigError("SubnetLen", "network must be able to accommodate at least four subnets")
+    return subnet_len
 
+
+def _subnet_range(raw: dict, network: ipaddress.IPv4Network,
+                  subnet_len: int) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """SubnetMin and SubnetMax, by default the Network less its first and last subnets."""
     step = 1 << (32 - subnet_len)
     net_int = int(network.network_address)
     subnet_min = _ip_field(raw, "SubnetMin") or ipaddress.IPv4Address(net_int + step)
@@ -179,12 +197,4 @@ def parse_config(raw: Any) -> NetworkConfig:
             raise ConfigError(key, f"{key} is not in the range of the Network")
         if int(value) % step:
             raise ConfigError(key, f"{key} is not on a SubnetLen boundary: {value}")
-
-    return NetworkConfig(
-        network=network,
-        subnet_len=subnet_len,
-        subnet_min=subnet_min,
-        subnet_max=subnet_max,
-        backend=parse_backend(get_ci(raw, "Backend")),
-        backend_missing=get_ci(raw, "Backend") is None,
-    )
+    return subnet_min, subnet_max

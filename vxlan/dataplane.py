@@ -104,16 +104,24 @@ class DataPlane:
             return
         self.tun_received += n
         ok = self.codec.encap_batch(pool.bufs, pool.lengths, n, pool.verdicts, pool.aux)
+        if self.codec.pending_tun:
+            self._write_pending()
+        if ok:
+            self._send(n)
+
+    def _write_pending(self) -> None:
+        """ICMP errors the codec wants delivered back into the TUN."""
         pending = self.codec.pending_tun
-        if pending:  # ICMP errors the codec wants delivered back into the TUN
-            for reply in pending:
-                try:
-                    os.write(fd, reply)
-                except OSError:
-                    self.codec.count_drop(DropReason.TUN_WRITE_FAILED)
-            pending.clear()
-        if not ok:
-            return
+        for reply in pending:
+            try:
+                os.write(self.tun_fd, reply)
+            except OSError:
+                self.codec.count_drop(DropReason.TUN_WRITE_FAILED)
+        pending.clear()
+
+    def _send(self, n: int) -> None:
+        """The batch's forwarded packets to their peers."""
+        pool = self._tx
         hr = self.headroom
         sendto = self.sock.sendto
         sent = sent_bytes = failed = 0

@@ -62,9 +62,11 @@ class _Collector:
         info.add_metric([self.source.info[k] for k in sorted(self.source.info)], 1)
         yield info
         yield GaugeMetricFamily("vxland_peers", "Remote nodes in the peer table", value=self.source.peer_count())
-        dp = self.source.dataplane
-        if dp is None or self.source.codec is None:
-            return
+        if self.source.dataplane is not None and self.source.codec is not None:
+            yield from self._data_plane(self.source.dataplane, self.source.codec)
+
+    def _data_plane(self, dp, codec):
+        """The tunnel backends' counters (none for host-gw)."""
         packets = CounterMetricFamily(
             "vxland_packets", "Inner packets forwarded: tx = TUN to tunnel, rx = tunnel to TUN",
             labels=["direction"])
@@ -84,7 +86,7 @@ class _Collector:
         received.add_metric(["underlay"], dp.udp_received)
         yield received
         drops = CounterMetricFamily("vxland_drops", "Packets dropped, by reason", labels=["reason"])
-        counts = self.source.codec.drop_counts()
+        counts = codec.drop_counts()
         for reason in DropReason:
             if reason is not DropReason.OK:
                 drops.add_metric([reason.label], counts[reason])
@@ -96,7 +98,7 @@ class _Collector:
             io.add_metric([name], value)
         yield io
         yield GaugeMetricFamily("vxland_tunnel_peers", "Remote VTEPs in the data plane's table",
-                                value=self.source.codec.peer_count())
+                                value=codec.peer_count())
 
 
 def make_server(source: MetricsSource) -> HttpServer:

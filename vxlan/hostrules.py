@@ -41,21 +41,13 @@ async def install(opts: Options, network, subnet) -> list[tuple[str, Callable[[]
     except iptables.IPTablesError as exc:
         failed("iptables", exc)
         return []
-    rule_sets = []
     old = subnetenv.read_values(opts.subnet_file)
     prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(opts.subnet_file)
     await _remove_legacy_rules(opts, ipt, network, subnet, prev_net, prev_subnet)
+    rule_sets = []
     if opts.ip_masq:
         random_fully = opts.masq_random_fully and ipt.random_fully
-        if prev_net and prev_subnet is not None and (prev_net != str(network) or prev_subnet != subnet):
-            log.info("network or subnet (%s, %s) differ from the previous ones (%s, %s): removing the old "
-                     "masquerade rules", network, subnet, prev_net, prev_subnet)
-            try:
-                old_rules = iptables.masq_rules(ipaddress.IPv4Network(prev_net, strict=False), prev_subnet,
-                                                random_fully)
-                await asyncio.to_thread(ipt.delete, old_rules)
-            except (ValueError, iptables.IPTablesError) as exc:
-                log.warning("could not remove the old masquerade rules: %s", exc)
+        await _remove_previous_masq(ipt, network, subnet, prev_net, prev_subnet, random_fully)
         rule_sets.append(("masquerade", iptables.masq_rules(network, subnet, random_fully)))
     if opts.iptables_forward_rules:
         rule_sets.append(("forward", iptables.forward_rules(network)))
@@ -69,6 +61,20 @@ async def install(opts: Options, network, subnet) -> list[tuple[str, Callable[[]
         log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
         resyncs.append((name, lambda ipt=ipt, name=name, rules=rules: _resync(opts, ipt, name, rules)))
     return resyncs
+
+
+async def _remove_previous_masq(ipt, network, subnet, prev_net: str | None, prev_subnet, random_fully: bool) -> None:
+    """The masquerade rules of the previous Network and subnet (subnet.env), when they changed."""
+    if not prev_net or prev_subnet is None or (prev_net == str(network) and prev_subnet == subnet):
+        return
+    log.info("network or subnet (%s, %s) differ from the previous ones (%s, %s): removing the old "
+             "masquerade rules", network, subnet, prev_net, prev_subnet)
+    try:
+        old_rules = iptables.masq_rules(ipaddress.IPv4Network(prev_net, strict=False), prev_subnet, random_fully)
+        await asyncio.to_thread(ipt.delete, old_rules)
+    except (ValueError, iptables.IPTablesError) as exc:
+        log.warning("could not remove the old masquerade rules: %s", exc)
+
 
 async def _remove_legacy_rules(opts: Options, ipt, network, subnet, prev_net: str | None, prev_subnet) -> None:
     """flanneld <= 0.19 put its rules straight into POSTROUTING and FORWARD (flannel v0.17.0

@@ -271,41 +271,34 @@ class Codec(DropCounters):
         number of packets to send.
         """
         ok = 0
-        peers = self._peers
-        mask = self._mask
         drops = self._drops
         for i in range(count):
             buf = bufs[i]
             n = lengths[i]
             if n < 0 or HEADROOM + n > len(buf):
                 raise ValueError(f"length {n} of packet {i} does not fit its buffer")
-            if n < 1:
-                verdict = DropReason.NOT_IP
-            else:
-                version = buf[HEADROOM] >> 4
-                if version == 4:
-                    if n < 20:
-                        verdict = DropReason.NOT_IP
-                    else:
-                        dst = int.from_bytes(buf[HEADROOM + 16 : HEADROOM + 20], "big")
-                        peer = peers.get(dst & mask)
-                        if peer is None:
-                            verdict = DropReason.NO_ROUTE
-                        else:
-                            buf[0:HEADROOM] = peer[0]
-                            dests[i] = peer[1]
-                            verdict = DropReason.OK
-                elif version == 6:
-                    # IPv6 overlays (flannel-v6.<VNI>, BackendV6Data) are not carried yet.
-                    verdict = DropReason.NO_ROUTE
-                else:
-                    verdict = DropReason.NOT_IP
+            verdict, peer = self._route(buf, n)
             verdicts[i] = verdict
             if verdict:
                 drops[verdict] += 1
             else:
+                buf[0:HEADROOM] = peer[0]
+                dests[i] = peer[1]
                 ok += 1
         return ok
+
+    def _route(self, buf: Any, n: int) -> tuple[int, Any]:
+        """A TUN packet's verdict and, when OK, its peer: (the 22 header bytes, (ip, port))."""
+        if n < 1:
+            return DropReason.NOT_IP, None
+        version = buf[HEADROOM] >> 4
+        if version == 6:
+            # IPv6 overlays (flannel-v6.<VNI>, BackendV6Data) are not carried yet.
+            return DropReason.NO_ROUTE, None
+        if version != 4 or n < 20:
+            return DropReason.NOT_IP, None
+        peer = self._peers.get(int.from_bytes(buf[HEADROOM + 16 : HEADROOM + 20], "big") & self._mask)
+        return (DropReason.NO_ROUTE, None) if peer is None else (DropReason.OK, peer)
 
     def decap_batch(
         self,
@@ -353,6 +346,18 @@ class Codec(DropCounters):
                 return DropReason.DST_MAC_BROADCAST, 0
             return DropReason.DST_MAC_MISMATCH, 0
         ethertype = (buf[20] << 8) | buf[21]
+        verdict, total = self._inner(buf, n, ethertype)
+        if verdict:
+            return verdict, 0
+        if self._strict_source and not self._source_is_senders(buf, ethertype, sender):
+            return DropReason.SPOOFED_SOURCE, 0
+        if total > self._tun_mtu:
+            return DropReason.TOO_BIG, 0
+        return DropReason.OK, total
+
+    @staticmethod
+    def _inner(buf: Any, n: int, ethertype: int) -> tuple[int, int]:
+        """The inner packet's verdict and its length by its own header (Ethernet padding cut)."""
         avail = n - HEADROOM
         if ethertype == ETH_P_IP:
             if avail < 20 or buf[HEADROOM] >> 4 != 4:
@@ -361,28 +366,23 @@ class Codec(DropCounters):
             total = (buf[HEADROOM + 2] << 8) | buf[HEADROOM + 3]
             if header_len < 20 or total < header_len or total > avail:
                 return DropReason.BAD_INNER_IP, 0
-        elif ethertype == ETH_P_IPV6:
+            return DropReason.OK, total
+        if ethertype == ETH_P_IPV6:
             if avail < 40 or buf[HEADROOM] >> 4 != 6:
                 return DropReason.BAD_INNER_IP, 0
             total = 40 + ((buf[HEADROOM + 4] << 8) | buf[HEADROOM + 5])
-            if total > avail:
-                return DropReason.BAD_INNER_IP, 0
-        elif ethertype == ETH_P_ARP:
+            return (DropReason.BAD_INNER_IP, 0) if total > avail else (DropReason.OK, total)
+        if ethertype == ETH_P_ARP:
             return DropReason.ARP, 0
-        else:
-            return DropReason.BAD_ETHERTYPE, 0
-        if self._strict_source:
-            # flannel (and the kernel's vxlan) deliver whatever a known VTEP sends; this asks
-            # that the inner source lie in a subnet whose lease names that VTEP.
-            if ethertype != ETH_P_IP:
-                return DropReason.SPOOFED_SOURCE, 0
-            src = int.from_bytes(buf[HEADROOM + 12 : HEADROOM + 16], "big")
-            owner = self._peers.get(src & self._mask)
-            if owner is None or owner[1][0] != sender:
-                return DropReason.SPOOFED_SOURCE, 0
-        if total > self._tun_mtu:
-            return DropReason.TOO_BIG, 0
-        return DropReason.OK, total
+        return DropReason.BAD_ETHERTYPE, 0
+
+    def _source_is_senders(self, buf: Any, ethertype: int, sender: str) -> bool:
+        """--strict-source: flannel (and the kernel's vxlan) deliver whatever a known VTEP sends;
+        this asks that the inner source lie in a subnet whose lease names that VTEP."""
+        if ethertype != ETH_P_IP:
+            return False
+        owner = self._peers.get(int.from_bytes(buf[HEADROOM + 12 : HEADROOM + 16], "big") & self._mask)
+        return owner is not None and owner[1][0] == sender
 
 
 # -- one packet at a time, for tests and tools (allocates; never on the hot path) -------------

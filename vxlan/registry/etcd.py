@@ -34,7 +34,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from vxlan.allocator import OutOfSubnets, choose_subnet
 from vxlan.config import ConfigError, NetworkConfig, parse_config
@@ -181,36 +181,7 @@ class EtcdRegistry:
         last_error = ""
         for attempt in range(1, RACE_RETRIES + 1):
             try:
-                reservations: set[int] = set()  # subnet_key of the keys without TTL
-                leases, revision = await self.list_leases(reservations)
-                try:
-                    decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng)
-                except OutOfSubnets as exc:
-                    raise AcquireError(f"failed to acquire lease: {exc}") from None
-                for stale in decision.delete_first:
-                    log.info("deleting our old lease %s: it no longer fits the config", stale.key)
-                    await self.store.delete(self._key(stale.subnet))
-                reused_mac = decision.reuse.vtep_mac if decision.reuse is not None else None
-                if config.backend.type == "vxlan":
-                    lease = Lease(decision.subnet, public_ip, "vxlan", reused_mac or new_vtep_mac, config.backend.vni)
-                else:  # host-gw leases carry no BackendData (hostgw.go), udp ones not even a type
-                    lease = Lease(decision.subnet, public_ip, lease_backend_type(config))
-                key, value = self._key(lease.subnet), lease.to_json().encode()
-                reserved = decision.reuse is not None and decision.reuse.subnet_key in reservations
-                granted: int | None
-                if decision.reuse is not None:
-                    # updateSubnet: unconditional; a reservation keeps having no TTL
-                    granted = await self.store.put(key, value, None if reserved else self.lease_ttl_s)
-                    log.info("reusing our %s %s (VtepMAC kept)", "reservation" if reserved else "lease", lease.key)
-                else:
-                    granted = await self.store.create(key, value, self.lease_ttl_s)
-                    if granted is not None:
-                        log.info("acquired lease %s (etcd %s)", lease.key, self.store.api)
-                if granted is None:
-                    last_error = f"subnet {lease.key} already exists"
-                    log.info("%s (taken by another node meanwhile); picking again (%d/%d)",
-                             last_error, attempt, RACE_RETRIES)
-                    continue
+                got = await self._try_acquire(config, public_ip, new_vtep_mac)
             except EtcdUnavailable as exc:
                 last_error = str(exc)
                 log.warning("acquiring a lease: %s; retrying", exc)
@@ -218,12 +189,47 @@ class EtcdRegistry:
                 continue
             except EtcdError as exc:
                 raise AcquireError(f"failed to acquire lease: {exc}") from None
+            if isinstance(got, str):
+                last_error = got
+                log.info("%s (taken by another node meanwhile); picking again (%d/%d)", got, attempt, RACE_RETRIES)
+                continue
+            lease, leases, revision, granted, reserved = got
             self.own, self.reserved = lease, reserved
             self._expiry = time.monotonic() + granted if granted else math.inf
             self._revision = revision
             self.connected = True
             return lease, [other for other in leases if other.subnet != lease.subnet]
         raise AcquireError(f"failed to acquire lease after {RACE_RETRIES} attempts: {last_error}")
+
+    async def _try_acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes):
+        """One round of flannel's tryAcquireLease: list, choose, write. (lease, all leases, revision,
+        granted TTL, reserved), or why the subnet was lost to a racing node."""
+        reservations: set[int] = set()  # subnet_key of the keys without TTL
+        leases, revision = await self.list_leases(reservations)
+        try:
+            decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng)
+        except OutOfSubnets as exc:
+            raise AcquireError(f"failed to acquire lease: {exc}") from None
+        for stale in decision.delete_first:
+            log.info("deleting our old lease %s: it no longer fits the config", stale.key)
+            await self.store.delete(self._key(stale.subnet))
+        reused_mac = decision.reuse.vtep_mac if decision.reuse is not None else None
+        if config.backend.type == "vxlan":
+            lease = Lease(decision.subnet, public_ip, "vxlan", reused_mac or new_vtep_mac, config.backend.vni)
+        else:  # host-gw leases carry no BackendData (hostgw.go), udp ones not even a type
+            lease = Lease(decision.subnet, public_ip, lease_backend_type(config))
+        key, value = self._key(lease.subnet), lease.to_json().encode()
+        reserved = decision.reuse is not None and decision.reuse.subnet_key in reservations
+        if decision.reuse is not None:
+            # updateSubnet: unconditional; a reservation keeps having no TTL
+            granted = await self.store.put(key, value, None if reserved else self.lease_ttl_s)
+            log.info("reusing our %s %s (VtepMAC kept)", "reservation" if reserved else "lease", lease.key)
+        else:
+            granted = await self.store.create(key, value, self.lease_ttl_s)
+            if granted is None:
+                return f"subnet {lease.key} already exists"
+            log.info("acquired lease %s (etcd %s)", lease.key, self.store.api)
+        return lease, leases, revision, granted, reserved
 
     async def keep_lease(self) -> None:
         """Renew at expiry - margin with a new etcd lease (registry.go:updateSubnet)."""
@@ -252,30 +258,17 @@ class EtcdRegistry:
         while True:
             try:
                 if relist:
-                    leases, revision = await self.list_leases()
-                    if not self.connected:
-                        log.info("etcd is reachable again at %s", self.store.where)
-                    self.connected = True
-                    if not any(lease.subnet == self.own.subnet for lease in leases):
-                        yield OwnLeaseLost(f"our lease {self.own.key} is gone from etcd")
+                    change, revision = await self._relist()
+                    yield change
+                    if isinstance(change, OwnLeaseLost):
                         return
-                    yield Reset([lease for lease in leases if lease.subnet != self.own.subnet])
                     relist, self._revision = False, revision
                 async for batch in self.store.watch(self.subnets_prefix, revision):
                     self.connected, backoff = True, BACKOFF_MIN_S
-                    for key, value in batch.changes:
-                        if key == own_key:
-                            if value is None:
-                                yield OwnLeaseLost("Lease has been revoked.")
-                                return
-                            continue  # our own renewals
-                        subnet, lease = self._parse(key, value)
-                        if subnet is None:
-                            continue
-                        if value is None:
-                            yield Deleted(subnet)
-                        elif lease is not None:
-                            yield Put(lease)
+                    for change in self._batch_changes(batch.changes, own_key):
+                        yield change
+                        if isinstance(change, OwnLeaseLost):
+                            return
                     revision = self._revision = batch.cursor  # a watch started again resumes here
             except Compacted as exc:
                 log.info("watch from %d: %s; re-listing", revision + 1, exc)
@@ -292,6 +285,33 @@ class EtcdRegistry:
                 relist = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _relist(self) -> tuple[Change, int]:
+        """After an outage or a compaction: every lease as one Reset, or our own lease lost."""
+        assert self.own is not None
+        leases, revision = await self.list_leases()
+        if not self.connected:
+            log.info("etcd is reachable again at %s", self.store.where)
+        self.connected = True
+        if not any(lease.subnet == self.own.subnet for lease in leases):
+            return OwnLeaseLost(f"our lease {self.own.key} is gone from etcd"), revision
+        return Reset([lease for lease in leases if lease.subnet != self.own.subnet]), revision
+
+    def _batch_changes(self, changes: list, own_key: bytes) -> Iterator[Change]:
+        """A watch batch as changes; our own key's deletion ends it with OwnLeaseLost."""
+        for key, value in changes:
+            if key == own_key:
+                if value is None:
+                    yield OwnLeaseLost("Lease has been revoked.")
+                    return
+                continue  # our own renewals
+            subnet, lease = self._parse(key, value)
+            if subnet is None:
+                continue
+            if value is None:
+                yield Deleted(subnet)
+            elif lease is not None:
+                yield Put(lease)
 
     async def release(self) -> bool:
         if self.own is None or self.reserved:
