@@ -59,91 +59,117 @@ static void tun_emit(void *ctx, const struct iovec *iov, int iovcnt, int has_vne
     if (count > 1) c->coalesced += count;
 }
 
+/* The RX loop's buffers: RX_MSGS datagrams (or GRO trains) per recvmmsg. */
+typedef struct {
+    uint8_t *bufs;
+    struct mmsghdr *msgs;
+    struct iovec *iov;
+    struct sockaddr_in *from;
+    char (*ctl)[64];
+    pkt_ref *out;               /* the forwarded inner packets of a batch, in order */
+    vx_gro *gro;
+} rx_loop;
+
+static void rx_free(rx_loop *l) {
+    free(l->bufs); free(l->msgs); free(l->iov); free(l->from); free(l->ctl); free(l->out); free(l->gro);
+}
+
+/* recvmmsg writes lengths, flags and control lengths back: set every message up again. */
+static void rx_arm(rx_loop *l) {
+    for (int i = 0; i < RX_MSGS; i++) {
+        l->iov[i].iov_base = l->bufs + (size_t)i * RX_BUF;
+        l->iov[i].iov_len = RX_BUF;
+        memset(&l->msgs[i].msg_hdr, 0, sizeof l->msgs[i].msg_hdr);
+        l->msgs[i].msg_hdr.msg_iov = &l->iov[i];
+        l->msgs[i].msg_hdr.msg_iovlen = 1;
+        l->msgs[i].msg_hdr.msg_name = &l->from[i];
+        l->msgs[i].msg_hdr.msg_namelen = sizeof l->from[i];
+        l->msgs[i].msg_hdr.msg_control = l->ctl[i];
+        l->msgs[i].msg_hdr.msg_controllen = 64;
+    }
+}
+
+/* The segment size of a GRO train (UDP_GRO's cmsg), or len for a single datagram. */
+static int rx_segment_size(struct msghdr *h, int len) {
+    int seg = len;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+            int g;
+            memcpy(&g, CMSG_DATA(cm), sizeof g);
+            if (g > 0) seg = g;
+        }
+    }
+    return seg;
+}
+
+/* Verdicts for message i's datagrams (a GRO train as its datagrams), the forwarded ones
+ * appended to l->out from *nout on. Callers hold the peer lock. */
+static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
+    vx_io *io = rc->io;
+    vx_core *c = io->core;
+    int len = (int)l->msgs[i].msg_len;
+    if (l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+        c->udp_received++;
+        c->drops[VX_TOO_BIG]++;
+        return;
+    }
+    int seg = rx_segment_size(&l->msgs[i].msg_hdr, len);
+    if (seg < len) c->gro_trains++;
+    uint32_t sender = l->from[i].sin_addr.s_addr;
+    const uint8_t *base = l->bufs + (size_t)i * RX_BUF;
+    int empty = len == 0;  /* a zero-length datagram gets its verdict (too_short) like any other */
+    for (int off = 0; off < len || empty; off += seg) {
+        empty = 0;
+        c->udp_received++;
+        int dlen = len - off < seg ? len - off : seg;
+        int inner = 0;
+        int v = vx_check(c, base + off, dlen, sender, &inner);
+        if (rc->cap) {
+            struct iovec one = {(void *)(base + off), (size_t)dlen};
+            vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(l->from[i].sin_port), io->local_ip,
+                       io->local_port, &one, 1, (uint32_t)dlen);
+        }
+        if (v) { c->drops[v]++; continue; }
+        l->out[*nout].p = base + off + VX_HEADROOM;
+        l->out[*nout].len = inner;
+        (*nout)++;
+    }
+}
+
 int vx_run_rx(vx_io *io) {
     vx_core *c = io->core;
-    uint8_t *bufs = malloc((size_t)RX_MSGS * RX_BUF);
-    struct mmsghdr *msgs = calloc(RX_MSGS, sizeof *msgs);
-    struct iovec *iov = calloc(RX_MSGS, sizeof *iov);
-    struct sockaddr_in *from = calloc(RX_MSGS, sizeof *from);
-    char (*ctl)[64] = calloc(RX_MSGS, 64);
-    pkt_ref *out = malloc(sizeof(pkt_ref) * RX_MSGS * GSO_MAX_DGRAMS);
-    vx_gro *gro = calloc(1, sizeof *gro);
+    rx_loop l = {malloc((size_t)RX_MSGS * RX_BUF), calloc(RX_MSGS, sizeof *l.msgs), calloc(RX_MSGS, sizeof *l.iov),
+                 calloc(RX_MSGS, sizeof *l.from), calloc(RX_MSGS, 64), malloc(sizeof(pkt_ref) * RX_MSGS * GSO_MAX_DGRAMS),
+                 calloc(1, sizeof *l.gro)};
+    if (!l.bufs || !l.msgs || !l.iov || !l.from || !l.ctl || !l.out || !l.gro) {
+        rx_free(&l);
+        return -1;
+    }
     /* UDP trains are not coalesced into USO writes, although the TUN would take them: in
      * python -m bench (2-core VM) it lifted the 64-byte flood from ~140k to ~175k pps but cut
      * the loss-free rate from ~183k to ~125k pps (bursts of 64 datagrams overflow the
      * receiving application's socket). The code stays, tested, behind gro->udp. */
-    if (gro) gro->udp = 0;
-    if (!bufs || !msgs || !iov || !from || !ctl || !out || !gro) {
-        free(bufs); free(msgs); free(iov); free(from); free(ctl); free(out); free(gro);
-        return -1;
-    }
-    for (;;) {
-        int w = vx_wait_readable(io->udp_fd, io->stop_fd);
-        if (w <= 0) break;
-        for (int i = 0; i < RX_MSGS; i++) {
-            iov[i].iov_base = bufs + (size_t)i * RX_BUF;
-            iov[i].iov_len = RX_BUF;
-            memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_name = &from[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof from[i];
-            msgs[i].msg_hdr.msg_control = ctl[i];
-            msgs[i].msg_hdr.msg_controllen = 64;
-        }
-        int n = recvmmsg(io->udp_fd, msgs, RX_MSGS, MSG_DONTWAIT, NULL);
+    l.gro->udp = 0;
+    while (vx_wait_readable(io->udp_fd, io->stop_fd) > 0) {
+        rx_arm(&l);
+        int n = recvmmsg(io->udp_fd, l.msgs, RX_MSGS, MSG_DONTWAIT, NULL);
         if (n <= 0) continue;
         rx_ctx rc = {io, CAPTURE_RING(io, cap_rx)};  /* the one capture check of a batch */
         c->udp_recvs++;
         int nout = 0;
-        pthread_mutex_lock(&c->lock);
-        for (int i = 0; i < n; i++) {
-            int len = (int)msgs[i].msg_len;
-            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
-                c->udp_received++;
-                c->drops[VX_TOO_BIG]++;
-                continue;
-            }
-            int seg = len;
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                    int g;
-                    memcpy(&g, CMSG_DATA(cm), sizeof g);
-                    if (g > 0) seg = g;
-                }
-            }
-            if (seg < len) c->gro_trains++;
-            uint32_t sender = from[i].sin_addr.s_addr;
-            const uint8_t *base = bufs + (size_t)i * RX_BUF;
-            int empty = len == 0;  /* a zero-length datagram gets its verdict (too_short) like any other */
-            for (int off = 0; off < len || empty; off += seg) {
-                empty = 0;
-                c->udp_received++;
-                int dlen = len - off < seg ? len - off : seg;
-                int inner = 0;
-                int v = vx_check(c, base + off, dlen, sender, &inner);
-                if (rc.cap) {
-                    struct iovec one = {(void *)(base + off), (size_t)dlen};
-                    vx_cap_put(rc.cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(from[i].sin_port), io->local_ip,
-                               io->local_port, &one, 1, (uint32_t)dlen);
-                }
-                if (v) { c->drops[v]++; continue; }
-                out[nout].p = base + off + VX_HEADROOM;
-                out[nout].len = inner;
-                nout++;
-            }
-        }
+        pthread_mutex_lock(&c->lock);  /* once per batch */
+        for (int i = 0; i < n; i++) rx_check_message(&l, &rc, i, &nout);
         pthread_mutex_unlock(&c->lock);
         for (int i = 0; i < nout; i++) {
             if (io->vnet) {
-                vx_gro_push(gro, out[i].p, out[i].len, tun_emit, &rc);
+                vx_gro_push(l.gro, l.out[i].p, l.out[i].len, tun_emit, &rc);
             } else {
-                struct iovec one = {(void *)out[i].p, (size_t)out[i].len};
-                tun_emit(&rc, &one, 1, 0, 1, (uint64_t)out[i].len);
+                struct iovec one = {(void *)l.out[i].p, (size_t)l.out[i].len};
+                tun_emit(&rc, &one, 1, 0, 1, (uint64_t)l.out[i].len);
             }
         }
-        vx_gro_flush(gro, tun_emit, &rc);
+        vx_gro_flush(l.gro, tun_emit, &rc);
     }
-    free(bufs); free(msgs); free(iov); free(from); free(ctl); free(out); free(gro);
+    rx_free(&l);
     return 0;
 }

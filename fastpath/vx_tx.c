@@ -28,77 +28,87 @@ static int same_dst(const struct sockaddr_in *a, const struct sockaddr_in *b) {
     return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
 }
 
-/* Send everything queued in as few system calls as possible: runs of up to 64 equal-size
- * datagrams to one peer become one UDP_SEGMENT message (the last may be shorter), and all
- * messages go in one sendmmsg. EIO on a GSO message means the egress device cannot
- * checksum: GSO is switched off for good and the rest is resent without it. */
-static void tx_flush(vx_io *io, tx_queue *q) {
+/* Messages for the queue from datagram ``from`` on: with ``gso``, runs of up to 64 equal-size
+ * datagrams to one peer (the last may be shorter) become one UDP_SEGMENT message. Returns
+ * the number of messages in q->runs. */
+static int tx_build_runs(tx_queue *q, int from, int gso) {
+    int nr = 0, nm = 0;
+    for (int i = from; i < q->n;) {
+        int first = i, seg = q->len[i];
+        size_t total = (size_t)seg;
+        i++;
+        while (gso && i < q->n && i - first < GSO_MAX_DGRAMS && same_dst(&q->addr[first], &q->addr[i]) &&
+               q->len[i] <= seg && total + (size_t)q->len[i] <= GSO_MAX_BYTES) {
+            total += (size_t)q->len[i];
+            if (q->len[i++] < seg) break;  /* a shorter datagram ends a run */
+        }
+        struct msghdr *m = &q->runs[nr].msg_hdr;
+        memset(m, 0, sizeof *m);
+        m->msg_name = &q->addr[first];
+        m->msg_namelen = sizeof q->addr[first];
+        /* datagrams split in place lie back to back: one iovec for the whole run */
+        struct iovec *mi = &q->merged[nm];
+        int cnt = 0;
+        for (int j = q->iov_at[first]; j < q->iov_at[i - 1] + q->iov_cnt[i - 1]; j++) {
+            if (cnt && (uint8_t *)mi[cnt - 1].iov_base + mi[cnt - 1].iov_len == (uint8_t *)q->iov[j].iov_base)
+                mi[cnt - 1].iov_len += q->iov[j].iov_len;
+            else
+                mi[cnt++] = q->iov[j];
+        }
+        nm += cnt;
+        m->msg_iov = mi;
+        m->msg_iovlen = (size_t)cnt;
+        if (i - first > 1) {
+            m->msg_control = q->run_ctl[nr];
+            m->msg_controllen = sizeof q->run_ctl[nr];
+            struct cmsghdr *cm = CMSG_FIRSTHDR(m);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)seg;
+            memcpy(CMSG_DATA(cm), &size, sizeof size);
+        }
+        q->run_first[nr] = first;
+        q->run_cnt[nr] = i - first;
+        nr++;
+    }
+    return nr;
+}
+
+/* sendmmsg the nr messages, counting what went. EIO on a GSO message means the egress
+ * device cannot checksum: GSO is switched off for good and the datagram to resend from is
+ * returned; -1 when all went (or were dropped and counted). */
+static int tx_send_runs(vx_io *io, tx_queue *q, int nr) {
     vx_core *c = io->core;
+    int done = 0;
+    while (done < nr) {
+        int r = sendmmsg(io->udp_fd, q->runs + done, (unsigned)(nr - done), 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EIO && q->run_cnt[done] > 1) {
+                io->gso_disabled = 1;
+                return q->run_first[done];
+            }
+            c->drops[VX_SEND_FAILED] += q->run_cnt[done];  /* skip it, keep the rest */
+            done++;
+            continue;
+        }
+        for (int k = done; k < done + r; k++) {
+            for (int j = q->run_first[k]; j < q->run_first[k] + q->run_cnt[k]; j++) c->tx_bytes += q->inner[j];
+            c->tx_packets += q->run_cnt[k];
+            if (q->run_cnt[k] > 1) c->gso_sends++;
+        }
+        c->udp_sends++;
+        done += r;
+    }
+    return -1;
+}
+
+/* Send everything queued in as few system calls as possible: all messages in one sendmmsg. */
+static void tx_flush(vx_io *io, tx_queue *q) {
     int from = 0;
     while (from < q->n) {
-        int gso = io->udp_gso && !io->gso_disabled;
-        int nr = 0, nm = 0;
-        for (int i = from; i < q->n;) {
-            int first = i, seg = q->len[i];
-            size_t total = (size_t)seg;
-            i++;
-            while (gso && i < q->n && i - first < GSO_MAX_DGRAMS && same_dst(&q->addr[first], &q->addr[i]) &&
-                   q->len[i] <= seg && total + (size_t)q->len[i] <= GSO_MAX_BYTES) {
-                total += (size_t)q->len[i];
-                if (q->len[i++] < seg) break;  /* a shorter datagram ends a run */
-            }
-            struct msghdr *m = &q->runs[nr].msg_hdr;
-            memset(m, 0, sizeof *m);
-            m->msg_name = &q->addr[first];
-            m->msg_namelen = sizeof q->addr[first];
-            /* datagrams split in place lie back to back: one iovec for the whole run */
-            struct iovec *mi = &q->merged[nm];
-            int cnt = 0;
-            for (int j = q->iov_at[first]; j < q->iov_at[i - 1] + q->iov_cnt[i - 1]; j++) {
-                if (cnt && (uint8_t *)mi[cnt - 1].iov_base + mi[cnt - 1].iov_len == (uint8_t *)q->iov[j].iov_base)
-                    mi[cnt - 1].iov_len += q->iov[j].iov_len;
-                else
-                    mi[cnt++] = q->iov[j];
-            }
-            nm += cnt;
-            m->msg_iov = mi;
-            m->msg_iovlen = (size_t)cnt;
-            if (i - first > 1) {
-                m->msg_control = q->run_ctl[nr];
-                m->msg_controllen = sizeof q->run_ctl[nr];
-                struct cmsghdr *cm = CMSG_FIRSTHDR(m);
-                cm->cmsg_level = SOL_UDP;
-                cm->cmsg_type = UDP_SEGMENT;
-                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-                uint16_t size = (uint16_t)seg;
-                memcpy(CMSG_DATA(cm), &size, sizeof size);
-            }
-            q->run_first[nr] = first;
-            q->run_cnt[nr] = i - first;
-            nr++;
-        }
-        int done = 0, restart = -1;
-        while (done < nr) {
-            int r = sendmmsg(io->udp_fd, q->runs + done, (unsigned)(nr - done), 0);
-            if (r < 0) {
-                if (errno == EINTR) continue;
-                if (errno == EIO && q->run_cnt[done] > 1) {
-                    io->gso_disabled = 1;
-                    restart = q->run_first[done];
-                    break;
-                }
-                c->drops[VX_SEND_FAILED] += q->run_cnt[done];  /* skip it, keep the rest */
-                done++;
-                continue;
-            }
-            for (int k = done; k < done + r; k++) {
-                for (int j = q->run_first[k]; j < q->run_first[k] + q->run_cnt[k]; j++) c->tx_bytes += q->inner[j];
-                c->tx_packets += q->run_cnt[k];
-                if (q->run_cnt[k] > 1) c->gso_sends++;
-            }
-            c->udp_sends++;
-            done += r;
-        }
+        int restart = tx_send_runs(io, q, tx_build_runs(q, from, io->udp_gso && !io->gso_disabled));
         from = restart >= 0 ? restart : q->n;
     }
     q->n = 0;
@@ -135,160 +145,214 @@ static int scatter_view(const struct iovec *riov, int niov, int lead, int len, s
     return n;
 }
 
-int vx_run_tx(vx_io *io) {
-    vx_core *c = io->core;
-    /* room for the scattered layout of most shapes (vx_scatter_iov checks) */
-    size_t slot_size = VX_VNET_HDR_LEN + 2 * (VX_HEADROOM + VX_MAX_PACKET) + 64;
-    size_t buf_cap = slot_size - VX_VNET_HDR_LEN;
-    uint8_t *slots = malloc((size_t)TX_SLOTS * slot_size);
-    uint8_t *hdrs = malloc(HDR_ARENA);
-    tx_queue *q = calloc(1, sizeof *q);
-    struct iovec *riov = malloc(sizeof(struct iovec) * VX_SCATTER_MAX_IOV);
-    int seg_lens[VX_MAX_SEGS];
-    if (!slots || !hdrs || !q || !riov) { free(slots); free(hdrs); free(q); free(riov); return -1; }
-    int lead = io->vnet ? VX_VNET_HDR_LEN : 0;
+/* The TX loop's buffers and what it remembers between reads. */
+typedef struct {
+    vx_io *io;
+    tx_queue *q;
+    uint8_t *slots, *hdrs;      /* TX_SLOTS read buffers; the arena of split segments' headers */
+    struct iovec *riov;         /* the scattered read's iovecs */
+    size_t slot_size, buf_cap, hdr_used;
+    int lead;                   /* the vnet header's length in front of a read, or 0 */
     /* the shape the next read is laid out for: the last super-packet's header length and MSS
      * (a host's TCP flows mostly share both); 0 = a plain read */
-    int want_hlen = 0, want_mss = 0;
+    int want_hlen, want_mss;
     /* ... used only while super-packets come: a small packet read scattered costs the kernel
      * the whole iovec array (~47 entries) for nothing */
-    int last_tso = 0;
-    int tun_errno = 0;
-    for (;;) {
-        int w = vx_wait_readable(io->tun_fd, io->stop_fd);
-        if (w <= 0) break;
-        vx_cap_ring *cap = CAPTURE_RING(io, cap_tx);  /* the one capture check of a batch */
-        size_t hdr_used = 0;
-        for (int slot = 0; slot < TX_SLOTS; ) {
-            uint8_t *buf = slots + (size_t)slot * slot_size + VX_VNET_HDR_LEN;  /* headroom start */
-            uint8_t *rd = buf + VX_HEADROOM - lead;
-            int niov = want_mss && last_tso ? vx_scatter_iov(buf, buf_cap, lead, want_hlen, want_mss, riov,
-                                                             VX_SCATTER_MAX_IOV)
-                                            : 0;  /* -1: that shape does not fit a slot, a plain read */
-            int hlen = want_hlen, mss = want_mss;
-            ssize_t r = niov > 0 ? readv(io->tun_fd, riov, niov) : read(io->tun_fd, rd, VX_MAX_PACKET + lead);
-            if (r < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;  /* drained */
-                /* EBADFD: the TUN device was deleted under us. Polling it stays "readable"
-                 * for ever, so looping on would burn a core and forward nothing: stop and say why. */
-                tun_errno = errno;
-                break;
-            }
-            c->tun_reads++;
-            int len = (int)r - lead;
-            if (len <= 0) continue;
-            struct vx_vnet_hdr vh;
-            memset(&vh, 0, sizeof vh);
-            if (lead) memcpy(&vh, rd, VX_VNET_HDR_LEN);
-            last_tso = vh.gso_type != VX_VNET_GSO_NONE;
-            uint8_t *pkt = buf + VX_HEADROOM;
-            int scattered = niov > 1 && len > hlen + mss;  /* reached past iov[0] */
-            int split_gso = (vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
-                            (vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17);
-            if (scattered && vh.gso_type == VX_VNET_GSO_NONE) {
-                vx_scatter_compact(buf, hlen, mss, len);
-                scattered = 0;
-            }
-            struct sockaddr_in dst;
-            if (vh.gso_type == VX_VNET_GSO_NONE) {
-                c->tun_received++;
-                if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && vx_finish_csum(pkt, len, vh.csum_start, vh.csum_offset)) {
-                    c->drops[VX_BAD_OFFLOAD]++;
-                    continue;
-                }
-                pthread_mutex_lock(&c->lock);
-                int v = vx_encap(c, buf, len, &dst);
-                pthread_mutex_unlock(&c->lock);
-                if (cap) {
-                    struct iovec one = {pkt, (size_t)len};
-                    vx_cap_put(cap, VX_CAP_OVERLAY, VX_CAP_OUT, v, 0, 0, 0, 0, &one, 1, (uint32_t)len);
-                }
-                if (v) { c->drops[v]++; continue; }
-                if (q->n == TXQ) tx_flush(io, q), hdr_used = 0;
-                tx_queue_add(q, buf, VX_HEADROOM + len, NULL, 0, &dst, len);
-                if (cap) {
-                    struct iovec one = {buf, (size_t)(VX_HEADROOM + len)};
-                    vx_cap_put(cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, io->local_port, dst.sin_addr.s_addr,
-                               ntohs(dst.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
-                }
-                slot++;
-                continue;
-            }
-            /* A TCP (or, with USO, UDP) super-packet: every segment's headers are written in
-             * front of its payload where it lies, so it is read once (checksum) and copied once
-             * (by the kernel); read scattered, each datagram is one piece of memory. */
-            c->tso_packets++;
-            if ((pkt[0] >> 4) == 6) {  /* no IPv6 overlay yet */
-                c->tun_received++;
-                c->drops[VX_NO_ROUTE]++;
-                continue;
-            }
-            if (q->n + VX_MAX_SEGS > TXQ || hdr_used + (size_t)VX_MAX_SEGS * 128 > HDR_ARENA) {
-                tx_flush(io, q);
-                hdr_used = 0;
-            }
-            pthread_mutex_lock(&c->lock);
-            int v = vx_encap(c, buf, len, &dst);  /* segment 0's outer header; every segment's is the same */
-            pthread_mutex_unlock(&c->lock);
-            if (cap) {
-                struct iovec view[VX_SCATTER_MAX_IOV];
-                int nv = 1;
-                view[0].iov_base = pkt;
-                view[0].iov_len = (size_t)len;
-                if (scattered) nv = scatter_view(riov, niov, lead, len, view);
-                vx_cap_put(cap, VX_CAP_OVERLAY, VX_CAP_OUT, v, 0, 0, 0, 0, view, nv, (uint32_t)len);
-            }
-            if (v) {
-                int ph = 0, ns = vx_gso_plan(pkt, len, vh.gso_size, VX_MAX_SEGS, &ph);
-                uint64_t segs = ns > 0 ? (uint64_t)ns : 1;  /* counted as the segments it carried */
-                c->tun_received += segs;
-                c->drops[v] += segs;
-                continue;
-            }
-            int stride = 0, hdr = 0, inplace = 0;
-            int nseg = split_gso ? vx_split_read(buf, len, vh.gso_size, scattered ? hlen : 0, scattered ? mss : 0,
-                                                 hdrs + hdr_used, HDR_ARENA - hdr_used, seg_lens, &stride, &hdr,
-                                                 &inplace)
-                                 : -1;
-            if (nseg < 0) {
-                c->tun_received++;
-                c->drops[VX_BAD_OFFLOAD]++;
-                continue;
-            }
-            c->tun_received += (uint64_t)nseg;
-            scattered = inplace;
-            c->tso_in_place += (uint64_t)inplace;
-            if (!scattered) memcpy(hdrs + hdr_used, buf, VX_HEADROOM);
-            uint8_t *h0 = scattered ? buf : hdrs + hdr_used;
-            for (int k = 0; k < nseg; k++) {
-                uint8_t *h = h0 + (size_t)k * stride;
-                if (k) memcpy(h, buf, VX_HEADROOM);
-                int chunk = seg_lens[k] - hdr;
-                const uint8_t *body = pkt + hdr + (size_t)k * vh.gso_size;
-                if (scattered)  /* headers and payload are one piece */
-                    tx_queue_add(q, h, VX_HEADROOM + seg_lens[k], NULL, 0, &dst, seg_lens[k]);
-                else
-                    tx_queue_add(q, h, VX_HEADROOM + hdr, body, chunk, &dst, seg_lens[k]);
-                if (cap) {
-                    struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)}, {(void *)body, (size_t)chunk}};
-                    if (scattered) two[1].iov_base = h + VX_HEADROOM + hdr;
-                    vx_cap_put(cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, io->local_port, dst.sin_addr.s_addr,
-                               ntohs(dst.sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg_lens[k]));
-                }
-            }
-            if (!scattered) hdr_used += (size_t)nseg * stride;
-            if (lead) {  /* lay the next read out for this one's shape */
-                want_hlen = hdr;
-                want_mss = vh.gso_size;
-            }
-            slot++;
+    int last_tso;
+    vx_cap_ring *cap;           /* this drain's capture ring, or NULL */
+    int seg_lens[VX_MAX_SEGS];
+} tx_loop;
+
+/* One TUN read as it landed. */
+typedef struct {
+    uint8_t *buf;               /* the slot's headroom start; the packet is at buf + VX_HEADROOM */
+    int len, niov, hlen, mss;
+    int scattered;              /* the packet reached past the read's first iovec */
+    struct vx_vnet_hdr vh;
+} tx_read;
+
+enum { READ_DRAINED = 0, READ_PACKET = 1, READ_EMPTY = 2 };
+
+/* Read one packet into slot ``slot``, laid out for the expected super-packet shape. READ_*,
+ * or -errno when the TUN failed for good. */
+static int tx_read_one(tx_loop *t, int slot, tx_read *rd) {
+    vx_io *io = t->io;
+    uint8_t *buf = t->slots + (size_t)slot * t->slot_size + VX_VNET_HDR_LEN;  /* headroom start */
+    uint8_t *at = buf + VX_HEADROOM - t->lead;
+    int niov = t->want_mss && t->last_tso ? vx_scatter_iov(buf, t->buf_cap, t->lead, t->want_hlen, t->want_mss,
+                                                           t->riov, VX_SCATTER_MAX_IOV)
+                                          : 0;  /* -1: that shape does not fit a slot, a plain read */
+    ssize_t r = niov > 0 ? readv(io->tun_fd, t->riov, niov) : read(io->tun_fd, at, VX_MAX_PACKET + t->lead);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return READ_DRAINED;
+        /* EBADFD: the TUN device was deleted under us. Polling it stays "readable" for ever,
+         * so looping on would burn a core and forward nothing: stop and say why. */
+        return -errno;
+    }
+    io->core->tun_reads++;
+    rd->buf = buf;
+    rd->len = (int)r - t->lead;
+    if (rd->len <= 0) return READ_EMPTY;
+    rd->niov = niov;
+    rd->hlen = t->want_hlen;
+    rd->mss = t->want_mss;
+    memset(&rd->vh, 0, sizeof rd->vh);
+    if (t->lead) memcpy(&rd->vh, at, VX_VNET_HDR_LEN);
+    t->last_tso = rd->vh.gso_type != VX_VNET_GSO_NONE;
+    rd->scattered = niov > 1 && rd->len > rd->hlen + rd->mss;
+    return READ_PACKET;
+}
+
+/* A packet of its own (no GSO): finish its checksum if asked, encapsulate, queue. 1 if it
+ * took its slot (queued), 0 if dropped. */
+static int tx_plain(tx_loop *t, tx_read *rd) {
+    vx_io *io = t->io;
+    vx_core *c = io->core;
+    uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
+    int len = rd->len;
+    if (rd->scattered) vx_scatter_compact(buf, rd->hlen, rd->mss, len);
+    c->tun_received++;
+    if ((rd->vh.flags & VX_VNET_F_NEEDS_CSUM) && vx_finish_csum(pkt, len, rd->vh.csum_start, rd->vh.csum_offset)) {
+        c->drops[VX_BAD_OFFLOAD]++;
+        return 0;
+    }
+    struct sockaddr_in dst;
+    pthread_mutex_lock(&c->lock);
+    int v = vx_encap(c, buf, len, &dst);
+    pthread_mutex_unlock(&c->lock);
+    if (t->cap) {
+        struct iovec one = {pkt, (size_t)len};
+        vx_cap_put(t->cap, VX_CAP_OVERLAY, VX_CAP_OUT, v, 0, 0, 0, 0, &one, 1, (uint32_t)len);
+    }
+    if (v) { c->drops[v]++; return 0; }
+    if (t->q->n == TXQ) tx_flush(io, t->q), t->hdr_used = 0;
+    tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len);
+    if (t->cap) {
+        struct iovec one = {buf, (size_t)(VX_HEADROOM + len)};
+        vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, io->local_port, dst.sin_addr.s_addr,
+                   ntohs(dst.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
+    }
+    return 1;
+}
+
+/* Queue a split super-packet's nseg segments: each datagram is its outer headers (a copy of
+ * segment 0's) and its piece of payload, one piece of memory when split in place. */
+static void tx_queue_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in *dst, int nseg, int stride, int hdr,
+                              int inplace) {
+    vx_io *io = t->io;
+    uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
+    if (!inplace) memcpy(t->hdrs + t->hdr_used, buf, VX_HEADROOM);
+    uint8_t *h0 = inplace ? buf : t->hdrs + t->hdr_used;
+    for (int k = 0; k < nseg; k++) {
+        uint8_t *h = h0 + (size_t)k * stride;
+        if (k) memcpy(h, buf, VX_HEADROOM);
+        int seg = t->seg_lens[k], chunk = seg - hdr;
+        const uint8_t *body = pkt + hdr + (size_t)k * rd->vh.gso_size;
+        if (inplace)  /* headers and payload are one piece */
+            tx_queue_add(t->q, h, VX_HEADROOM + seg, NULL, 0, dst, seg);
+        else
+            tx_queue_add(t->q, h, VX_HEADROOM + hdr, body, chunk, dst, seg);
+        if (t->cap) {
+            struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)}, {(void *)body, (size_t)chunk}};
+            if (inplace) two[1].iov_base = h + VX_HEADROOM + hdr;
+            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, io->local_port, dst->sin_addr.s_addr,
+                       ntohs(dst->sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg));
         }
-        tx_flush(io, q);
+    }
+    if (!inplace) t->hdr_used += (size_t)nseg * stride;
+}
+
+/* The overlay record of a super-packet, in its pieces when read scattered. Out of line: its
+ * iovec array would enlarge tx_super's stack frame for every packet, capture on or off. */
+static __attribute__((noinline)) void capture_super_out(tx_loop *t, tx_read *rd, int verdict) {
+    struct iovec view[VX_SCATTER_MAX_IOV];
+    int nv = 1;
+    view[0].iov_base = rd->buf + VX_HEADROOM;
+    view[0].iov_len = (size_t)rd->len;
+    if (rd->scattered) nv = scatter_view(t->riov, rd->niov, t->lead, rd->len, view);
+    vx_cap_put(t->cap, VX_CAP_OVERLAY, VX_CAP_OUT, verdict, 0, 0, 0, 0, view, nv, (uint32_t)rd->len);
+}
+
+/* A TCP (or, with USO, UDP) super-packet: every segment's headers are written in front of
+ * its payload where it lies, so it is read once (checksum) and copied once (by the kernel);
+ * read scattered, each datagram is one piece of memory. 1 if it took its slot. */
+static int tx_super(tx_loop *t, tx_read *rd) {
+    vx_io *io = t->io;
+    vx_core *c = io->core;
+    uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
+    int len = rd->len;
+    c->tso_packets++;
+    if ((pkt[0] >> 4) == 6) {  /* no IPv6 overlay yet */
+        c->tun_received++;
+        c->drops[VX_NO_ROUTE]++;
+        return 0;
+    }
+    if (t->q->n + VX_MAX_SEGS > TXQ || t->hdr_used + (size_t)VX_MAX_SEGS * 128 > HDR_ARENA) {
+        tx_flush(io, t->q);
+        t->hdr_used = 0;
+    }
+    struct sockaddr_in dst;
+    pthread_mutex_lock(&c->lock);
+    int v = vx_encap(c, buf, len, &dst);  /* segment 0's outer header; every segment's is the same */
+    pthread_mutex_unlock(&c->lock);
+    if (t->cap) capture_super_out(t, rd, v);
+    if (v) {
+        int ph = 0, ns = vx_gso_plan(pkt, len, rd->vh.gso_size, VX_MAX_SEGS, &ph);
+        uint64_t segs = ns > 0 ? (uint64_t)ns : 1;  /* counted as the segments it carried */
+        c->tun_received += segs;
+        c->drops[v] += segs;
+        return 0;
+    }
+    int split_gso = (rd->vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
+                    (rd->vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17);
+    int stride = 0, hdr = 0, inplace = 0;
+    int nseg = split_gso ? vx_split_read(buf, len, rd->vh.gso_size, rd->scattered ? rd->hlen : 0,
+                                         rd->scattered ? rd->mss : 0, t->hdrs + t->hdr_used, HDR_ARENA - t->hdr_used,
+                                         t->seg_lens, &stride, &hdr, &inplace)
+                         : -1;
+    if (nseg < 0) {
+        c->tun_received++;
+        c->drops[VX_BAD_OFFLOAD]++;
+        return 0;
+    }
+    c->tun_received += (uint64_t)nseg;
+    c->tso_in_place += (uint64_t)inplace;
+    tx_queue_segments(t, rd, &dst, nseg, stride, hdr, inplace);
+    if (t->lead) {  /* lay the next read out for this one's shape */
+        t->want_hlen = hdr;
+        t->want_mss = rd->vh.gso_size;
+    }
+    return 1;
+}
+
+int vx_run_tx(vx_io *io) {
+    /* room for the scattered layout of most shapes (vx_scatter_iov checks) */
+    tx_loop t = {.io = io, .slot_size = VX_VNET_HDR_LEN + 2 * (VX_HEADROOM + VX_MAX_PACKET) + 64,
+                 .lead = io->vnet ? VX_VNET_HDR_LEN : 0};
+    t.buf_cap = t.slot_size - VX_VNET_HDR_LEN;
+    t.slots = malloc((size_t)TX_SLOTS * t.slot_size);
+    t.hdrs = malloc(HDR_ARENA);
+    t.q = calloc(1, sizeof *t.q);
+    t.riov = malloc(sizeof(struct iovec) * VX_SCATTER_MAX_IOV);
+    int tun_errno = 0;
+    tx_read rd = {0};
+    while (t.slots && t.hdrs && t.q && t.riov && vx_wait_readable(io->tun_fd, io->stop_fd) > 0) {
+        t.cap = CAPTURE_RING(io, cap_tx);  /* the one capture check of a batch */
+        t.hdr_used = 0;
+        for (int slot = 0; slot < TX_SLOTS;) {
+            int got = tx_read_one(&t, slot, &rd);
+            if (got == READ_DRAINED) break;
+            if (got < 0) { tun_errno = -got; break; }
+            if (got == READ_EMPTY) continue;
+            slot += rd.vh.gso_type == VX_VNET_GSO_NONE ? tx_plain(&t, &rd) : tx_super(&t, &rd);
+        }
+        tx_flush(io, t.q);
         if (tun_errno) break;
     }
-    free(slots);
-    free(hdrs);
-    free(q);
-    free(riov);
-    return tun_errno;
+    int failed = !t.slots || !t.hdrs || !t.q || !t.riov;
+    free(t.slots);
+    free(t.hdrs);
+    free(t.q);
+    free(t.riov);
+    return failed ? -1 : tun_errno;
 }
