@@ -5,7 +5,11 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
 - ``kernel``: two Linux vxlan devices programmed as flanneld >= 0.9 does (the anchor)
 - ``vxland``: vxland <-> vxland
 - ``vxland-kernel``: vxland -> kernel vxlan node
-- ``kernel-vxland``: kernel vxlan node -> vxland
+- ``kernel-vxland``: kernel vxlan node -> vxland (the kernel node's offloads on, as on real hosts)
+- ``kernel-vxland-txoff``: the same with tx checksum offload off on the kernel node (the old
+  advice; it also takes the node's TSO away)
+- ``kernel-vxland-udp``: that, and vxland receiving from its UDP socket (``--underlay-rx udp``):
+  the data path before the packet socket, for A/B
 - ``pure``: vxland <-> vxland with the pure-Python reference data plane
 - ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
 - ``nohook``: vxland <-> vxland built with the capture hook compiled out (what the hook costs
@@ -50,10 +54,17 @@ SCENARIOS = {
     "vxland": (["vxland", "vxland"], 0, 1, False),
     "vxland-kernel": (["vxland", "kernel"], 0, 1, False),
     "kernel-vxland": (["vxland", "kernel"], 1, 0, False),
+    "kernel-vxland-txoff": (["vxland", "kernel"], 1, 0, False),
+    "kernel-vxland-udp": (["vxland", "kernel"], 1, 0, False),
     "pure": (["vxland", "vxland"], 0, 1, True),
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
     "nohook": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland built without the capture hook
     "strict": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both with --strict-source
+}
+# what a scenario's lab differs in (vxlan.lab.Lab keyword arguments)
+LAB_OPTIONS: dict[str, dict] = {
+    "kernel-vxland-txoff": {"kernel_tx_off": True},
+    "kernel-vxland-udp": {"kernel_tx_off": True, "env": {"FLANNELD_UNDERLAY_RX": "udp"}},
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb", "udp64_daemon_cpu_us_per_pkt"]
@@ -174,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             kinds, _, _, pure = SCENARIOS[name]
-            # The anchor keeps checksum offload on, as flannel nodes have it; labs with a
-            # userspace receiver of kernel traffic need it off on the kernel side (lab.py).
-            env = None
+            # Kernel nodes keep their offloads on, as flannel nodes have them, but in the *-txoff
+            # and *-udp scenarios (LAB_OPTIONS).
+            options = dict(LAB_OPTIONS.get(name, {}))
             if name == "nohook":
                 build_nocapture()
-                env = {"VXLAN_FASTPATH_BUILD": "nocapture"}
-            lab = Lab(kinds, pure_python=pure, kernel_tx_off=(name != "kernel"), env=env).__enter__()
+                options["env"] = {"VXLAN_FASTPATH_BUILD": "nocapture"}
+            lab = Lab(kinds, pure_python=pure, **options).__enter__()
             labs[name] = lab
             # the whole cost of capture (rings, draining, pcapng) without filling the disk
             extra = {"capture": ["--capture", "/dev/null"], "strict": ["--strict-source"]}.get(name)

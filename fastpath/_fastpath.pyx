@@ -41,6 +41,22 @@ cdef extern from "arpa/inet.h" nogil:
     uint16_t ntohs(uint16_t)
 
 cdef extern from "vxengine.h" nogil:
+    cdef struct vx_vnet_hdr:
+        uint8_t flags
+        uint8_t gso_type
+        uint16_t hdr_len
+        uint16_t gso_size
+        uint16_t csum_start
+        uint16_t csum_offset
+
+cdef extern from "vx_internal.h" nogil:
+    ctypedef struct vx_frame:
+        uint32_t saddr
+        uint16_t sport
+        int udp_off, vx_off, vx_len
+    int vx_frame_outer(const uint8_t *frame, int flen, const vx_vnet_hdr *vh, vx_frame *f)
+
+cdef extern from "vxengine.h" nogil:
     enum:
         VX_HEADROOM
         VX_VNET_HDR_LEN
@@ -54,7 +70,7 @@ cdef extern from "vxengine.h" nogil:
         uint64_t drops[32]
         uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes
         uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends
-        uint64_t udp_recvs, gro_trains, tun_writes, coalesced
+        uint64_t udp_recvs, gro_trains, tun_writes, coalesced, super_writes
         uint64_t tun_received, udp_received
     ctypedef struct vx_gro:
         int active
@@ -69,7 +85,7 @@ cdef extern from "vxengine.h" nogil:
         uint64_t lost
     ctypedef struct vx_io:
         vx_core *core
-        int tun_fd, udp_fd, stop_fd
+        int tun_fd, udp_fd, stop_fd, pkt_fd
         int vnet, udp_gso, udp_gro, tun_uso
         int gso_disabled
         int capture
@@ -186,6 +202,7 @@ cdef class Codec:
                 "tso_in_place": c.tso_in_place,
                 "udp_sends": c.udp_sends, "gso_sends": c.gso_sends, "udp_recvs": c.udp_recvs,
                 "gro_trains": c.gro_trains, "tun_writes": c.tun_writes, "coalesced": c.coalesced,
+                "super_writes": c.super_writes,
                 "tun_received": c.tun_received, "udp_received": c.udp_received}
 
     # -- data plane (the batch API of vxlan.wire.Codec) ------------------------------------
@@ -238,16 +255,20 @@ cdef class Engine(Codec):
     cdef vx_cap_ring rings[2]
     cdef int rings_ready
 
+    def __cinit__(self, *args, **kwargs):
+        self.io.tun_fd = self.io.udp_fd = self.io.stop_fd = self.io.pkt_fd = -1  # nothing attached yet
+
     def __dealloc__(self):
         if self.rings_ready:
             vx_cap_free(&self.rings[0])
             vx_cap_free(&self.rings[1])
 
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
-               bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0):
+               bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
+        self.io.pkt_fd = pkt_fd  # >= 0: receive frames with their checksum state (vx_rx_packet.c)
         self.io.stop_fd = stop_fd
         self.io.vnet = vnet
         self.io.udp_gso = udp_gso
@@ -331,6 +352,21 @@ cdef class Engine(Codec):
 
 
 # -- the offload code, exposed for the tests ------------------------------------------------
+
+def frame_outer(bytes frame, int flags=0, int gso_type=0):
+    """vx_rx_packet.c's outer checks on an Ethernet frame as a packet socket reads it (the
+    virtio-net header's flags and gso type given apart): (verdict, outer source, VXLAN offset,
+    VXLAN length). For tests."""
+    cdef vx_vnet_hdr vh
+    cdef vx_frame f
+    vh.flags = flags
+    vh.gso_type = gso_type
+    vh.hdr_len = vh.gso_size = vh.csum_start = vh.csum_offset = 0
+    f.saddr = 0
+    f.vx_off = f.vx_len = 0
+    v = vx_frame_outer(<const uint8_t*>PyBytes_AS_STRING(frame), len(frame), &vh, &f)
+    return v, socket.inet_ntoa((<char*>&f.saddr)[:4]), f.vx_off, f.vx_len
+
 
 def checksum(data, bint portable=False) -> int:
     """Folded (not inverted) Internet checksum of ``data`` as a big-endian 16-bit value.

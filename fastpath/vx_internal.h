@@ -29,7 +29,7 @@
 #define TXQ 1024             /* datagrams queued per flush (sendmmsg's limit is 1024) */
 #define HDR_ARENA (TXQ * 128)
 #define RX_MSGS 32
-#define RX_BUF 65536
+#define RX_BUF (65536 + 128)   /* a datagram, or a packet-socket frame: vnet header, Ethernet, 64 KB of IP */
 #define GSO_MAX_DGRAMS 64    /* UDP_MAX_SEGMENTS */
 #define GSO_MAX_BYTES (65535 - 20 - 8)
 
@@ -37,6 +37,16 @@
 void vx_ipv4_header_csum(uint8_t *iph, int ihl);
 /* vx_offload.c: segments a super-packet splits into, and its header length (-1: cannot) */
 int vx_gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hdr_len);
+
+/* vx_rx_packet.c: a frame read from the packet socket, after its virtio-net header */
+typedef struct {
+    uint32_t saddr;             /* outer source, network order */
+    uint16_t sport;             /* outer source port, host order */
+    int udp_off;                /* the outer UDP header: frame + udp_off */
+    int vx_off, vx_len;         /* the VXLAN datagram (or a UDP GSO train of them): frame + vx_off, vx_len bytes */
+} vx_frame;
+int vx_frame_outer(const uint8_t *frame, int flen, const struct vx_vnet_hdr *vh, vx_frame *f);
+int vx_frame_inner_hdr_len(const uint8_t *frame, const vx_frame *f);
 
 /* Both loops: 1 when fd is readable, 0 when stop_fd is, -1 on error. */
 static inline int vx_wait_readable(int fd, int stop_fd) {

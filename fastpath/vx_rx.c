@@ -3,6 +3,7 @@
 #include "vx_internal.h"
 
 #include <arpa/inet.h>
+#include <linux/if_packet.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -11,9 +12,14 @@
 #include <unistd.h>
 
 typedef struct {
-    const uint8_t *p;
+    uint8_t *p;
     int len;
+    int segs;                   /* the segments it stands for (counters) */
+    int super;                  /* a super-packet: written whole with vh in front */
+    struct vx_vnet_hdr vh;
 } pkt_ref;
+
+#define RX_OUT_MAX (RX_MSGS * VX_MAX_SEGS)  /* a batch's forwarded packets: every message a train of up to 256 */
 
 typedef struct {
     vx_io *io;
@@ -65,25 +71,35 @@ typedef struct {
     struct mmsghdr *msgs;
     struct iovec *iov;
     struct sockaddr_in *from;
+    struct sockaddr_ll *ll;     /* the packet socket's senders (its frames carry their IP header) */
     char (*ctl)[64];
     pkt_ref *out;               /* the forwarded inner packets of a batch, in order */
     vx_gro *gro;
+    uint8_t *split_hdrs;        /* a super-packet split for a TUN without offloads: its segments' headers */
 } rx_loop;
 
+#define SPLIT_HDRS_CAP ((size_t)VX_MAX_SEGS * 160)  /* (VX_HEADROOM + 120 header bytes) rounded to 8, per segment */
+
 static void rx_free(rx_loop *l) {
-    free(l->bufs); free(l->msgs); free(l->iov); free(l->from); free(l->ctl); free(l->out); free(l->gro);
+    free(l->bufs); free(l->msgs); free(l->iov); free(l->from); free(l->ll); free(l->ctl); free(l->out); free(l->gro);
+    free(l->split_hdrs);
 }
 
 /* recvmmsg writes lengths, flags and control lengths back: set every message up again. */
-static void rx_arm(rx_loop *l) {
+static void rx_arm(rx_loop *l, int packet) {
     for (int i = 0; i < RX_MSGS; i++) {
         l->iov[i].iov_base = l->bufs + (size_t)i * RX_BUF;
         l->iov[i].iov_len = RX_BUF;
         memset(&l->msgs[i].msg_hdr, 0, sizeof l->msgs[i].msg_hdr);
         l->msgs[i].msg_hdr.msg_iov = &l->iov[i];
         l->msgs[i].msg_hdr.msg_iovlen = 1;
-        l->msgs[i].msg_hdr.msg_name = &l->from[i];
-        l->msgs[i].msg_hdr.msg_namelen = sizeof l->from[i];
+        if (packet) {
+            l->msgs[i].msg_hdr.msg_name = &l->ll[i];
+            l->msgs[i].msg_hdr.msg_namelen = sizeof l->ll[i];
+        } else {
+            l->msgs[i].msg_hdr.msg_name = &l->from[i];
+            l->msgs[i].msg_hdr.msg_namelen = sizeof l->from[i];
+        }
         l->msgs[i].msg_hdr.msg_control = l->ctl[i];
         l->msgs[i].msg_hdr.msg_controllen = 64;
     }
@@ -130,18 +146,142 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
                        io->local_port, &one, 1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
-        l->out[*nout].p = base + off + VX_HEADROOM;
+        l->out[*nout].p = (uint8_t *)base + off + VX_HEADROOM;
         l->out[*nout].len = inner;
+        l->out[*nout].segs = 1;
+        l->out[*nout].super = 0;
         (*nout)++;
     }
 }
 
+/* A packet-socket frame's verdict; on VX_OK, *out is the inner packet to write. A partial
+ * inner checksum is finished here, unless the packet is a super-packet: that goes to the TUN
+ * whole, its checksum left partial as the kernel would leave it (the vnet header says where). */
+static int rx_frame_verdict(rx_loop *l, rx_ctx *rc, uint8_t *base, int len, pkt_ref *out) {
+    vx_io *io = rc->io;
+    vx_core *c = io->core;
+    struct vx_vnet_hdr vh;
+    if (len < VX_VNET_HDR_LEN) return VX_BAD_OUTER;
+    memcpy(&vh, base, VX_VNET_HDR_LEN);
+    uint8_t *frame = base + VX_VNET_HDR_LEN;
+    vx_frame f;
+    int v = vx_frame_outer(frame, len - VX_VNET_HDR_LEN, &vh, &f);
+    if (v) return v;
+    int gso = vh.gso_type & ~VX_VNET_GSO_ECN, hdr = 0, inner = 0;
+    out->segs = 1;
+    out->super = gso != VX_VNET_GSO_NONE;
+    if (gso != VX_VNET_GSO_NONE) {
+        hdr = vx_frame_inner_hdr_len(frame, &f);
+        /* whole into a TUN that takes it, else split here (a TUN without offloads: --no-offload) */
+        int whole = io->vnet && (gso == VX_VNET_GSO_TCPV4 || (gso == VX_VNET_GSO_UDP_L4 && io->tun_uso));
+        int split = !io->vnet && (gso == VX_VNET_GSO_TCPV4 || gso == VX_VNET_GSO_UDP_L4);
+        if (!hdr || !vh.gso_size || !(vh.flags & VX_VNET_F_NEEDS_CSUM) || !(whole || split)) return VX_BAD_OUTER;
+        out->segs = (f.vx_len - VX_HEADROOM - hdr + vh.gso_size - 1) / vh.gso_size;
+        if (out->segs < 1) out->segs = 1;
+    }
+    v = vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, gso ? hdr + vh.gso_size : 0, &inner);
+    if (rc->cap) {
+        struct iovec one = {frame + f.vx_off, (size_t)f.vx_len};
+        vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f.saddr, f.sport, io->local_ip, io->local_port, &one, 1,
+                   (uint32_t)f.vx_len);
+    }
+    if (v) return v;
+    int inner_off = f.vx_off + VX_HEADROOM;  /* from the Ethernet header, as csum_start counts */
+    int cs = (int)vh.csum_start - inner_off;
+    out->p = frame + inner_off;
+    out->len = inner;
+    if (gso != VX_VNET_GSO_NONE) {
+        if (cs < 20 || cs + (int)vh.csum_offset + 2 > hdr) return VX_BAD_OUTER;
+        out->vh = (struct vx_vnet_hdr){VX_VNET_F_NEEDS_CSUM, vh.gso_type, (uint16_t)hdr, vh.gso_size, (uint16_t)cs,
+                                       vh.csum_offset};
+    } else if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && cs >= 20) {  /* (below 20: the outer UDP one) */
+        if (vx_finish_csum(out->p, inner, cs, vh.csum_offset)) return VX_BAD_OUTER;
+    }
+    (void)l;
+    return VX_OK;
+}
+
+/* A UDP GSO train from the packet socket (a vxland peer's sendmmsg with UDP_SEGMENT, carried
+ * whole by a virtual link): its datagrams, each checked as the UDP socket path checks them. */
+static void rx_check_train(rx_loop *l, rx_ctx *rc, uint8_t *frame, const vx_frame *f, int seg, int *nout) {
+    vx_io *io = rc->io;
+    vx_core *c = io->core;
+    if ((f->vx_len + seg - 1) / seg > VX_MAX_SEGS) {  /* no sender makes such a train (UDP_MAX_SEGMENTS: 128) */
+        c->udp_received++;
+        c->drops[VX_BAD_OUTER]++;
+        return;
+    }
+    c->gro_trains++;
+    for (int off = 0; off < f->vx_len; off += seg) {
+        int dlen = f->vx_len - off < seg ? f->vx_len - off : seg, inner = 0;
+        uint8_t *d = frame + f->vx_off + off;
+        c->udp_received++;
+        int v = vx_check(c, d, dlen, f->saddr, &inner);
+        if (rc->cap) {
+            struct iovec one = {d, (size_t)dlen};
+            vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f->saddr, f->sport, io->local_ip, io->local_port, &one,
+                       1, (uint32_t)dlen);
+        }
+        if (v) { c->drops[v]++; continue; }
+        l->out[*nout] = (pkt_ref){.p = d + VX_HEADROOM, .len = inner, .segs = 1, .super = 0};
+        (*nout)++;
+    }
+}
+
+static void rx_check_frame(rx_loop *l, rx_ctx *rc, int i, int *nout) {
+    vx_core *c = rc->io->core;
+    if (l->ll[i].sll_pkttype != PACKET_HOST) return;  /* addressed to another host: not ours to take */
+    uint8_t *base = l->bufs + (size_t)i * RX_BUF;
+    int len = (int)l->msgs[i].msg_len;
+    if (!(l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) && len > VX_VNET_HDR_LEN) {
+        struct vx_vnet_hdr vh;
+        vx_frame f;
+        memcpy(&vh, base, VX_VNET_HDR_LEN);
+        if ((vh.gso_type & ~VX_VNET_GSO_ECN) == VX_VNET_GSO_UDP_L4 &&
+            vx_frame_outer(base + VX_VNET_HDR_LEN, len - VX_VNET_HDR_LEN, &vh, &f) == VX_OK &&
+            vh.csum_start == f.udp_off && vh.gso_size) {
+            rx_check_train(l, rc, base + VX_VNET_HDR_LEN, &f, vh.gso_size, nout);
+            return;
+        }
+    }
+    pkt_ref *out = &l->out[*nout];
+    out->segs = 1;
+    out->super = 0;
+    int v = l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC ? VX_BAD_OUTER : rx_frame_verdict(l, rc, base, len, out);
+    c->udp_received += (uint64_t)out->segs;
+    if (v) { c->drops[v] += (uint64_t)out->segs; return; }
+    (*nout)++;
+}
+
+/* A super-packet as it came: one TUN write, the vnet header in front. A TUN without offloads
+ * gets its segments one by one instead, headers rebuilt with complete checksums. */
+static void rx_emit_super(rx_loop *l, rx_ctx *rc, pkt_ref *r) {
+    vx_core *c = rc->io->core;
+    if (rc->io->vnet) {
+        struct iovec two[2] = {{&r->vh, VX_VNET_HDR_LEN}, {r->p, (size_t)r->len}};
+        c->super_writes++;
+        tun_emit(rc, two, 2, 1, r->segs, (uint64_t)r->len);
+        return;
+    }
+    int lens[VX_MAX_SEGS], stride = 0, hdr = 0;
+    int n = vx_gso_headers(r->p, r->len, r->vh.gso_size, l->split_hdrs, SPLIT_HDRS_CAP, lens, VX_MAX_SEGS, &stride,
+                           &hdr);
+    if (n < 0) { c->drops[VX_BAD_OUTER] += (uint64_t)r->segs; return; }
+    for (int k = 0; k < n; k++) {
+        struct iovec two[2] = {{l->split_hdrs + (size_t)k * stride + VX_HEADROOM, (size_t)hdr},
+                               {r->p + hdr + (size_t)k * r->vh.gso_size, (size_t)(lens[k] - hdr)}};
+        tun_emit(rc, two, 2, 0, 1, (uint64_t)lens[k]);
+    }
+    if (n < r->segs) c->drops[VX_BAD_OUTER] += (uint64_t)(r->segs - n);  /* counted received as segs */
+}
+
 int vx_run_rx(vx_io *io) {
     vx_core *c = io->core;
+    int packet = io->pkt_fd >= 0, fd = packet ? io->pkt_fd : io->udp_fd;
     rx_loop l = {malloc((size_t)RX_MSGS * RX_BUF), calloc(RX_MSGS, sizeof *l.msgs), calloc(RX_MSGS, sizeof *l.iov),
-                 calloc(RX_MSGS, sizeof *l.from), calloc(RX_MSGS, 64), malloc(sizeof(pkt_ref) * RX_MSGS * GSO_MAX_DGRAMS),
-                 calloc(1, sizeof *l.gro)};
-    if (!l.bufs || !l.msgs || !l.iov || !l.from || !l.ctl || !l.out || !l.gro) {
+                 calloc(RX_MSGS, sizeof *l.from), calloc(RX_MSGS, sizeof *l.ll), calloc(RX_MSGS, 64),
+                 malloc(sizeof(pkt_ref) * RX_OUT_MAX), calloc(1, sizeof *l.gro), malloc(SPLIT_HDRS_CAP)};
+    if (!l.bufs || !l.msgs || !l.iov || !l.from || !l.ll || !l.ctl || !l.out || !l.gro || !l.split_hdrs) {
         rx_free(&l);
         return -1;
     }
@@ -150,21 +290,29 @@ int vx_run_rx(vx_io *io) {
      * the loss-free rate from ~183k to ~125k pps (bursts of 64 datagrams overflow the
      * receiving application's socket). The code stays, tested, behind gro->udp. */
     l.gro->udp = 0;
-    while (vx_wait_readable(io->udp_fd, io->stop_fd) > 0) {
-        rx_arm(&l);
-        int n = recvmmsg(io->udp_fd, l.msgs, RX_MSGS, MSG_DONTWAIT, NULL);
+    while (vx_wait_readable(fd, io->stop_fd) > 0) {
+        rx_arm(&l, packet);
+        int n = recvmmsg(fd, l.msgs, RX_MSGS, MSG_DONTWAIT, NULL);
         if (n <= 0) continue;
         rx_ctx rc = {io, CAPTURE_RING(io, cap_rx)};  /* the one capture check of a batch */
         c->udp_recvs++;
         int nout = 0;
         pthread_mutex_lock(&c->lock);  /* once per batch */
-        for (int i = 0; i < n; i++) rx_check_message(&l, &rc, i, &nout);
+        for (int i = 0; i < n; i++) {
+            if (packet)
+                rx_check_frame(&l, &rc, i, &nout);
+            else
+                rx_check_message(&l, &rc, i, &nout);
+        }
         pthread_mutex_unlock(&c->lock);
         for (int i = 0; i < nout; i++) {
-            if (io->vnet) {
+            if (l.out[i].super) {
+                vx_gro_flush(l.gro, tun_emit, &rc);  /* in order */
+                rx_emit_super(&l, &rc, &l.out[i]);
+            } else if (io->vnet) {
                 vx_gro_push(l.gro, l.out[i].p, l.out[i].len, tun_emit, &rc);
             } else {
-                struct iovec one = {(void *)l.out[i].p, (size_t)l.out[i].len};
+                struct iovec one = {l.out[i].p, (size_t)l.out[i].len};
                 tun_emit(&rc, &one, 1, 0, 1, (uint64_t)l.out[i].len);
             }
         }

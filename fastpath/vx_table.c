@@ -178,6 +178,10 @@ int vx_encap(vx_core *c, uint8_t *buf, int len, struct sockaddr_in *dest) {
 }
 
 int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_len) {
+    return vx_check_super(c, p, n, sender, 0, inner_len);
+}
+
+int vx_check_super(vx_core *c, const uint8_t *p, int n, uint32_t sender, int seg_len, int *inner_len) {
     int total;
     if (n < VX_HEADROOM) return VX_TOO_SHORT;
     if (!(p[0] & 0x08)) return VX_NO_I_FLAG;
@@ -210,7 +214,7 @@ int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_le
         const vx_peer *owner = peer_slot(c->peers, c->peer_cap, src & c->mask);
         if (!owner->used || owner->addr.sin_addr.s_addr != sender) return VX_SPOOFED_SOURCE;
     }
-    if (total > c->tun_mtu) return VX_TOO_BIG;
+    if ((seg_len ? seg_len : total) > c->tun_mtu) return VX_TOO_BIG;
     *inner_len = total;
     return VX_OK;
 }

@@ -5,7 +5,8 @@
  *   vx_offload.c  TCP/UDP segmentation of TUN super-packets (GSO split) and coalescing of
  *                 received segments into super-packets (GRO)
  *   vx_tx.c       the TUN -> UDP loop; vx_rx.c the UDP -> TUN loop (each run by its own
- *                 thread without the GIL)
+ *                 thread without the GIL); vx_rx_packet.c the outer headers of frames read
+ *                 from a packet socket
  *   vx_capture.c  the capture rings
  * vx_internal.h holds what they share and nothing outside them sees.
  */
@@ -32,7 +33,7 @@ enum {
     VX_DST_MAC_MISMATCH = 5, VX_DST_MAC_BROADCAST = 6, VX_ARP = 7, VX_BAD_ETHERTYPE = 8,
     VX_BAD_INNER_IP = 9, VX_TOO_BIG = 10, VX_NO_ROUTE = 11, VX_NOT_IP = 12, VX_SEND_FAILED = 13,
     VX_TUN_WRITE_FAILED = 14, VX_BAD_OFFLOAD = 15, VX_TTL_EXPIRED = 16,  /* 16: udp backend only */
-    VX_SPOOFED_SOURCE = 17,
+    VX_SPOOFED_SOURCE = 17, VX_BAD_OUTER = 18,
 };
 
 /* virtio_net_hdr (linux/virtio_net.h); host byte order as the TUN uses it. */
@@ -45,6 +46,8 @@ struct vx_vnet_hdr {
     uint16_t csum_offset;
 };
 #define VX_VNET_F_NEEDS_CSUM 1
+#define VX_VNET_F_DATA_VALID 2
+#define VX_VNET_GSO_ECN 0x80
 #define VX_VNET_GSO_NONE 0
 #define VX_VNET_GSO_TCPV4 1
 #define VX_VNET_GSO_TCPV6 4
@@ -82,6 +85,7 @@ typedef struct {
     uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
     uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends;
     uint64_t udp_recvs, gro_trains, tun_writes, coalesced;
+    uint64_t super_writes;  /* super-packets received whole (packet socket) and written whole to the TUN */
     /* Before any check: packets read from the TUN (a TSO super-packet as its segments) and
      * datagrams received (a GRO train as its datagrams). Per side, received = forwarded +
      * the drops of that side's reasons (wire.DropReason.side), exactly. */
@@ -99,6 +103,9 @@ void vx_unlock(vx_core *c);
 /* Callers hold c->lock. */
 int vx_encap(vx_core *c, uint8_t *buf, int len, struct sockaddr_in *dest);
 int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int *inner_len);
+/* vx_check for a super-packet: the MTU is checked against seg_len (its headers and one
+ * segment's payload) instead of its whole length. */
+int vx_check_super(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int seg_len, int *inner_len);
 
 /* Internet checksum (RFC 1071): partial sums over native 16-bit words, fold at the end. */
 uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc);  /* AVX2 where the CPU has it */
@@ -182,6 +189,7 @@ void vx_cap_release(vx_cap_ring *r, uint64_t n);
 typedef struct {
     vx_core *core;
     int tun_fd, udp_fd, stop_fd;
+    int pkt_fd;                 /* >= 0: receive from this packet socket (PACKET_VNET_HDR) instead of udp_fd */
     int vnet, udp_gso, udp_gro, tun_uso;
     volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
     volatile int capture;       /* read once per batch; rings must be set before it is 1 */

@@ -227,6 +227,11 @@ def _add_vxland_flags(extra) -> None:
                        help="TUN device name (default flannel.<VNI>)")
     extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
+    extra.add_argument("--underlay-rx", type=_one_of("auto", "udp"), metavar="{auto,udp}",
+                       default=_env("underlay-rx", "auto") or "auto",
+                       help="auto (default): receive tunnel traffic from a packet socket that tells which checksums "
+                            "a kernel peer left unfinished and keeps its super-packets whole (when the TUN takes "
+                            "offloads); udp: from the UDP socket (kernel peers then need tx checksum offload off)")
     extra.add_argument("--strict-source", action="store_true", default=_env_bool("strict-source"),
                        help="drop (and count as spoofed_source) tunnelled packets whose inner source is not in "
                             "a subnet leased to the VTEP that sent them (flannel has no such check; off by default)")
@@ -388,7 +393,8 @@ def daemon_options(args: argparse.Namespace):
                    iptables_resync_s=args.iptables_resync, iptables_forward_rules=args.iptables_forward_rules,
                    blackhole_route=args.ip_blackhole_route,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
-                   offload=not args.no_offload, engine_nice=args.engine_nice, strict_source=args.strict_source,
+                   offload=not args.no_offload, underlay_rx=args.underlay_rx, engine_nice=args.engine_nice,
+                   strict_source=args.strict_source,
                    capture=args.capture, capture_filter=args.capture_filter,
                    capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,
                    capture_snaplen=args.capture_snaplen, debug_allow=tuple(args.debug_allow),

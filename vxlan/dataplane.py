@@ -13,9 +13,12 @@ instead of dropping, while receives never wait.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ipaddress
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable
 
@@ -33,6 +36,11 @@ UDP_SEGMENT = 103
 UDP_GRO = 104
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+SO_ATTACH_FILTER = 26
+# <linux/if_packet.h>, <linux/if_ether.h>
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15
+ETH_P_IP = 0x0800
 SOCKET_BUFFER_BYTES = 7 << 20  # wireguard-go f26efb6: 7 MB ended its retransmits
 BUF_SIZE = HEADROOM + 65536  # room for any datagram or TUN packet
 
@@ -201,6 +209,53 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
+def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """A classic BPF program (code, jt, jf, k) on ``sock`` (SO_ATTACH_FILTER copies it)."""
+    insns = (ctypes.c_ubyte * (8 * len(program)))()
+    for i, (code, jt, jf, k) in enumerate(program):
+        struct.pack_into("=HBBI", insns, 8 * i, code, jt, jf, k)
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(insns))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def vxlan_frame_filter(address: str, port: int) -> list[tuple[int, int, int, int]]:
+    """Ethernet frames carrying IPv4 UDP to ``address``:``port`` (offsets of a SOCK_RAW frame)."""
+    ldh, ldb, ld, ldxb_msh, ldh_x, jeq, ret = 0x28, 0x30, 0x20, 0xB1, 0x48, 0x15, 0x06
+    return [(ldh, 0, 0, 12), (jeq, 0, 8, ETH_P_IP),            # ethertype
+            (ldb, 0, 0, 23), (jeq, 0, 6, 17),                 # IP protocol UDP
+            (ld, 0, 0, 30), (jeq, 0, 4, int(ipaddress.IPv4Address(address))),  # destination
+            (ldxb_msh, 0, 0, 14), (ldh_x, 0, 0, 16), (jeq, 0, 1, port),  # UDP destination port
+            (ret, 0, 0, 0xFFFFFFFF), (ret, 0, 0, 0)]
+
+
+def open_packet_socket(ifname: str, address: str, port: int) -> socket.socket:
+    """A packet socket (SOCK_RAW, PACKET_VNET_HDR: Linux >= 3.2) that reads the VXLAN frames
+    arriving on ``ifname`` for ``address``:``port`` with a virtio-net header: what the kernel
+    knows of their checksums (a kernel peer across a virtual link leaves inner checksums
+    unfinished, a UDP socket cannot tell) and its tunnel super-packets whole. Created with
+    protocol 0 and filtered before it is bound, so no other frame is ever queued to it."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        _attach_filter(sock, vxlan_frame_filter(address, port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        sock.bind((ifname, ETH_P_IP))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def stop_receiving(sock: socket.socket) -> None:
+    """Drop every datagram addressed to ``sock`` before it is queued (a filter that keeps
+    nothing): the packet socket reads them. The socket stays bound, so the port stays ours
+    and nobody is told "port unreachable"; it still sends."""
+    _attach_filter(sock, [(0x06, 0, 0, 0)])
+
+
 def probe_udp_offloads(sock: socket.socket) -> tuple[bool, bool, list[str]]:
     """(UDP GSO usable, UDP GRO on, reasons for what is off). GSO is probed by reading the
     socket option (setting it would change the default segment size of every send); it can
@@ -258,13 +313,15 @@ class ThreadedDataPlane:
     """Runs the compiled engine's two loops in two threads (no GIL inside them)."""
 
     def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
-                 udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE) -> None:
+                 udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE,
+                 packet_sock: socket.socket | None = None) -> None:
         self.engine = engine
         self.sock = sock
         self.engine_nice = engine_nice
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
-        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port)
+        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port,
+                      packet_sock.fileno() if packet_sock is not None else -1)
         self._threads: list[threading.Thread] = []
         self._stopping = False
         # called (on the event loop) with the reason when an engine loop ends by itself

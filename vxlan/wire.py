@@ -74,6 +74,10 @@ class DropReason(enum.IntEnum):
     # --strict-source only: the inner source lies in no subnet whose lease names the sender as
     # its VTEP (another node's subnet, outside the Network, or an IPv6 packet on an IPv4 VTEP)
     SPOOFED_SOURCE = 17
+    # packet-socket receive only (the kernel's IP and UDP layers check these for a UDP socket):
+    # outer IPv4/UDP header malformed or its checksum wrong, an outer fragment, or a super-packet
+    # the TUN cannot take whole
+    BAD_OUTER = 18
 
     @property
     def label(self) -> str:

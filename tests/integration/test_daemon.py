@@ -28,6 +28,21 @@ for hexdata in sys.argv[4:]:
 """
 
 
+# A datagram with a wrong UDP checksum, then the first fragment (MF) of one; raw sockets, so the
+# kernel neither fixes the checksum nor refuses the fragment.
+SEND_BAD_OUTER = """
+import socket, struct, sys
+src, dst, port, vx = sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+s.bind((src, 0))
+s.sendto(struct.pack("!HHHH", 40000, port, 8 + len(vx), 0x1234) + vx, (dst, 0))
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+udp = struct.pack("!HHHH", 40000, port, 8 + len(vx), 0) + vx
+r.sendto(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 7, 0x2000, 64, 17, 0, socket.inet_aton(src),
+                     socket.inet_aton(dst)) + udp, (dst, 0))
+"""
+
+
 @pytest.fixture(scope="module")
 def trio():
     """Two vxland hosts and a plain host that holds a lease (a known VTEP) but runs no tunnel."""
@@ -80,12 +95,44 @@ def test_every_drop_reason_is_counted(trio):
     time.sleep(0.3)
     after = trio.metrics(v1)
     expected = {reason: 1 for reason in cases if reason != "empty"} | {"unknown_sender": 2, "too_short": 2}
+    # An inner packet over the TUN MTU cannot fit a 1500-byte underlay unfragmented: the packet
+    # socket (--underlay-rx auto) sees the outer fragments and counts the first (bad_outer); a
+    # UDP socket gets the datagram reassembled (too_big, test_udp_socket_receive_counts_too_big).
+    expected |= {"too_big": 0, "bad_outer": 1}
     for reason, n in expected.items():
         key = f'vxland_drops_total{{reason="{reason}"}}'
         assert after[key] - before[key] == n, reason
     assert v1.proc.poll() is None, "the daemon died"
     proc = trio.ping(v1, v2, count=3)  # and it still forwards
     assert proc.returncode == 0 and "3 received" in proc.stdout
+
+
+def test_udp_socket_receive_counts_too_big():
+    """--underlay-rx udp: the kernel reassembles the outer fragments, the inner packet is too big."""
+    with Lab(["vxland", "plain"], env={"FLANNELD_UNDERLAY_RX": "udp"}) as lab:
+        v1, plain = lab.hosts
+        send(lab, plain, plain.public_ip, v1, [crafted(lab, v1, plain)["too_big"]])
+        time.sleep(0.3)
+        after = lab.metrics(v1)
+        assert after['vxland_drops_total{reason="too_big"}'] == 1
+        assert after['vxland_drops_total{reason="bad_outer"}'] == 0
+
+
+def test_bad_outer_headers_are_counted(trio):
+    """The packet socket sees frames before the kernel's IP and UDP layers: a wrong UDP checksum
+    and an outer fragment are dropped there, and counted (bad_outer), where a UDP socket would
+    never have been handed them."""
+    v1, v2, plain = trio.hosts
+    before = trio.metrics(v1)
+    echo = bytes(VXLAN(flags=0x08, vni=trio.vni) / Ether(dst=wire.mac_to_str(v1.vtep_mac),
+                 src=wire.mac_to_str(plain.vtep_mac)) / IP(src=plain.pod_ip, dst=v1.pod_ip) / ICMP())
+    sh([sys.executable, "-c", SEND_BAD_OUTER, plain.public_ip, v1.public_ip, str(trio.port), echo.hex()], ns=plain.ns)
+    time.sleep(0.3)
+    after = trio.metrics(v1)
+    key = 'vxland_drops_total{reason="bad_outer"}'
+    assert after[key] - before[key] == 2
+    assert after['vxland_packets_total{direction="rx"}'] == before['vxland_packets_total{direction="rx"}']
+    assert trio.ping(v1, v2, count=2).returncode == 0
 
 
 @pytest.mark.offload

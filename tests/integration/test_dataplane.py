@@ -1,4 +1,8 @@
-"""vxland <-> vxland and vxland <-> kernel vxlan, both directions, at VNI 1/8472 and 42/4789."""
+"""vxland <-> vxland and vxland <-> kernel vxlan, both directions, at VNI 1/8472 and 42/4789.
+
+The kernel node keeps its offloads on, as real hosts do: across veth its vxlan device sends
+inner TCP checksums unfinished and TCP super-packets whole (issue #14), which vxland reads from
+its packet socket. One test keeps the old set-up (tx checksum offload off on the kernel node)."""
 
 from __future__ import annotations
 
@@ -32,9 +36,9 @@ def test_started_on_the_right_port_and_vni(mixed):
         assert "2 peers" in log
         # FLANNELD_NO_OFFLOAD=1 (make test's second pass) reaches the daemons like the flag
         if os.environ.get("FLANNELD_NO_OFFLOAD") == "1":
-            assert "offloads: none," in log
+            assert "offloads: packet-rx," in log
         else:  # tun-uso needs Linux >= 6.2, the rest is older
-            assert re.search(r"offloads: tun-tso-gro( tun-uso)? udp-gso udp-gro,", log), log
+            assert re.search(r"offloads: tun-tso-gro( tun-uso)? udp-gso udp-gro packet-rx,", log), log
         info = [k for k in mixed.metrics(host) if k.startswith("vxland_info")][0]
         assert f'vni="{mixed.vni}"' in info and f'port="{mixed.port}"' in info
 
@@ -75,3 +79,33 @@ def test_tcp_500mb_sha256(mixed):
     for i, (src, dst) in enumerate([(v1, v2), (v1, k), (k, v1)]):
         sent, received = transfer(mixed, src, dst, 500 * MB, seed=100 + i, port=5002)
         assert received == sent, f"h{src.index}->h{dst.index}"
+
+
+def test_kernel_node_with_tx_checksum_off(kernel_vxlan):
+    """The old advice for kernel nodes (ethtool -K ... tx off): still carried, both ways, and
+    so is a vxland that receives from its UDP socket (--underlay-rx udp) then."""
+    with Lab(["vxland", "kernel"], kernel_tx_off=True) as lab:
+        v, k = lab.hosts
+        for i, (src, dst) in enumerate([(v, k), (k, v)]):
+            sent, received = transfer(lab, src, dst, 50 * MB, seed=200 + i)
+            assert received == sent, f"h{src.index}->h{dst.index}"
+    with Lab(["vxland", "kernel"], kernel_tx_off=True, env={"FLANNELD_UNDERLAY_RX": "udp"}) as lab:
+        v, k = lab.hosts
+        assert "packet-rx" not in lab.log(v)
+        for i, (src, dst) in enumerate([(v, k), (k, v)]):
+            sent, received = transfer(lab, src, dst, 50 * MB, seed=300 + i)
+            assert received == sent, f"h{src.index}->h{dst.index}"
+
+
+def test_kernel_super_packets_arrive_whole(mixed):
+    """A kernel node's TCP super-packets (offloads on) reach the pod through vxland as super-packets."""
+    v1, _, k = mixed.hosts
+    before = mixed.metrics(v1)['vxland_io_total{event="super_writes"}']
+    sent, received = transfer(mixed, k, v1, 20 * MB, seed=7, port=5003)
+    assert received == sent
+    after = mixed.metrics(v1)
+    if os.environ.get("FLANNELD_NO_OFFLOAD") == "1":  # split here, written one segment at a time
+        assert after['vxland_io_total{event="super_writes"}'] == before
+    else:
+        assert after['vxland_io_total{event="super_writes"}'] > before
+    assert after['vxland_drops_total{reason="bad_outer"}'] == 0

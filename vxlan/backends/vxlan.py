@@ -14,7 +14,7 @@ from vxlan import netconf, wire
 from vxlan.backends import TUNNEL, Context, StartupError
 from vxlan.backends.tunnel import TunnelBackend
 from vxlan.capture import CaptureHub, FileSink, Filter, TraceSink
-from vxlan.dataplane import DataPlane, ThreadedDataPlane, probe_udp_offloads
+from vxlan.dataplane import DataPlane, ThreadedDataPlane, open_packet_socket, probe_udp_offloads, stop_receiving
 from vxlan.lease import Lease
 from vxlan.routes import PeerRoutes
 from vxlan.tun import Tun
@@ -46,8 +46,12 @@ class VxlanBackend(TunnelBackend):
         tun = await self.open_tun(ctx, opts.tun_name or f"flannel.{backend.vni}", threaded and opts.offload)
         self.offloads = self._probe_offloads(threaded, tun, sock)
         if threaded:
+            packet_sock = self._open_packet_socket(ctx, sock, backend.port)
             self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
-                                            "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice))
+                                            "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
+                                            packet_sock))
+            if packet_sock is not None:
+                stop_receiving(sock)  # the packet socket reads what it would
             self.hub = CaptureHub(self.codec, opts.capture_snaplen)
             ctx.cleanups.append(self.hub.close)
         else:
@@ -55,6 +59,23 @@ class VxlanBackend(TunnelBackend):
         if backend.direct_routing:
             self.routes = PeerRoutes()
         self._start_capture(ctx)
+
+    def _open_packet_socket(self, ctx: Context, sock, port: int):
+        """--underlay-rx auto: receive from a packet socket (vxlan.dataplane.open_packet_socket),
+        which says what a UDP socket cannot: which inner checksums a kernel peer left unfinished.
+        Its super-packets go whole into a TUN with offloads, split into one without. If it
+        cannot be had, or with --underlay-rx udp, from the UDP socket."""
+        if ctx.opts.underlay_rx != "auto":
+            return None
+        try:
+            packet_sock = open_packet_socket(ctx.iface.name, sock.getsockname()[0], port)
+        except OSError as exc:
+            log.warning("receiving from the UDP socket: no packet socket on %s (%s); kernel vxlan peers across "
+                        "virtual links then need 'ethtool -K flannel.<VNI> tx off'", ctx.iface.name, exc.strerror)
+            return None
+        ctx.cleanups.append(packet_sock.close)
+        self.offloads.append("packet-rx")
+        return packet_sock
 
     def _start_capture(self, ctx: Context) -> None:
         opts = ctx.opts

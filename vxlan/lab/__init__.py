@@ -132,7 +132,7 @@ class Lab(EtcdLabMixin):
                  subnet_len: int = 24, mtu: int = 1500, healthz_port: int = HEALTHZ_PORT,
                  pure_python: bool = False, keep_workdir: bool = False, registry: str = "file",
                  etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None,
-                 defer: tuple[int, ...] = (), kernel_tx_off: bool = True, backend: dict | None = None,
+                 defer: tuple[int, ...] = (), kernel_tx_off: bool = False, backend: dict | None = None,
                  segments: tuple[int, ...] = (), etcd_tls: bool = False, etcd_api: str = "v3") -> None:
         if registry not in ("file", "etcd"):
             raise ValueError(f"registry must be file or etcd, not {registry!r}")
@@ -159,8 +159,9 @@ class Lab(EtcdLabMixin):
         # segments[i-1] = 2 puts host i on a second underlay segment (198.19.0.0/24) that the
         # underlay namespace routes to: a peer "behind a router", for DirectRouting
         self.segments = tuple(segments) or (1,) * len(kinds)
-        # Checksum offload off on kernel nodes (needed when a userspace peer receives from them);
-        # a kernel-only lab (the bench anchor) keeps it, as a real flannel node would.
+        # Kernel nodes keep their offloads on, as real hosts do (vxland reads their unfinished
+        # checksums and super-packets from a packet socket); True turns tx checksum offload off
+        # on them, as the old advice for a vxland that receives from a UDP socket (--underlay-rx udp).
         self.kernel_tx_off = kernel_tx_off
         self.underlay_ns = f"{self.prefix}-ul"
         self.workdir = Path(tempfile.mkdtemp(prefix="vxlan-lab-"))
@@ -262,8 +263,8 @@ class Lab(EtcdLabMixin):
         sh(["ip", "-n", ns, "link", "set", "pod", "mtu", pod_mtu, "up"])
         sh(["ip", "-n", host.pod_ns, "link", "set", "eth0", "mtu", pod_mtu, "up"])
         if host.kind == "kernel" and self.kernel_tx_off:
-            # veth has no checksum hardware: a kernel vxlan device sending into it would leave
-            # inner TCP checksums unfinished, which a userspace receiver cannot fix.
+            # veth has no checksum hardware: a kernel vxlan device sending into it leaves inner
+            # TCP checksums unfinished, which a receiver on a UDP socket cannot tell.
             for dev, where in (("eth0", ns), ("eth0", host.pod_ns), ("pod", ns)):
                 sh(["ethtool", "-K", dev, "tx", "off"], ns=where)
 
@@ -335,7 +336,7 @@ class Lab(EtcdLabMixin):
         if host.kind == "kernel":
             return ([sys.executable, "-m", "vxlan.lab.flanneld_emu", "--etcd-endpoints", self.etcd_endpoints,
                      *self.etcd_tls_args(), "--etcd-api", self.etcd_api, "--iface", "eth0",
-                     "--subnet-file", str(host.subnet_file), "--tx-checksum-off"],
+                     "--subnet-file", str(host.subnet_file), *(["--tx-checksum-off"] if self.kernel_tx_off else [])],
                     "flanneld-emu started")
         registry = (["--registry-file", str(self.registry_path)] if self.registry == "file"
                     else ["--etcd-endpoints", self.etcd_endpoints, *self.etcd_tls_args()])

@@ -1,0 +1,62 @@
+/* vx_rx_packet.c: frames read from a packet socket with PACKET_VNET_HDR (Linux >= 3.2):
+ * [virtio_net_hdr][Ethernet][IPv4][UDP][VXLAN datagram]. Unlike a UDP socket's datagrams they
+ * keep what the kernel knows of their checksums (NEEDS_CSUM: a peer on this host or across a
+ * virtual link left the inner checksum partial; DATA_VALID: verified) and a kernel vxlan
+ * peer's tunnel super-packets arrive whole, described by the inner GSO type (the tunnel bits
+ * are dropped by virtio_net_hdr_from_skb on every kernel, include/linux/virtio_net.h), as do
+ * a vxland peer's UDP GSO trains (UDP_L4, its checksum start the outer UDP header). The
+ * kernel's IP and UDP layers have not seen them yet, so the outer headers are checked here. */
+#define _GNU_SOURCE
+#include "vx_internal.h"
+
+#include <arpa/inet.h>
+#include <string.h>
+
+#define ETH_LEN 14
+
+/* The outer IPv4 and UDP headers of a frame (Ethernet start, flen bytes; vh its virtio-net
+ * header): VX_OK and where the VXLAN datagram lies, or VX_BAD_OUTER (malformed, a fragment,
+ * a wrong checksum). */
+int vx_frame_outer(const uint8_t *frame, int flen, const struct vx_vnet_hdr *vh, vx_frame *f) {
+    const uint8_t *ip = frame + ETH_LEN;
+    if (flen < ETH_LEN + 20 + 8 || frame[12] != 0x08 || frame[13] != 0x00 || (ip[0] >> 4) != 4) return VX_BAD_OUTER;
+    int ihl = (ip[0] & 0x0F) * 4;
+    int super = vh->gso_type != VX_VNET_GSO_NONE;
+    /* a super-packet's total length is its whole length (or 0 past 64 KB): take what was read */
+    int total = super ? flen - ETH_LEN : (ip[2] << 8) | ip[3];
+    if (ihl < 20 || total < ihl + 8 || total > flen - ETH_LEN || ip[9] != 17) return VX_BAD_OUTER;
+    if (((ip[6] & 0x3F) | ip[7]) != 0) return VX_BAD_OUTER;  /* MF or an offset: flannel never fragments */
+    if (vx_csum_fold(vx_csum_add(ip, (size_t)ihl, 0)) != 0xFFFF) return VX_BAD_OUTER;
+    const uint8_t *udp = ip + ihl;
+    int ulen = super ? total - ihl : (udp[4] << 8) | udp[5];
+    if (ulen < 8 || ulen > total - ihl) return VX_BAD_OUTER;
+    /* The kernel vouches for a checksum it left partial (sent from this host or across a
+     * virtual link) or verified (DATA_VALID); 0 means none (RFC 768). Else verify it here, as
+     * the UDP layer would have. */
+    if ((udp[6] | udp[7]) && !(vh->flags & (VX_VNET_F_NEEDS_CSUM | VX_VNET_F_DATA_VALID))) {
+        uint64_t acc = vx_pseudo_v4(ip, 17, (uint16_t)ulen);
+        if (vx_csum_fold(vx_csum_add(udp, (size_t)ulen, acc)) != 0xFFFF) return VX_BAD_OUTER;
+    }
+    memcpy(&f->saddr, ip + 12, 4);
+    f->sport = (uint16_t)((udp[0] << 8) | udp[1]);
+    f->udp_off = ETH_LEN + ihl;
+    f->vx_off = ETH_LEN + ihl + 8;
+    f->vx_len = ulen - 8;
+    return VX_OK;
+}
+
+/* A super-packet's inner headers: their length (IP + TCP or UDP), or 0 if they do not parse. */
+int vx_frame_inner_hdr_len(const uint8_t *frame, const vx_frame *f) {
+    if (f->vx_len < VX_HEADROOM + 20) return 0;
+    const uint8_t *ip = frame + f->vx_off + VX_HEADROOM;
+    int avail = f->vx_len - VX_HEADROOM;
+    int ihl = (ip[0] & 0x0F) * 4;
+    if ((ip[0] >> 4) != 4 || ihl < 20) return 0;
+    if (ip[9] == 6) {
+        if (avail < ihl + 20) return 0;
+        int doff = (ip[ihl + 12] >> 4) * 4;
+        return doff >= 20 && ihl + doff <= avail ? ihl + doff : 0;
+    }
+    if (ip[9] == 17) return avail >= ihl + 8 ? ihl + 8 : 0;
+    return 0;
+}
