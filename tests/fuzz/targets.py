@@ -154,8 +154,21 @@ def gro_train(data: bytes) -> None:
         _fastpath.gro_coalesce(packets, udp)
 
 
+def packet_frame(data: bytes) -> None:
+    """A frame as the packet socket reads it, the virtio-net header's flags and gso type in the
+    first two bytes: the outer checks end in a verdict, and a datagram they pass lies inside it."""
+    from fastpath import _fastpath
+
+    if len(data) < 2:
+        return
+    frame = data[2:]
+    verdict, _, offset, length = _fastpath.frame_outer(frame, data[0], data[1])
+    if verdict == 0 and not (0 < offset and 0 <= length and offset + length <= len(frame)):
+        raise AssertionError(f"datagram at {offset}+{length} outside a frame of {len(frame)}")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "registry_file": registry_file, "network_config": network_config, "lease": lease,
     "capture_filter": capture_filter, "flags": flags, "vxlan_datagram": vxlan_datagram, "tso_split": tso_split,
-    "gro_train": gro_train, "http_request": http_request,
+    "gro_train": gro_train, "http_request": http_request, "packet_frame": packet_frame,
 }
