@@ -51,10 +51,10 @@ cdef extern from "vxengine.h" nogil:
 
 cdef extern from "vx_internal.h" nogil:
     ctypedef struct vx_frame:
-        uint32_t saddr
-        uint16_t sport
+        uint32_t saddr, daddr
+        uint16_t sport, dport
         int udp_off, vx_off, vx_len
-    int vx_frame_outer(const uint8_t *frame, int flen, const vx_vnet_hdr *vh, vx_frame *f)
+    int vx_frame_outer(const uint8_t *frame, int flen, int link_len, const vx_vnet_hdr *vh, vx_frame *f)
 
 cdef extern from "vxengine.h" nogil:
     enum:
@@ -353,7 +353,7 @@ cdef class Engine(Codec):
 
 # -- the offload code, exposed for the tests ------------------------------------------------
 
-def frame_outer(bytes frame, int flags=0, int gso_type=0):
+def frame_outer(bytes frame, int flags=0, int gso_type=0, int link_len=14):
     """vx_rx_packet.c's outer checks on an Ethernet frame as a packet socket reads it (the
     virtio-net header's flags and gso type given apart): (verdict, outer source, VXLAN offset,
     VXLAN length). For tests."""
@@ -364,7 +364,7 @@ def frame_outer(bytes frame, int flags=0, int gso_type=0):
     vh.hdr_len = vh.gso_size = vh.csum_start = vh.csum_offset = 0
     f.saddr = 0
     f.vx_off = f.vx_len = 0
-    v = vx_frame_outer(<const uint8_t*>PyBytes_AS_STRING(frame), len(frame), &vh, &f)
+    v = vx_frame_outer(<const uint8_t*>PyBytes_AS_STRING(frame), len(frame), link_len, &vh, &f)
     return v, socket.inet_ntoa((<char*>&f.saddr)[:4]), f.vx_off, f.vx_len
 
 

@@ -40,12 +40,12 @@ int vx_gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hd
 
 /* vx_rx_packet.c: a frame read from the packet socket, after its virtio-net header */
 typedef struct {
-    uint32_t saddr;             /* outer source, network order */
-    uint16_t sport;             /* outer source port, host order */
+    uint32_t saddr, daddr;      /* outer source and destination, network order */
+    uint16_t sport, dport;      /* outer ports, host order */
     int udp_off;                /* the outer UDP header: frame + udp_off */
     int vx_off, vx_len;         /* the VXLAN datagram (or a UDP GSO train of them): frame + vx_off, vx_len bytes */
 } vx_frame;
-int vx_frame_outer(const uint8_t *frame, int flen, const struct vx_vnet_hdr *vh, vx_frame *f);
+int vx_frame_outer(const uint8_t *frame, int flen, int link_len, const struct vx_vnet_hdr *vh, vx_frame *f);
 int vx_frame_inner_hdr_len(const uint8_t *frame, const vx_frame *f);
 
 /* Both loops: 1 when fd is readable, 0 when stop_fd is, -1 on error. */

@@ -19,6 +19,7 @@ typedef struct {
     struct vx_vnet_hdr vh;
 } pkt_ref;
 
+#define VX_NOT_OURS (-1)  /* a frame for another address or port: not counted */
 #define RX_OUT_MAX (RX_MSGS * VX_MAX_SEGS)  /* a batch's forwarded packets: every message a train of up to 256 */
 
 typedef struct {
@@ -157,7 +158,7 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
 /* A packet-socket frame's verdict; on VX_OK, *out is the inner packet to write. A partial
  * inner checksum is finished here, unless the packet is a super-packet: that goes to the TUN
  * whole, its checksum left partial as the kernel would leave it (the vnet header says where). */
-static int rx_frame_verdict(rx_loop *l, rx_ctx *rc, uint8_t *base, int len, pkt_ref *out) {
+static int rx_frame_verdict(rx_loop *l, rx_ctx *rc, uint8_t *base, int len, int link_len, pkt_ref *out) {
     vx_io *io = rc->io;
     vx_core *c = io->core;
     struct vx_vnet_hdr vh;
@@ -165,8 +166,9 @@ static int rx_frame_verdict(rx_loop *l, rx_ctx *rc, uint8_t *base, int len, pkt_
     memcpy(&vh, base, VX_VNET_HDR_LEN);
     uint8_t *frame = base + VX_VNET_HDR_LEN;
     vx_frame f;
-    int v = vx_frame_outer(frame, len - VX_VNET_HDR_LEN, &vh, &f);
+    int v = vx_frame_outer(frame, len - VX_VNET_HDR_LEN, link_len, &vh, &f);
     if (v) return v;
+    if (f.dport != io->local_port || f.daddr != io->local_ip) return VX_NOT_OURS;
     int gso = vh.gso_type & ~VX_VNET_GSO_ECN, hdr = 0, inner = 0;
     out->segs = 1;
     out->super = gso != VX_VNET_GSO_NONE;
@@ -228,26 +230,40 @@ static void rx_check_train(rx_loop *l, rx_ctx *rc, uint8_t *frame, const vx_fram
     }
 }
 
+/* The link header's length by the device type (ARPHRD_*): Ethernet's 14, none on an L3
+ * device (WireGuard, a TUN); -1 for types whose headers vxland does not know. */
+static int link_header_len(unsigned short hatype) {
+    switch (hatype) {
+    case 1: case 772: return 14;       /* ARPHRD_ETHER, ARPHRD_LOOPBACK */
+    case 0xFFFE: case 519: return 0;   /* ARPHRD_NONE, ARPHRD_RAWIP */
+    default: return -1;
+    }
+}
+
 static void rx_check_frame(rx_loop *l, rx_ctx *rc, int i, int *nout) {
     vx_core *c = rc->io->core;
     if (l->ll[i].sll_pkttype != PACKET_HOST) return;  /* addressed to another host: not ours to take */
     uint8_t *base = l->bufs + (size_t)i * RX_BUF;
-    int len = (int)l->msgs[i].msg_len;
-    if (!(l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) && len > VX_VNET_HDR_LEN) {
+    int len = (int)l->msgs[i].msg_len, link_len = link_header_len(l->ll[i].sll_hatype);
+    if (!(l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) && len > VX_VNET_HDR_LEN && link_len >= 0) {
         struct vx_vnet_hdr vh;
         vx_frame f;
         memcpy(&vh, base, VX_VNET_HDR_LEN);
         if ((vh.gso_type & ~VX_VNET_GSO_ECN) == VX_VNET_GSO_UDP_L4 &&
-            vx_frame_outer(base + VX_VNET_HDR_LEN, len - VX_VNET_HDR_LEN, &vh, &f) == VX_OK &&
+            vx_frame_outer(base + VX_VNET_HDR_LEN, len - VX_VNET_HDR_LEN, link_len, &vh, &f) == VX_OK &&
             vh.csum_start == f.udp_off && vh.gso_size) {
-            rx_check_train(l, rc, base + VX_VNET_HDR_LEN, &f, vh.gso_size, nout);
+            if (f.dport == rc->io->local_port && f.daddr == rc->io->local_ip)
+                rx_check_train(l, rc, base + VX_VNET_HDR_LEN, &f, vh.gso_size, nout);
             return;
         }
     }
     pkt_ref *out = &l->out[*nout];
     out->segs = 1;
     out->super = 0;
-    int v = l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC ? VX_BAD_OUTER : rx_frame_verdict(l, rc, base, len, out);
+    int v = l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC || link_len < 0
+                ? VX_BAD_OUTER
+                : rx_frame_verdict(l, rc, base, len, link_len, out);
+    if (v == VX_NOT_OURS) return;  /* the filter's job; only frames queued before it was attached */
     c->udp_received += (uint64_t)out->segs;
     if (v) { c->drops[v] += (uint64_t)out->segs; return; }
     (*nout)++;

@@ -1,5 +1,5 @@
 /* vx_rx_packet.c: frames read from a packet socket with PACKET_VNET_HDR (Linux >= 3.2):
- * [virtio_net_hdr][Ethernet][IPv4][UDP][VXLAN datagram]. Unlike a UDP socket's datagrams they
+ * [virtio_net_hdr][link header: Ethernet, or none on an L3 device][IPv4][UDP][VXLAN datagram]. Unlike a UDP socket's datagrams they
  * keep what the kernel knows of their checksums (NEEDS_CSUM: a peer on this host or across a
  * virtual link left the inner checksum partial; DATA_VALID: verified) and a kernel vxlan
  * peer's tunnel super-packets arrive whole, described by the inner GSO type (the tunnel bits
@@ -12,19 +12,19 @@
 #include <arpa/inet.h>
 #include <string.h>
 
-#define ETH_LEN 14
-
-/* The outer IPv4 and UDP headers of a frame (Ethernet start, flen bytes; vh its virtio-net
- * header): VX_OK and where the VXLAN datagram lies, or VX_BAD_OUTER (malformed, a fragment,
- * a wrong checksum). */
-int vx_frame_outer(const uint8_t *frame, int flen, const struct vx_vnet_hdr *vh, vx_frame *f) {
-    const uint8_t *ip = frame + ETH_LEN;
-    if (flen < ETH_LEN + 20 + 8 || frame[12] != 0x08 || frame[13] != 0x00 || (ip[0] >> 4) != 4) return VX_BAD_OUTER;
+/* The outer IPv4 and UDP headers of a frame (its link header of link_len bytes first: 14 for
+ * Ethernet, 0 for an L3 device such as WireGuard's; flen bytes; vh its virtio-net header):
+ * VX_OK and where the VXLAN datagram lies, or VX_BAD_OUTER (malformed, a fragment, a wrong
+ * checksum). */
+int vx_frame_outer(const uint8_t *frame, int flen, int link_len, const struct vx_vnet_hdr *vh, vx_frame *f) {
+    const uint8_t *ip = frame + link_len;
+    if (flen < link_len + 20 + 8 || (ip[0] >> 4) != 4) return VX_BAD_OUTER;
+    if (link_len == 14 && (frame[12] != 0x08 || frame[13] != 0x00)) return VX_BAD_OUTER;
     int ihl = (ip[0] & 0x0F) * 4;
     int super = vh->gso_type != VX_VNET_GSO_NONE;
     /* a super-packet's total length is its whole length (or 0 past 64 KB): take what was read */
-    int total = super ? flen - ETH_LEN : (ip[2] << 8) | ip[3];
-    if (ihl < 20 || total < ihl + 8 || total > flen - ETH_LEN || ip[9] != 17) return VX_BAD_OUTER;
+    int total = super ? flen - link_len : (ip[2] << 8) | ip[3];
+    if (ihl < 20 || total < ihl + 8 || total > flen - link_len || ip[9] != 17) return VX_BAD_OUTER;
     if (((ip[6] & 0x3F) | ip[7]) != 0) return VX_BAD_OUTER;  /* MF or an offset: flannel never fragments */
     if (vx_csum_fold(vx_csum_add(ip, (size_t)ihl, 0)) != 0xFFFF) return VX_BAD_OUTER;
     const uint8_t *udp = ip + ihl;
@@ -39,8 +39,10 @@ int vx_frame_outer(const uint8_t *frame, int flen, const struct vx_vnet_hdr *vh,
     }
     memcpy(&f->saddr, ip + 12, 4);
     f->sport = (uint16_t)((udp[0] << 8) | udp[1]);
-    f->udp_off = ETH_LEN + ihl;
-    f->vx_off = ETH_LEN + ihl + 8;
+    memcpy(&f->daddr, ip + 16, 4);
+    f->dport = (uint16_t)((udp[2] << 8) | udp[3]);
+    f->udp_off = link_len + ihl;
+    f->vx_off = link_len + ihl + 8;
     f->vx_len = ulen - 8;
     return VX_OK;
 }

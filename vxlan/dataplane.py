@@ -218,23 +218,30 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+SKF_NET_OFF = -0x100000  # <linux/filter.h>: offsets from the network header, whatever the link layer
+
+
 def vxlan_frame_filter(address: str, port: int) -> list[tuple[int, int, int, int]]:
-    """Ethernet frames carrying IPv4 UDP to ``address``:``port`` (offsets of a SOCK_RAW frame)."""
-    ldh, ldb, ld, ldxb_msh, ldh_x, jeq, ret = 0x28, 0x30, 0x20, 0xB1, 0x48, 0x15, 0x06
-    return [(ldh, 0, 0, 12), (jeq, 0, 8, ETH_P_IP),            # ethertype
-            (ldb, 0, 0, 23), (jeq, 0, 6, 17),                 # IP protocol UDP
-            (ld, 0, 0, 30), (jeq, 0, 4, int(ipaddress.IPv4Address(address))),  # destination
-            (ldxb_msh, 0, 0, 14), (ldh_x, 0, 0, 16), (jeq, 0, 1, port),  # UDP destination port
+    """IPv4 UDP to ``address``:``port``, read relative to the network header (SKF_NET_OFF), so
+    that it holds for Ethernet and for L3 devices (WireGuard, TUN) alike."""
+    ldb, ld, ldxb_msh, ldh_x, jeq, ret = 0x30, 0x20, 0xB1, 0x48, 0x15, 0x06
+
+    def net(offset: int) -> int:
+        return (SKF_NET_OFF + offset) & 0xFFFFFFFF
+    return [(ldb, 0, 0, net(9)), (jeq, 0, 6, 17),                                   # IP protocol UDP
+            (ld, 0, 0, net(16)), (jeq, 0, 4, int(ipaddress.IPv4Address(address))),  # destination
+            (ldxb_msh, 0, 0, net(0)), (ldh_x, 0, 0, net(2)), (jeq, 0, 1, port),    # UDP destination port
             (ret, 0, 0, 0xFFFFFFFF), (ret, 0, 0, 0)]
 
 
-def open_packet_socket(ifname: str, address: str, port: int) -> socket.socket:
+def open_packet_socket(address: str, port: int) -> socket.socket:
     """A packet socket (SOCK_RAW, PACKET_VNET_HDR: Linux >= 3.2) that reads the VXLAN frames
-    arriving on ``ifname`` for ``address``:``port`` with a virtio-net header: what the kernel
-    knows of their checksums (a kernel peer across a virtual link leaves inner checksums
-    unfinished, a UDP socket cannot tell) and its tunnel super-packets whole. Created with
-    protocol 0 and filtered before it is bound, so no other frame is ever queued to it."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    for ``address``:``port`` arriving on any interface (a multi-homed host may receive them on
+    another one than its --iface), each with a virtio-net header: what the kernel knows of
+    their checksums (a kernel peer across a virtual link leaves inner checksums unfinished, a
+    UDP socket cannot tell) and its tunnel super-packets whole. What was queued before the
+    header and the filter were set is read away."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
     try:
         sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
         _attach_filter(sock, vxlan_frame_filter(address, port))
@@ -242,7 +249,11 @@ def open_packet_socket(ifname: str, address: str, port: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
-        sock.bind((ifname, ETH_P_IP))
+        while True:
+            try:
+                sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
+            except BlockingIOError:
+                break
     except OSError:
         sock.close()
         raise

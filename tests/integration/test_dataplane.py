@@ -109,3 +109,21 @@ def test_kernel_super_packets_arrive_whole(mixed):
     else:
         assert after['vxland_io_total{event="super_writes"}'] > before
     assert after['vxland_drops_total{reason="bad_outer"}'] == 0
+
+
+def test_tunnel_traffic_on_another_interface_is_received(kernel_vxlan):
+    """A multi-homed host: the kernel node reaches vxland's PublicIP over a second link, not
+    the underlay interface vxland runs on. A UDP socket takes such datagrams (weak host model);
+    so must the packet socket, which is bound to every interface."""
+    with Lab(["vxland", "kernel"]) as lab:
+        v, k = lab.hosts
+        sh(["ip", "link", "add", "side0", "netns", v.ns, "type", "veth", "peer", "name", "side0", "netns", k.ns])
+        for host in (v, k):
+            sh(["ip", "link", "set", "side0", "up"], ns=host.ns)
+        sh(["ip", "route", "replace", f"{v.public_ip}/32", "dev", "side0", "src", k.public_ip], ns=k.ns)
+        before = lab.metrics(v)['vxland_packets_total{direction="rx"}']
+        proc = lab.ping(k, v, count=3, interval=0.1)
+        assert proc.returncode == 0 and "3 received" in proc.stdout, proc.stdout
+        sent, received = transfer(lab, k, v, 5 * MB, seed=11)
+        assert received == sent
+        assert lab.metrics(v)['vxland_packets_total{direction="rx"}'] > before

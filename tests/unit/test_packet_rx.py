@@ -91,3 +91,11 @@ def test_a_super_packet_is_taken_whole():
     struct.pack_into("!H", data, 14 + 20 + 4, 0)  # the UDP length of a super-packet is not checked
     v, _, off, length = _fastpath.frame_outer(bytes(data), NEEDS_CSUM, 1)
     assert v == DropReason.OK and length == len(data) - off
+
+
+def test_frames_of_an_l3_device_have_no_link_header():
+    """WireGuard or a TUN as the underlay: the frame starts at the IP header."""
+    data = bytes(frame()[14:])
+    v, sender, off, length = _fastpath.frame_outer(data, link_len=0)
+    assert (v, sender, off, length) == (DropReason.OK, "198.18.0.2", 20 + 8, len(PAYLOAD))
+    assert _fastpath.frame_outer(bytes(frame()), link_len=0)[0] == DropReason.BAD_OUTER  # Ethernet read as IP

@@ -68,10 +68,10 @@ class VxlanBackend(TunnelBackend):
         if ctx.opts.underlay_rx != "auto":
             return None
         try:
-            packet_sock = open_packet_socket(ctx.iface.name, sock.getsockname()[0], port)
+            packet_sock = open_packet_socket(sock.getsockname()[0], port)
         except OSError as exc:
-            log.warning("receiving from the UDP socket: no packet socket on %s (%s); kernel vxlan peers across "
-                        "virtual links then need 'ethtool -K flannel.<VNI> tx off'", ctx.iface.name, exc.strerror)
+            log.warning("receiving from the UDP socket: no packet socket (%s); kernel vxlan peers across virtual "
+                        "links then need 'ethtool -K flannel.<VNI> tx off'", exc.strerror)
             return None
         ctx.cleanups.append(packet_sock.close)
         self.offloads.append("packet-rx")
