@@ -64,6 +64,7 @@ cdef extern from "vxengine.h" nogil:
         VX_MAX_PACKET
         VX_MAX_SEGS
         VX_SCATTER_MAX_IOV
+        VX_TX_SOCKS_MAX
     ctypedef struct vx_core:
         uint8_t strict_source
         uint32_t peer_count
@@ -86,6 +87,9 @@ cdef extern from "vxengine.h" nogil:
     ctypedef struct vx_io:
         vx_core *core
         int tun_fd, udp_fd, stop_fd, pkt_fd
+        int n_tx_socks
+        int tx_socks[32]
+        uint16_t tx_ports[32]
         int vnet, udp_gso, udp_gro, tun_uso
         int gso_disabled
         int capture
@@ -264,11 +268,18 @@ cdef class Engine(Codec):
             vx_cap_free(&self.rings[1])
 
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
-               bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1):
+               bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=()):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
         self.io.pkt_fd = pkt_fd  # >= 0: receive frames with their checksum state (vx_rx_packet.c)
+        # (fd, port) of each source-port socket: a flow's datagrams leave by one of them (vx_tx.c)
+        if len(tx_socks) > VX_TX_SOCKS_MAX:
+            raise ValueError(f"at most {VX_TX_SOCKS_MAX} source-port sockets")
+        self.io.n_tx_socks = len(tx_socks)
+        for i, (fd, port) in enumerate(tx_socks):
+            self.io.tx_socks[i] = fd
+            self.io.tx_ports[i] = port
         self.io.stop_fd = stop_fd
         self.io.vnet = vnet
         self.io.udp_gso = udp_gso

@@ -16,11 +16,14 @@ typedef struct {
     int n, niov;
     struct iovec iov[2 * TXQ];
     int iov_at[TXQ], iov_cnt[TXQ], len[TXQ], inner[TXQ];
+    uint8_t sock[TXQ];              /* which of the source-port sockets sends it (its flow's) */
+    uint32_t socks_used;            /* bit s: some datagram goes by socket s */
     struct sockaddr_in addr[TXQ];
+    int ord[TXQ];                   /* the send order: grouped by socket, queue order within one */
     /* one sendmmsg entry per run of equal-size datagrams to one peer (UDP GSO) */
     struct mmsghdr runs[TXQ];
     struct iovec merged[2 * TXQ];   /* the runs' iovecs, neighbours in memory joined */
-    int run_first[TXQ], run_cnt[TXQ];
+    int run_first[TXQ], run_cnt[TXQ];   /* positions in ord */
     char run_ctl[TXQ][CMSG_SPACE(sizeof(uint16_t))];
 } tx_queue;
 
@@ -28,37 +31,40 @@ static int same_dst(const struct sockaddr_in *a, const struct sockaddr_in *b) {
     return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
 }
 
-/* Messages for the queue from datagram ``from`` on: with ``gso``, runs of up to 64 equal-size
+/* Messages for positions [from, end) of q->ord: with ``gso``, runs of up to 64 equal-size
  * datagrams to one peer (the last may be shorter) become one UDP_SEGMENT message. Returns
  * the number of messages in q->runs. */
-static int tx_build_runs(tx_queue *q, int from, int gso) {
+static int tx_build_runs(tx_queue *q, int from, int end, int gso) {
     int nr = 0, nm = 0;
-    for (int i = from; i < q->n;) {
-        int first = i, seg = q->len[i];
+    const int *o = q->ord;
+    for (int p = from; p < end;) {
+        int first = p, seg = q->len[o[p]];
         size_t total = (size_t)seg;
-        i++;
-        while (gso && i < q->n && i - first < GSO_MAX_DGRAMS && same_dst(&q->addr[first], &q->addr[i]) &&
-               q->len[i] <= seg && total + (size_t)q->len[i] <= GSO_MAX_BYTES) {
-            total += (size_t)q->len[i];
-            if (q->len[i++] < seg) break;  /* a shorter datagram ends a run */
+        p++;
+        while (gso && p < end && p - first < GSO_MAX_DGRAMS && same_dst(&q->addr[o[first]], &q->addr[o[p]]) &&
+               q->len[o[p]] <= seg && total + (size_t)q->len[o[p]] <= GSO_MAX_BYTES) {
+            total += (size_t)q->len[o[p]];
+            if (q->len[o[p++]] < seg) break;  /* a shorter datagram ends a run */
         }
         struct msghdr *m = &q->runs[nr].msg_hdr;
         memset(m, 0, sizeof *m);
-        m->msg_name = &q->addr[first];
-        m->msg_namelen = sizeof q->addr[first];
+        m->msg_name = &q->addr[o[first]];
+        m->msg_namelen = sizeof q->addr[o[first]];
         /* datagrams split in place lie back to back: one iovec for the whole run */
         struct iovec *mi = &q->merged[nm];
         int cnt = 0;
-        for (int j = q->iov_at[first]; j < q->iov_at[i - 1] + q->iov_cnt[i - 1]; j++) {
-            if (cnt && (uint8_t *)mi[cnt - 1].iov_base + mi[cnt - 1].iov_len == (uint8_t *)q->iov[j].iov_base)
-                mi[cnt - 1].iov_len += q->iov[j].iov_len;
-            else
-                mi[cnt++] = q->iov[j];
+        for (int r = first; r < p; r++) {
+            for (int j = q->iov_at[o[r]]; j < q->iov_at[o[r]] + q->iov_cnt[o[r]]; j++) {
+                if (cnt && (uint8_t *)mi[cnt - 1].iov_base + mi[cnt - 1].iov_len == (uint8_t *)q->iov[j].iov_base)
+                    mi[cnt - 1].iov_len += q->iov[j].iov_len;
+                else
+                    mi[cnt++] = q->iov[j];
+            }
         }
         nm += cnt;
         m->msg_iov = mi;
         m->msg_iovlen = (size_t)cnt;
-        if (i - first > 1) {
+        if (p - first > 1) {
             m->msg_control = q->run_ctl[nr];
             m->msg_controllen = sizeof q->run_ctl[nr];
             struct cmsghdr *cm = CMSG_FIRSTHDR(m);
@@ -69,20 +75,20 @@ static int tx_build_runs(tx_queue *q, int from, int gso) {
             memcpy(CMSG_DATA(cm), &size, sizeof size);
         }
         q->run_first[nr] = first;
-        q->run_cnt[nr] = i - first;
+        q->run_cnt[nr] = p - first;
         nr++;
     }
     return nr;
 }
 
-/* sendmmsg the nr messages, counting what went. EIO on a GSO message means the egress
- * device cannot checksum: GSO is switched off for good and the datagram to resend from is
+/* sendmmsg the nr messages on fd, counting what went. EIO on a GSO message means the egress
+ * device cannot checksum: GSO is switched off for good and the position to resend from is
  * returned; -1 when all went (or were dropped and counted). */
-static int tx_send_runs(vx_io *io, tx_queue *q, int nr) {
+static int tx_send_runs(vx_io *io, tx_queue *q, int nr, int fd) {
     vx_core *c = io->core;
     int done = 0;
     while (done < nr) {
-        int r = sendmmsg(io->udp_fd, q->runs + done, (unsigned)(nr - done), 0);
+        int r = sendmmsg(fd, q->runs + done, (unsigned)(nr - done), 0);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno == EIO && q->run_cnt[done] > 1) {
@@ -94,7 +100,7 @@ static int tx_send_runs(vx_io *io, tx_queue *q, int nr) {
             continue;
         }
         for (int k = done; k < done + r; k++) {
-            for (int j = q->run_first[k]; j < q->run_first[k] + q->run_cnt[k]; j++) c->tx_bytes += q->inner[j];
+            for (int p = q->run_first[k]; p < q->run_first[k] + q->run_cnt[k]; p++) c->tx_bytes += q->inner[q->ord[p]];
             c->tx_packets += q->run_cnt[k];
             if (q->run_cnt[k] > 1) c->gso_sends++;
         }
@@ -104,19 +110,38 @@ static int tx_send_runs(vx_io *io, tx_queue *q, int nr) {
     return -1;
 }
 
-/* Send everything queued in as few system calls as possible: all messages in one sendmmsg. */
+/* Send positions [from, end) of q->ord on fd in as few system calls as possible. */
+static void tx_send_group(vx_io *io, tx_queue *q, int from, int end, int fd) {
+    while (from < end) {
+        int restart = tx_send_runs(io, q, tx_build_runs(q, from, end, io->udp_gso && !io->gso_disabled), fd);
+        from = restart >= 0 ? restart : end;
+    }
+}
+
+/* Send everything queued: one group per source-port socket (a flow's datagrams stay in order
+ * on its socket), each in one sendmmsg where it can. */
 static void tx_flush(vx_io *io, tx_queue *q) {
-    int from = 0;
-    while (from < q->n) {
-        int restart = tx_send_runs(io, q, tx_build_runs(q, from, io->udp_gso && !io->gso_disabled));
-        from = restart >= 0 ? restart : q->n;
+    if (io->n_tx_socks <= 1 || !(q->socks_used & (q->socks_used - 1))) {  /* one socket in use */
+        for (int i = 0; i < q->n; i++) q->ord[i] = i;
+        int s = io->n_tx_socks > 1 && q->socks_used ? __builtin_ctz(q->socks_used) : 0;
+        tx_send_group(io, q, 0, q->n, io->n_tx_socks > 1 ? io->tx_socks[s] : io->udp_fd);
+    } else {
+        int at = 0;
+        for (int s = 0; s < io->n_tx_socks; s++) {
+            if (!(q->socks_used & (1u << s))) continue;
+            int from = at;
+            for (int i = 0; i < q->n; i++)
+                if (q->sock[i] == s) q->ord[at++] = i;
+            tx_send_group(io, q, from, at, io->tx_socks[s]);
+        }
     }
     q->n = 0;
     q->niov = 0;
+    q->socks_used = 0;
 }
 
 static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, int blen,
-                         const struct sockaddr_in *dst, int inner) {
+                         const struct sockaddr_in *dst, int inner, int sock) {
     int i = q->n++;
     q->iov_at[i] = q->niov;
     q->iov_cnt[i] = blen ? 2 : 1;
@@ -129,6 +154,25 @@ static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, in
     q->len[i] = alen + blen;
     q->inner[i] = inner;
     q->addr[i] = *dst;
+    q->sock[i] = (uint8_t)sock;
+    q->socks_used |= 1u << sock;
+}
+
+/* Which source-port socket carries this inner packet: a hash of its flow (addresses,
+ * protocol, and the ports unless it is a fragment), as the kernel's udp_flow_src_port spreads
+ * flows over source ports for ECMP and the receivers' RSS (RFC 7348 section 5). */
+static int flow_socket(const vx_io *io, const uint8_t *pkt, int len) {
+    if (io->n_tx_socks <= 1 || len < 20 || (pkt[0] >> 4) != 4) return 0;
+    uint32_t h = ((uint32_t)pkt[12] << 24 | (uint32_t)pkt[13] << 16 | (uint32_t)pkt[14] << 8 | pkt[15]) * 0x9E3779B1u;
+    h ^= ((uint32_t)pkt[16] << 24 | (uint32_t)pkt[17] << 16 | (uint32_t)pkt[18] << 8 | pkt[19]) + pkt[9];
+    int ihl = (pkt[0] & 0x0F) * 4;
+    if ((pkt[9] == 6 || pkt[9] == 17) && !(((pkt[6] & 0x1F) | pkt[7])) && len >= ihl + 4)
+        h ^= ((uint32_t)pkt[ihl] << 24 | (uint32_t)pkt[ihl + 1] << 16 | (uint32_t)pkt[ihl + 2] << 8 | pkt[ihl + 3]) *
+             0x85EBCA6Bu;
+    h ^= h >> 16;
+    h *= 0x7FEB352Du;
+    h ^= h >> 15;
+    return (int)(h % (uint32_t)io->n_tx_socks);
 }
 
 /* The overlay capture record of a super-packet read scattered: its pieces, without the vnet header. */
@@ -226,10 +270,12 @@ static int tx_plain(tx_loop *t, tx_read *rd) {
     }
     if (v) { c->drops[v]++; return 0; }
     if (t->q->n == TXQ) tx_flush(io, t->q), t->hdr_used = 0;
-    tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len);
+    int sock = flow_socket(io, pkt, len);
+    tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len, sock);
     if (t->cap) {
         struct iovec one = {buf, (size_t)(VX_HEADROOM + len)};
-        vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, io->local_port, dst.sin_addr.s_addr,
+        vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip,
+                   io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port, dst.sin_addr.s_addr,
                    ntohs(dst.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
     }
     return 1;
@@ -241,6 +287,8 @@ static void tx_queue_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in 
                               int inplace) {
     vx_io *io = t->io;
     uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
+    int sock = flow_socket(io, pkt, rd->len);  /* every segment is of one flow */
+    uint16_t sport = io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
     if (!inplace) memcpy(t->hdrs + t->hdr_used, buf, VX_HEADROOM);
     uint8_t *h0 = inplace ? buf : t->hdrs + t->hdr_used;
     for (int k = 0; k < nseg; k++) {
@@ -249,13 +297,13 @@ static void tx_queue_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in 
         int seg = t->seg_lens[k], chunk = seg - hdr;
         const uint8_t *body = pkt + hdr + (size_t)k * rd->vh.gso_size;
         if (inplace)  /* headers and payload are one piece */
-            tx_queue_add(t->q, h, VX_HEADROOM + seg, NULL, 0, dst, seg);
+            tx_queue_add(t->q, h, VX_HEADROOM + seg, NULL, 0, dst, seg, sock);
         else
-            tx_queue_add(t->q, h, VX_HEADROOM + hdr, body, chunk, dst, seg);
+            tx_queue_add(t->q, h, VX_HEADROOM + hdr, body, chunk, dst, seg, sock);
         if (t->cap) {
             struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)}, {(void *)body, (size_t)chunk}};
             if (inplace) two[1].iov_base = h + VX_HEADROOM + hdr;
-            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, io->local_port, dst->sin_addr.s_addr,
+            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, sport, dst->sin_addr.s_addr,
                        ntohs(dst->sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg));
         }
     }

@@ -25,6 +25,7 @@
 #define VX_MAX_PACKET 65535
 #define VX_MAX_SEGS 256       /* segments of one split super-packet */
 #define VX_GSO_MAX_HDR 120    /* IPv4 header with options + TCP header with options */
+#define VX_TX_SOCKS_MAX 32    /* source-port sockets (--outer-source-ports) */
 #define VX_SCATTER_MAX_IOV (VX_MAX_PACKET / 256 + 2)   /* an MSS below 256: a plain read */
 
 /* Verdicts; the numbers are vxlan.wire.DropReason's. */
@@ -190,6 +191,9 @@ typedef struct {
     vx_core *core;
     int tun_fd, udp_fd, stop_fd;
     int pkt_fd;                 /* >= 0: receive from this packet socket (PACKET_VNET_HDR) instead of udp_fd */
+    int n_tx_socks;             /* > 1: send each flow by one of these sockets, bound to source ports of their own */
+    int tx_socks[VX_TX_SOCKS_MAX];
+    uint16_t tx_ports[VX_TX_SOCKS_MAX];  /* their ports, host order (capture records) */
     int vnet, udp_gso, udp_gro, tun_uso;
     volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
     volatile int capture;       /* read once per batch; rings must be set before it is 1 */

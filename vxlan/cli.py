@@ -227,6 +227,11 @@ def _add_vxland_flags(extra) -> None:
                        help="TUN device name (default flannel.<VNI>)")
     extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
+    extra.add_argument("--outer-source-ports", type=int, metavar="N",
+                       default=_env("outer-source-ports", "8") or "8",
+                       help="send each inner flow from one of N UDP source ports (the kernel's ephemeral range), "
+                            "picked by a hash of the flow, as a kernel vxlan device spreads flows for ECMP and "
+                            "RSS; 1: every flow from the bound port (default 8, at most 32)")
     extra.add_argument("--underlay-rx", type=_one_of("auto", "udp"), metavar="{auto,udp}",
                        default=_env("underlay-rx", "auto") or "auto",
                        help="auto (default): receive tunnel traffic from a packet socket that tells which checksums "
@@ -369,7 +374,8 @@ def _flag_problem(args: argparse.Namespace) -> str | None:
     checks = [(64 <= args.capture_snaplen <= 65535, f"--capture-snaplen {args.capture_snaplen}: must be 64..65535"),
               (-20 <= args.engine_nice <= 19, f"--engine-nice {args.engine_nice}: must be -20..19"),
               (args.trace_rate >= 1, f"--trace-rate {args.trace_rate}: must be 1 or more"),
-              (args.capture_count >= 0, f"--capture-count {args.capture_count}: must be 0 or more")]
+              (args.capture_count >= 0, f"--capture-count {args.capture_count}: must be 0 or more"),
+              (1 <= args.outer_source_ports <= 32, f"--outer-source-ports {args.outer_source_ports}: must be 1..32")]
     for ok, problem in checks:
         if not ok:
             return problem
@@ -394,6 +400,7 @@ def daemon_options(args: argparse.Namespace):
                    blackhole_route=args.ip_blackhole_route,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                    offload=not args.no_offload, underlay_rx=args.underlay_rx, engine_nice=args.engine_nice,
+                   outer_source_ports=args.outer_source_ports,
                    strict_source=args.strict_source,
                    capture=args.capture, capture_filter=args.capture_filter,
                    capture_count=args.capture_count, capture_max_bytes=args.capture_max_bytes,

@@ -325,14 +325,15 @@ class ThreadedDataPlane:
 
     def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
                  udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE,
-                 packet_sock: socket.socket | None = None) -> None:
+                 packet_sock: socket.socket | None = None, tx_socks: list[socket.socket] = ()) -> None:
         self.engine = engine
         self.sock = sock
         self.engine_nice = engine_nice
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
         engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port,
-                      packet_sock.fileno() if packet_sock is not None else -1)
+                      packet_sock.fileno() if packet_sock is not None else -1,
+                      [(s.fileno(), s.getsockname()[1]) for s in tx_socks])
         self._threads: list[threading.Thread] = []
         self._stopping = False
         # called (on the event loop) with the reason when an engine loop ends by itself

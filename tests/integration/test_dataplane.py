@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 
 import pytest
 
@@ -127,3 +129,21 @@ def test_tunnel_traffic_on_another_interface_is_received(kernel_vxlan):
         sent, received = transfer(lab, k, v, 5 * MB, seed=11)
         assert received == sent
         assert lab.metrics(v)['vxland_packets_total{direction="rx"}'] > before
+
+
+def test_flows_leave_from_several_source_ports(kernel_vxlan):
+    """--outer-source-ports (8 by default): each inner flow leaves from one port picked by its
+    hash, as a kernel vxlan device does for ECMP and RSS; every flow arrives intact."""
+    with Lab(["vxland", "kernel"]) as lab:
+        v, k = lab.hosts
+        dump = lab.popen(k.ns, ["tcpdump", "-l", "-nn", "-c", "2000", "-i", "eth0",
+                                f"src host {v.public_ip} and udp dst port {lab.port}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            time.sleep(1)
+            lab.iperf3(v, k, 2, "-P", "8")
+        finally:
+            dump.terminate()
+        ports = {line.split(" > ")[0].rsplit(".", 1)[1] for line in dump.stdout.read().splitlines() if " > " in line}
+        assert len(ports) >= 3, ports  # 8 flows over 8 ports: 3 or more unless the hash is broken
+        assert str(lab.port) not in ports

@@ -14,7 +14,14 @@ from vxlan import netconf, wire
 from vxlan.backends import TUNNEL, Context, StartupError
 from vxlan.backends.tunnel import TunnelBackend
 from vxlan.capture import CaptureHub, FileSink, Filter, TraceSink
-from vxlan.dataplane import DataPlane, ThreadedDataPlane, open_packet_socket, probe_udp_offloads, stop_receiving
+from vxlan.dataplane import (
+    DataPlane,
+    ThreadedDataPlane,
+    open_packet_socket,
+    open_udp_socket,
+    probe_udp_offloads,
+    stop_receiving,
+)
 from vxlan.lease import Lease
 from vxlan.routes import PeerRoutes
 from vxlan.tun import Tun
@@ -49,7 +56,7 @@ class VxlanBackend(TunnelBackend):
             packet_sock = self._open_packet_socket(ctx, sock, backend.port)
             self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
                                             "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
-                                            packet_sock))
+                                            packet_sock, self._open_source_port_sockets(ctx, sock)))
             if packet_sock is not None:
                 stop_receiving(sock)  # the packet socket reads what it would
             self.hub = CaptureHub(self.codec, opts.capture_snaplen)
@@ -59,6 +66,25 @@ class VxlanBackend(TunnelBackend):
         if backend.direct_routing:
             self.routes = PeerRoutes()
         self._start_capture(ctx)
+
+    def _open_source_port_sockets(self, ctx: Context, sock) -> list:
+        """--outer-source-ports N > 1: N sending sockets on ports of the kernel's ephemeral range
+        (bound to port 0, as udp_flow_src_port picks from ip_local_port_range); they never
+        receive (the tunnel port does)."""
+        sockets = []
+        for _ in range(ctx.opts.outer_source_ports if ctx.opts.outer_source_ports > 1 else 0):
+            try:
+                extra = open_udp_socket(sock.getsockname()[0], 0)
+            except OSError as exc:
+                log.warning("every flow leaves from port %d: no source-port socket (%s)", sock.getsockname()[1],
+                            exc.strerror)
+                for opened in sockets:
+                    opened.close()
+                return []
+            stop_receiving(extra)
+            ctx.cleanups.append(extra.close)
+            sockets.append(extra)
+        return sockets
 
     def _open_packet_socket(self, ctx: Context, sock, port: int):
         """--underlay-rx auto: receive from a packet socket (vxlan.dataplane.open_packet_socket),
