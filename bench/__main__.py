@@ -10,8 +10,8 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
   advice; it also takes the node's TSO away)
 - ``kernel-vxland-udp``: that, and vxland receiving from its UDP socket (``--underlay-rx udp``):
   the data path before the packet socket, for A/B
-- ``vxland-1port``: vxland <-> vxland with every flow from the bound port (``--outer-source-ports 1``;
-  compare with ``vxland``, whose flows leave from 8 ports)
+- ``vxland-8ports``: vxland <-> vxland with each flow from one of 8 source ports
+  (``--outer-source-ports 8``; compare with ``vxland``, whose flows all leave from the bound port)
 - ``pure``: vxland <-> vxland with the pure-Python reference data plane
 - ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
 - ``nohook``: vxland <-> vxland built with the capture hook compiled out (what the hook costs
@@ -58,7 +58,7 @@ SCENARIOS = {
     "kernel-vxland": (["vxland", "kernel"], 1, 0, False),
     "kernel-vxland-txoff": (["vxland", "kernel"], 1, 0, False),
     "kernel-vxland-udp": (["vxland", "kernel"], 1, 0, False),
-    "vxland-1port": (["vxland", "vxland"], 0, 1, False),
+    "vxland-8ports": (["vxland", "vxland"], 0, 1, False),
     "pure": (["vxland", "vxland"], 0, 1, True),
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
     "nohook": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland built without the capture hook
@@ -68,7 +68,7 @@ SCENARIOS = {
 LAB_OPTIONS: dict[str, dict] = {
     "kernel-vxland-txoff": {"kernel_tx_off": True},
     "kernel-vxland-udp": {"kernel_tx_off": True, "env": {"FLANNELD_UNDERLAY_RX": "udp"}},
-    "vxland-1port": {"env": {"FLANNELD_OUTER_SOURCE_PORTS": "1"}},
+    "vxland-8ports": {"env": {"FLANNELD_OUTER_SOURCE_PORTS": "8"}},
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb", "udp64_daemon_cpu_us_per_pkt"]

@@ -26,7 +26,7 @@ class Options:
     iptables_forward_rules: bool = True
     blackhole_route: bool = False
     offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
-    outer_source_ports: int = 8  # --outer-source-ports: sockets a flow's datagrams are spread over by hash
+    outer_source_ports: int = 1  # --outer-source-ports: sockets the flows are spread over by hash (1: the bound one)
     underlay_rx: str = "auto"  # --underlay-rx: auto (a packet socket when the TUN takes offloads) or udp
     engine_nice: int = ENGINE_NICE  # nice value of the compiled engine's two threads
     strict_source: bool = False  # drop decapsulated packets whose source is not the sender's subnet

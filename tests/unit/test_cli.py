@@ -51,6 +51,9 @@ def test_bad_etcd_flags(args, rc, text):
     (["--bogus"], "unrecognized arguments"),
     (["--engine-nice", "-21"], "--engine-nice -21: must be -20..19"),
     (["--engine-nice", "x"], "invalid int value"),
+    (["--outer-source-ports", "0"], "--outer-source-ports 0: must be 1..32"),
+    (["--outer-source-ports", "33"], "--outer-source-ports 33: must be 1..32"),
+    (["--underlay-rx", "raw"], "--underlay-rx"),
 ])
 def test_bad_flags(args, text):
     proc = vxland(*args)
