@@ -158,7 +158,7 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
 /* A packet-socket frame's verdict; on VX_OK, *out is the inner packet to write. A partial
  * inner checksum is finished here, unless the packet is a super-packet: that goes to the TUN
  * whole, its checksum left partial as the kernel would leave it (the vnet header says where). */
-static int rx_frame_verdict(rx_loop *l, rx_ctx *rc, uint8_t *base, int len, int link_len, pkt_ref *out) {
+static int rx_frame_verdict(rx_ctx *rc, uint8_t *base, int len, int link_len, pkt_ref *out) {
     vx_io *io = rc->io;
     vx_core *c = io->core;
     struct vx_vnet_hdr vh;
@@ -199,7 +199,6 @@ static int rx_frame_verdict(rx_loop *l, rx_ctx *rc, uint8_t *base, int len, int 
     } else if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && cs >= 20) {  /* (below 20: the outer UDP one) */
         if (vx_finish_csum(out->p, inner, cs, vh.csum_offset)) return VX_BAD_OUTER;
     }
-    (void)l;
     return VX_OK;
 }
 
@@ -262,7 +261,7 @@ static void rx_check_frame(rx_loop *l, rx_ctx *rc, int i, int *nout) {
     out->super = 0;
     int v = l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC || link_len < 0
                 ? VX_BAD_OUTER
-                : rx_frame_verdict(l, rc, base, len, link_len, out);
+                : rx_frame_verdict(rc, base, len, link_len, out);
     if (v == VX_NOT_OURS) return;  /* the filter's job; only frames queued before it was attached */
     c->udp_received += (uint64_t)out->segs;
     if (v) { c->drops[v] += (uint64_t)out->segs; return; }
