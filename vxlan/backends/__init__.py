@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from vxlan.health import MetricsSource
     from vxlan.netconf import Iface
     from vxlan.options import Options
+    from vxlan.routes import PeerRoutes
 
 
 class StartupError(RuntimeError):
@@ -129,6 +130,24 @@ async def apply_events(backend: Backend, events: list[PeerEvent]) -> None:
         (log.warning if skipped else log.info)(
             "peer table: %d added, %d removed, %d leases ignored (other backends or prefix lengths); one line "
             "each with -v", added, removed, skipped)
+
+
+async def route_peer(routes: PeerRoutes, lease: Lease) -> str:
+    """A peer reached by a route (host-gw, DirectRouting): ROUTE, or FAILED with the reason logged."""
+    from vxlan import netconf
+
+    try:
+        await asyncio.to_thread(routes.add, lease.subnet, lease.public_ip)
+    except netconf.NetconfError as exc:
+        log.error("peer %s: %s", lease.subnet, exc)
+        return FAILED
+    return ROUTE
+
+
+async def unroute_peer(routes: PeerRoutes | None, lease: Lease) -> None:
+    """Remove the peer's route, if it has one."""
+    if routes is not None and lease.subnet in routes:
+        await asyncio.to_thread(routes.remove, lease.subnet)
 
 
 def peer_report(backend: Backend, peers: Iterable[Lease]) -> list[dict]:

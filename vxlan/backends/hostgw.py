@@ -3,12 +3,10 @@ route per peer via its PublicIP on the underlay interface, re-added every 10 s i
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 
-from vxlan import netconf
-from vxlan.backends import FAILED, ROUTE, Context, StartupError, Task
+from vxlan.backends import ROUTE, Context, StartupError, Task, route_peer, unroute_peer
 from vxlan.lease import Lease
 from vxlan.routes import PeerRoutes, check_forever
 
@@ -43,17 +41,10 @@ class HostGwBackend:
 
     async def add_peer(self, lease: Lease) -> str:
         assert self.routes is not None
-        try:
-            await asyncio.to_thread(self.routes.add, lease.subnet, lease.public_ip)
-        except netconf.NetconfError as exc:
-            log.error("peer %s: %s", lease.subnet, exc)
-            return FAILED
-        return ROUTE
+        return await route_peer(self.routes, lease)
 
     async def remove_peer(self, lease: Lease) -> None:
-        assert self.routes is not None
-        if lease.subnet in self.routes:
-            await asyncio.to_thread(self.routes.remove, lease.subnet)
+        await unroute_peer(self.routes, lease)
 
     def describe(self, lease: Lease, how: str) -> str:
         return "direct route, no tunnel"

@@ -9,7 +9,7 @@ import ipaddress
 import logging
 
 from vxlan import netconf
-from vxlan.backends import FAILED, ROUTE, TUNNEL, Context, StartupError, Task
+from vxlan.backends import ROUTE, TUNNEL, Context, StartupError, Task, route_peer, unroute_peer
 from vxlan.dataplane import open_udp_socket
 from vxlan.lease import Lease
 from vxlan.routes import PeerRoutes, check_forever
@@ -86,17 +86,11 @@ class TunnelBackend:
         """The peer is reached by a route (DirectRouting), not through the tunnel."""
         assert self.routes is not None
         self.codec.remove_peer(lease.network_address)
-        try:
-            await asyncio.to_thread(self.routes.add, lease.subnet, lease.public_ip)
-        except netconf.NetconfError as exc:
-            log.error("peer %s: %s", lease.subnet, exc)
-            return FAILED
-        return ROUTE
+        return await route_peer(self.routes, lease)
 
     async def remove_peer(self, lease: Lease) -> None:
         self.codec.remove_peer(lease.network_address)
-        if self.routes is not None and lease.subnet in self.routes:
-            await asyncio.to_thread(self.routes.remove, lease.subnet)
+        await unroute_peer(self.routes, lease)
 
     def via(self, subnet: ipaddress.IPv4Network) -> str:
         return ROUTE if self.routes is not None and subnet in self.routes else TUNNEL
