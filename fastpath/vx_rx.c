@@ -19,7 +19,6 @@ typedef struct {
     struct vx_vnet_hdr vh;
 } pkt_ref;
 
-#define VX_NOT_OURS (-1)  /* a frame for another address or port: not counted */
 #define RX_OUT_MAX (RX_MSGS * VX_MAX_SEGS)  /* a batch's forwarded packets: every message a train of up to 256 */
 
 typedef struct {
@@ -155,22 +154,17 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
     }
 }
 
-/* A packet-socket frame's verdict; on VX_OK, *out is the inner packet to write. A partial
+/* A packet-socket frame's verdict, its outer headers checked (f); on VX_OK, *out is the inner
+ * packet to write. A partial
  * inner checksum is finished here, unless the packet is a super-packet: that goes to the TUN
  * whole, its checksum left partial as the kernel would leave it (the vnet header says where). */
-static int rx_frame_verdict(rx_ctx *rc, uint8_t *base, int len, int link_len, pkt_ref *out) {
+static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr *vhp, const vx_frame *fp,
+                            pkt_ref *out) {
     vx_io *io = rc->io;
     vx_core *c = io->core;
-    struct vx_vnet_hdr vh;
-    if (len < VX_VNET_HDR_LEN) return VX_BAD_OUTER;
-    memcpy(&vh, base, VX_VNET_HDR_LEN);
-    uint8_t *frame = base + VX_VNET_HDR_LEN;
-    vx_frame f;
-    int v = vx_frame_outer(frame, len - VX_VNET_HDR_LEN, link_len, &vh, &f);
-    if (v) return v;
-    if (f.dport != io->local_port || f.daddr != io->local_ip) return VX_NOT_OURS;
+    const struct vx_vnet_hdr vh = *vhp;
+    const vx_frame f = *fp;
     int gso = vh.gso_type & ~VX_VNET_GSO_ECN, hdr = 0, inner = 0;
-    out->segs = 1;
     out->super = gso != VX_VNET_GSO_NONE;
     if (gso != VX_VNET_GSO_NONE) {
         hdr = vx_frame_inner_hdr_len(frame, &f);
@@ -181,7 +175,7 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *base, int len, int link_len, pk
         out->segs = (f.vx_len - VX_HEADROOM - hdr + vh.gso_size - 1) / vh.gso_size;
         if (out->segs < 1) out->segs = 1;
     }
-    v = vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, gso ? hdr + vh.gso_size : 0, &inner);
+    int v = vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, gso ? hdr + vh.gso_size : 0, &inner);
     if (rc->cap) {
         struct iovec one = {frame + f.vx_off, (size_t)f.vx_len};
         vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f.saddr, f.sport, io->local_ip, io->local_port, &one, 1,
@@ -240,31 +234,30 @@ static int link_header_len(unsigned short hatype) {
 }
 
 static void rx_check_frame(rx_loop *l, rx_ctx *rc, int i, int *nout) {
-    vx_core *c = rc->io->core;
+    vx_io *io = rc->io;
     if (l->ll[i].sll_pkttype != PACKET_HOST) return;  /* addressed to another host: not ours to take */
-    uint8_t *base = l->bufs + (size_t)i * RX_BUF;
+    uint8_t *base = l->bufs + (size_t)i * RX_BUF, *frame = base + VX_VNET_HDR_LEN;
     int len = (int)l->msgs[i].msg_len, link_len = link_header_len(l->ll[i].sll_hatype);
+    struct vx_vnet_hdr vh;
+    vx_frame f;
+    int v = VX_BAD_OUTER;
     if (!(l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) && len > VX_VNET_HDR_LEN && link_len >= 0) {
-        struct vx_vnet_hdr vh;
-        vx_frame f;
         memcpy(&vh, base, VX_VNET_HDR_LEN);
-        if ((vh.gso_type & ~VX_VNET_GSO_ECN) == VX_VNET_GSO_UDP_L4 &&
-            vx_frame_outer(base + VX_VNET_HDR_LEN, len - VX_VNET_HDR_LEN, link_len, &vh, &f) == VX_OK &&
-            vh.csum_start == f.udp_off && vh.gso_size) {
-            if (f.dport == rc->io->local_port && f.daddr == rc->io->local_ip)
-                rx_check_train(l, rc, base + VX_VNET_HDR_LEN, &f, vh.gso_size, nout);
+        v = vx_frame_outer(frame, len - VX_VNET_HDR_LEN, link_len, &vh, &f);
+        /* the filter's job; only frames queued before it was attached get here */
+        if (v == VX_OK && (f.dport != io->local_port || f.daddr != io->local_ip)) return;
+        if (v == VX_OK && (vh.gso_type & ~VX_VNET_GSO_ECN) == VX_VNET_GSO_UDP_L4 && vh.csum_start == f.udp_off &&
+            vh.gso_size) {
+            rx_check_train(l, rc, frame, &f, vh.gso_size, nout);
             return;
         }
     }
     pkt_ref *out = &l->out[*nout];
     out->segs = 1;
     out->super = 0;
-    int v = l->msgs[i].msg_hdr.msg_flags & MSG_TRUNC || link_len < 0
-                ? VX_BAD_OUTER
-                : rx_frame_verdict(rc, base, len, link_len, out);
-    if (v == VX_NOT_OURS) return;  /* the filter's job; only frames queued before it was attached */
-    c->udp_received += (uint64_t)out->segs;
-    if (v) { c->drops[v] += (uint64_t)out->segs; return; }
+    if (v == VX_OK) v = rx_frame_verdict(rc, frame, &vh, &f, out);
+    io->core->udp_received += (uint64_t)out->segs;
+    if (v) { io->core->drops[v] += (uint64_t)out->segs; return; }
     (*nout)++;
 }
 

@@ -71,19 +71,18 @@ class VxlanBackend(TunnelBackend):
         """--outer-source-ports N > 1: N sending sockets on ports of the kernel's ephemeral range
         (bound to port 0, as udp_flow_src_port picks from ip_local_port_range); they never
         receive (the tunnel port does)."""
-        sockets = []
+        sockets: list = []
         for _ in range(ctx.opts.outer_source_ports if ctx.opts.outer_source_ports > 1 else 0):
             try:
-                extra = open_udp_socket(sock.getsockname()[0], 0)
+                sockets.append(open_udp_socket(sock.getsockname()[0], 0))
+                stop_receiving(sockets[-1])
             except OSError as exc:
                 log.warning("every flow leaves from port %d: no source-port socket (%s)", sock.getsockname()[1],
                             exc.strerror)
                 for opened in sockets:
                     opened.close()
                 return []
-            stop_receiving(extra)
-            ctx.cleanups.append(extra.close)
-            sockets.append(extra)
+        ctx.cleanups.extend(s.close for s in sockets)
         return sockets
 
     def _open_packet_socket(self, ctx: Context, sock, port: int):
