@@ -231,7 +231,7 @@ def _add_vxland_flags(extra) -> None:
                        default=_env("outer-source-ports", "1") or "1",
                        help="send each inner flow from one of N UDP source ports (the kernel's ephemeral range), "
                             "picked by a hash of the flow, as a kernel vxlan device spreads flows for ECMP and "
-                            "RSS (8 is plenty); 1: every flow from the bound port (default 1: on 2 cores N=8 cost "
+                            "RSS (8 is plenty); 1: every flow from the bound port (default 1: on 2 cores N=8 cost 5-"
                             "13 %% of one stream's TCP rate; at most 32)")
     extra.add_argument("--underlay-rx", type=_one_of("auto", "udp"), metavar="{auto,udp}",
                        default=_env("underlay-rx", "auto") or "auto",
