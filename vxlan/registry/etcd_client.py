@@ -138,6 +138,11 @@ class EtcdClient:
                 channel = await self._open()
                 return await fn(channel, self._metadata)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and "lease not found" in (exc.details() or ""):
+                    # A lease granted by a leader that died before the grant was committed is gone
+                    # after the election (etcd's ErrLeaseNotFound on the write that names it):
+                    # transient, as the outage itself; the caller grants a new one and retries.
+                    raise EtcdUnavailable(f"{self.endpoint.url}: {exc.details()} (lost in a leader change?)") from None
                 if exc.code() not in _TRANSIENT:
                     raise EtcdError(f"{self.endpoint.url}: {exc.code().name}: {exc.details()}") from None
                 last = exc

@@ -31,7 +31,7 @@ class EtcdError(RuntimeError):
 
 
 class EtcdUnavailable(EtcdError):
-    """No endpoint could be reached (or it timed out)."""
+    """No endpoint could be reached (or it timed out), or a lease went with a dead leader: worth retrying."""
 
 
 class Compacted(EtcdError):
