@@ -21,7 +21,7 @@ if _differ:
     raise SystemExit("drop reasons differ between vxlan/wire.py and fastpath/vxengine.h: " + "; ".join(_differ))
 
 # the engine, one file per job (fastpath/vxengine.h says which)
-ENGINE = [f"fastpath/vx_{job}.c" for job in ("table", "csum", "offload", "tx", "rx", "rx_packet", "capture")]
+ENGINE = [f"fastpath/vx_{job}.c" for job in ("table", "csum", "offload", "tx", "rx", "rx_packet", "tunnel", "capture")]
 HEADERS = ["fastpath/vxengine.h", "fastpath/vx_internal.h"]
 extensions = [
     Extension("fastpath._fastpath", ["fastpath/_fastpath.pyx", *ENGINE], include_dirs=["fastpath"],

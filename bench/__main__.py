@@ -12,6 +12,10 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
   the data path before the packet socket, for A/B
 - ``vxland-8ports``: vxland <-> vxland with each flow from one of 8 source ports
   (``--outer-source-ports 8``; compare with ``vxland``, whose flows all leave from the bound port)
+- ``vxland-trains``, ``vxland-kernel-trains``: vxland <-> vxland and vxland -> kernel node with
+  ``--tunnel-gso off``: super-packets leave as UDP GSO trains, the path of kernels before 6.17
+  (compare with ``vxland`` and ``vxland-kernel``, whose super-packets leave whole where the
+  kernel has tunnel GSO)
 - ``pure``: vxland <-> vxland with the pure-Python reference data plane
 - ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
 - ``nohook``: vxland <-> vxland built with the capture hook compiled out (what the hook costs
@@ -59,6 +63,8 @@ SCENARIOS = {
     "kernel-vxland-txoff": (["vxland", "kernel"], 1, 0, False),
     "kernel-vxland-udp": (["vxland", "kernel"], 1, 0, False),
     "vxland-8ports": (["vxland", "vxland"], 0, 1, False),
+    "vxland-trains": (["vxland", "vxland"], 0, 1, False),
+    "vxland-kernel-trains": (["vxland", "kernel"], 0, 1, False),
     "pure": (["vxland", "vxland"], 0, 1, True),
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
     "nohook": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland built without the capture hook
@@ -69,6 +75,8 @@ LAB_OPTIONS: dict[str, dict] = {
     "kernel-vxland-txoff": {"kernel_tx_off": True},
     "kernel-vxland-udp": {"kernel_tx_off": True, "env": {"FLANNELD_UNDERLAY_RX": "udp"}},
     "vxland-8ports": {"env": {"FLANNELD_OUTER_SOURCE_PORTS": "8"}},
+    "vxland-trains": {"env": {"FLANNELD_TUNNEL_GSO": "off"}},
+    "vxland-kernel-trains": {"env": {"FLANNELD_TUNNEL_GSO": "off"}},
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb", "udp64_daemon_cpu_us_per_pkt"]

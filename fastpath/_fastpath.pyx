@@ -39,6 +39,7 @@ cdef extern from "sys/uio.h":
 
 cdef extern from "arpa/inet.h" nogil:
     uint16_t ntohs(uint16_t)
+    uint16_t htons(uint16_t)
 
 cdef extern from "vxengine.h" nogil:
     cdef struct vx_vnet_hdr:
@@ -55,6 +56,11 @@ cdef extern from "vx_internal.h" nogil:
         uint16_t sport, dport
         int udp_off, vx_off, vx_len
     int vx_frame_outer(const uint8_t *frame, int flen, int link_len, const vx_vnet_hdr *vh, vx_frame *f)
+    enum:
+        VX_TUNNEL_HDR_LEN
+    int vx_tunnel_header(uint8_t *out, const uint8_t *pkt, int len, const vx_vnet_hdr *vh, const uint8_t *tap_mac,
+                         const uint8_t *src_mac, uint32_t src, uint16_t sport, const sockaddr_in *dst,
+                         uint16_t ip_id, int *hdr_len)
 
 cdef extern from "vxengine.h" nogil:
     enum:
@@ -71,7 +77,7 @@ cdef extern from "vxengine.h" nogil:
         uint64_t drops[32]
         uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes
         uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends
-        uint64_t udp_recvs, gro_trains, tun_writes, coalesced, super_writes
+        uint64_t udp_recvs, gro_trains, tun_writes, coalesced, super_writes, tunnel_sends
         uint64_t tun_received, udp_received
     ctypedef struct vx_gro:
         int active
@@ -95,6 +101,10 @@ cdef extern from "vxengine.h" nogil:
         int capture
         vx_cap_ring *cap_tx
         vx_cap_ring *cap_rx
+        int tap_fd
+        uint8_t tap_mac[6]
+        int tunnel_errno
+        uint16_t tunnel_ip_id
         uint32_t local_ip
         uint16_t local_port
     int vx_cap_init(vx_cap_ring *r, uint32_t snaplen)
@@ -206,7 +216,7 @@ cdef class Codec:
                 "tso_in_place": c.tso_in_place,
                 "udp_sends": c.udp_sends, "gso_sends": c.gso_sends, "udp_recvs": c.udp_recvs,
                 "gro_trains": c.gro_trains, "tun_writes": c.tun_writes, "coalesced": c.coalesced,
-                "super_writes": c.super_writes,
+                "super_writes": c.super_writes, "tunnel_sends": c.tunnel_sends,
                 "tun_received": c.tun_received, "udp_received": c.udp_received}
 
     # -- data plane (the batch API of vxlan.wire.Codec) ------------------------------------
@@ -260,7 +270,7 @@ cdef class Engine(Codec):
     cdef int rings_ready
 
     def __cinit__(self, *args, **kwargs):
-        self.io.tun_fd = self.io.udp_fd = self.io.stop_fd = self.io.pkt_fd = -1  # nothing attached yet
+        self.io.tun_fd = self.io.udp_fd = self.io.stop_fd = self.io.pkt_fd = self.io.tap_fd = -1  # nothing attached
 
     def __dealloc__(self):
         if self.rings_ready:
@@ -268,11 +278,17 @@ cdef class Engine(Codec):
             vx_cap_free(&self.rings[1])
 
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
-               bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=()):
+               bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=(),
+               int tap_fd=-1, bytes tap_mac=b"\0" * 6):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
         self.io.pkt_fd = pkt_fd  # >= 0: receive frames with their checksum state (vx_rx_packet.c)
+        self.io.tap_fd = tap_fd  # >= 0: send super-packets whole as UDP tunnel GSO frames (vx_tunnel.c)
+        if len(tap_mac) != 6:
+            raise ValueError("tap_mac: 6 bytes")
+        memcpy(self.io.tap_mac, <const char*>tap_mac, 6)
+        self.io.tunnel_errno = 0
         # (fd, port) of each source-port socket: a flow's datagrams leave by one of them (vx_tx.c)
         if len(tx_socks) > VX_TX_SOCKS_MAX:
             raise ValueError(f"at most {VX_TX_SOCKS_MAX} source-port sockets")
@@ -309,6 +325,11 @@ cdef class Engine(Codec):
     @property
     def gso_disabled(self):
         return bool(self.io.gso_disabled)
+
+    @property
+    def tunnel_errno(self):
+        """0, or the errno with which the TAP refused a tunnel GSO frame (super-packets are split since)."""
+        return self.io.tunnel_errno
 
     # -- capture ---------------------------------------------------------------------------
     def capture_on(self, int snaplen):
@@ -377,6 +398,33 @@ def frame_outer(bytes frame, int flags=0, int gso_type=0, int link_len=14):
     f.vx_off = f.vx_len = 0
     v = vx_frame_outer(<const uint8_t*>PyBytes_AS_STRING(frame), len(frame), link_len, &vh, &f)
     return v, socket.inet_ntoa((<char*>&f.saddr)[:4]), f.vx_off, f.vx_len
+
+
+def tunnel_header(bytes pkt, int gso_type, int gso_size, int csum_start, int csum_offset, bytes tap_mac,
+                  bytes src_mac, str src, int sport, str dst, int dport, int ip_id=0, int flags=1):
+    """vx_tunnel.c's header of a UDP tunnel GSO frame for the inner super-packet ``pkt``: the
+    header's bytes (virtio-net header, outer Ethernet, IPv4, UDP) and the segment count, or
+    (None, -1) if it cannot go as one frame. For tests."""
+    cdef vx_vnet_hdr vh
+    cdef sockaddr_in d
+    cdef uint8_t out[VX_TUNNEL_HDR_LEN]
+    cdef int hdr = 0
+    if len(tap_mac) != 6 or len(src_mac) != 6:
+        raise ValueError("MAC addresses are 6 bytes")
+    vh.flags = flags
+    vh.gso_type = gso_type
+    vh.hdr_len = 0
+    vh.gso_size = gso_size
+    vh.csum_start = csum_start
+    vh.csum_offset = csum_offset
+    d.sin_addr.s_addr = _ip_net(dst)
+    d.sin_port = htons(dport)
+    n = vx_tunnel_header(out, <const uint8_t*>PyBytes_AS_STRING(pkt), len(pkt), &vh,
+                         <const uint8_t*>PyBytes_AS_STRING(tap_mac), <const uint8_t*>PyBytes_AS_STRING(src_mac),
+                         _ip_net(src), sport, &d, ip_id, &hdr)
+    if n < 1:
+        return None, -1
+    return (<char*>out)[:VX_TUNNEL_HDR_LEN], n
 
 
 def checksum(data, bint portable=False) -> int:

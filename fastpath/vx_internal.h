@@ -38,6 +38,13 @@ void vx_ipv4_header_csum(uint8_t *iph, int ihl);
 /* vx_offload.c: segments a super-packet splits into, and its header length (-1: cannot) */
 int vx_gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hdr_len);
 
+/* vx_tunnel.c: a UDP tunnel GSO frame's header (virtio-net header, outer Ethernet, IPv4, UDP) */
+#define VX_TUNNEL_VNET_LEN 24
+#define VX_TUNNEL_HDR_LEN (VX_TUNNEL_VNET_LEN + 14 + 20 + 8)
+int vx_tunnel_header(uint8_t *out, const uint8_t *pkt, int len, const struct vx_vnet_hdr *vh, const uint8_t tap_mac[6],
+                     const uint8_t src_mac[6], uint32_t src, uint16_t sport, const struct sockaddr_in *dst,
+                     uint16_t ip_id, int *hdr_len);
+
 /* vx_rx_packet.c: a frame read from the packet socket, after its virtio-net header */
 typedef struct {
     uint32_t saddr, daddr;      /* outer source and destination, network order */

@@ -321,6 +321,61 @@ static __attribute__((noinline)) void capture_super_out(tx_loop *t, tx_read *rd,
     vx_cap_put(t->cap, VX_CAP_OVERLAY, VX_CAP_OUT, verdict, 0, 0, 0, 0, view, nv, (uint32_t)rd->len);
 }
 
+/* The underlay records of a super-packet sent whole: the datagrams the wire carries once the
+ * kernel (or the NIC) has cut it, as the split path would have sent them, built for the
+ * capture alone (headers in the arena, which nothing queued uses now; payloads where they lie). */
+static __attribute__((noinline)) void capture_tunnel_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in *dst,
+                                                              uint16_t sport) {
+    uint8_t *pkt = rd->buf + VX_HEADROOM;
+    int stride = 0, hdr = 0;
+    int nseg = vx_gso_headers(pkt, rd->len, rd->vh.gso_size, t->hdrs, HDR_ARENA, t->seg_lens, VX_MAX_SEGS, &stride,
+                              &hdr);
+    for (int k = 0; k < nseg; k++) {
+        uint8_t *h = t->hdrs + (size_t)k * stride;
+        memcpy(h, rd->buf, VX_HEADROOM);
+        struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)},
+                               {pkt + hdr + (size_t)k * rd->vh.gso_size, (size_t)(t->seg_lens[k] - hdr)}};
+        vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, t->io->local_ip, sport, dst->sin_addr.s_addr,
+                   ntohs(dst->sin_port), two, 2, (uint32_t)(VX_HEADROOM + t->seg_lens[k]));
+    }
+}
+
+/* A super-packet sent whole: one UDP tunnel GSO frame written into the TAP (vx_tunnel.c), the
+ * kernel routes it out and cuts it only if the egress device cannot carry it. 1: sent (or
+ * dropped and counted), the slot is free again (the write copied it); 0: it cannot go so,
+ * split it. What was queued is sent first, so that a flow's packets stay in order. */
+static int tx_tunnel(tx_loop *t, tx_read *rd, const struct sockaddr_in *dst) {
+    vx_io *io = t->io;
+    vx_core *c = io->core;
+    uint8_t *pkt = rd->buf + VX_HEADROOM;
+    int sock = flow_socket(io, pkt, rd->len);
+    uint16_t sport = io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
+    uint8_t hdr[VX_TUNNEL_HDR_LEN];
+    int seg_hdr = 0;
+    int nseg = vx_tunnel_header(hdr, pkt, rd->len, &rd->vh, io->tap_mac, c->mac, io->local_ip, sport, dst,
+                                io->tunnel_ip_id, &seg_hdr);
+    if (nseg < 1) return 0;
+    if (t->q->n) tx_flush(io, t->q), t->hdr_used = 0;
+    struct iovec iov[2] = {{hdr, sizeof hdr}, {rd->buf, (size_t)(VX_HEADROOM + rd->len)}};
+    ssize_t w;
+    do w = writev(io->tap_fd, iov, 2); while (w < 0 && errno == EINTR);
+    if (w < 0 && (errno == EINVAL || errno == EOPNOTSUPP)) {  /* the kernel cannot take it: split from now on */
+        io->tunnel_errno = errno;
+        return 0;
+    }
+    c->tun_received += (uint64_t)nseg;
+    if (w < 0) {
+        c->drops[VX_SEND_FAILED] += (uint64_t)nseg;
+        return 1;
+    }
+    io->tunnel_ip_id += (uint16_t)nseg;
+    c->tunnel_sends++;
+    c->tx_packets += (uint64_t)nseg;
+    c->tx_bytes += (uint64_t)rd->len + (uint64_t)(nseg - 1) * (uint64_t)seg_hdr;
+    if (t->cap) capture_tunnel_segments(t, rd, dst, sport);
+    return 1;
+}
+
 /* A TCP (or, with USO, UDP) super-packet: every segment's headers are written in front of
  * its payload where it lies, so it is read once (checksum) and copied once (by the kernel);
  * read scattered, each datagram is one piece of memory. 1 if it took its slot. */
@@ -351,6 +406,7 @@ static int tx_super(tx_loop *t, tx_read *rd) {
         c->drops[v] += segs;
         return 0;
     }
+    if (io->tap_fd >= 0 && !io->tunnel_errno && !rd->scattered && tx_tunnel(t, rd, &dst)) return 0;
     int split_gso = (rd->vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
                     (rd->vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17);
     int stride = 0, hdr = 0, inplace = 0;
@@ -366,7 +422,7 @@ static int tx_super(tx_loop *t, tx_read *rd) {
     c->tun_received += (uint64_t)nseg;
     c->tso_in_place += (uint64_t)inplace;
     tx_queue_segments(t, rd, &dst, nseg, stride, hdr, inplace);
-    if (t->lead) {  /* lay the next read out for this one's shape */
+    if (t->lead && (io->tap_fd < 0 || io->tunnel_errno)) {  /* lay the next read out for this one's shape */
         t->want_hlen = hdr;
         t->want_mss = rd->vh.gso_size;
     }

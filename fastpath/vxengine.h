@@ -7,6 +7,7 @@
  *   vx_tx.c       the TUN -> UDP loop; vx_rx.c the UDP -> TUN loop (each run by its own
  *                 thread without the GIL); vx_rx_packet.c the outer headers of frames read
  *                 from a packet socket
+ *   vx_tunnel.c   the header of a UDP tunnel GSO frame (a super-packet sent whole)
  *   vx_capture.c  the capture rings
  * vx_internal.h holds what they share and nothing outside them sees.
  */
@@ -87,6 +88,7 @@ typedef struct {
     uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends;
     uint64_t udp_recvs, gro_trains, tun_writes, coalesced;
     uint64_t super_writes;  /* super-packets received whole (packet socket) and written whole to the TUN */
+    uint64_t tunnel_sends;  /* super-packets sent whole as UDP tunnel GSO frames (the TAP) */
     /* Before any check: packets read from the TUN (a TSO super-packet as its segments) and
      * datagrams received (a GRO train as its datagrams). Per side, received = forwarded +
      * the drops of that side's reasons (wire.DropReason.side), exactly. */
@@ -198,7 +200,12 @@ typedef struct {
     volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
     volatile int capture;       /* read once per batch; rings must be set before it is 1 */
     vx_cap_ring *cap_tx, *cap_rx;
-    uint32_t local_ip;          /* network order, for the outer headers of capture records */
+    int tap_fd;                 /* >= 0: TCP/UDP super-packets leave whole, as UDP tunnel GSO frames written
+                                 * into this TAP (vx_tunnel.c), instead of as UDP_SEGMENT trains */
+    uint8_t tap_mac[6];         /* the TAP's address: the frames' destination */
+    volatile int tunnel_errno;  /* the TAP refused a frame with this errno: tunnel GSO is off for good */
+    uint16_t tunnel_ip_id;      /* the outer IPv4 ID of the next tunnel frame */
+    uint32_t local_ip;          /* network order: the outer source (tunnel frames, capture records) */
     uint16_t local_port;
 } vx_io;
 

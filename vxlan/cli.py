@@ -233,6 +233,12 @@ def _add_vxland_flags(extra) -> None:
                             "picked by a hash of the flow, as a kernel vxlan device spreads flows for ECMP and "
                             "RSS (8 is plenty); 1: every flow from the bound port (default 1: on 2 cores N=8 cost 5-"
                             "13 %% of one stream's TCP rate; at most 32)")
+    extra.add_argument("--tunnel-gso", type=_one_of("auto", "off"), metavar="{auto,off}",
+                       default=_env("tunnel-gso", "auto") or "auto",
+                       help="auto (default): a pod's TCP super-packet leaves whole, as one UDP tunnel GSO frame like "
+                            "a kernel vxlan device's (a TAP with TUN_F_UDP_TUNNEL_GSO, Linux >= 6.17, and a tc "
+                            "program that sends its frames out of the --iface, Linux >= 6.6), else as a train of "
+                            "datagrams; off: always the train")
     extra.add_argument("--underlay-rx", type=_one_of("auto", "udp"), metavar="{auto,udp}",
                        default=_env("underlay-rx", "auto") or "auto",
                        help="auto (default): receive tunnel traffic from a packet socket that tells which checksums "
@@ -401,6 +407,7 @@ def daemon_options(args: argparse.Namespace):
                    blackhole_route=args.ip_blackhole_route,
                    tun_name=args.tun_name, healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                    offload=not args.no_offload, underlay_rx=args.underlay_rx, engine_nice=args.engine_nice,
+                   tunnel_gso=args.tunnel_gso,
                    outer_source_ports=args.outer_source_ports,
                    strict_source=args.strict_source,
                    capture=args.capture, capture_filter=args.capture_filter,

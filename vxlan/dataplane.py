@@ -325,7 +325,8 @@ class ThreadedDataPlane:
 
     def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
                  udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE,
-                 packet_sock: socket.socket | None = None, tx_socks: list[socket.socket] = ()) -> None:
+                 packet_sock: socket.socket | None = None, tx_socks: list[socket.socket] = (),
+                 tunnel_tx=None) -> None:
         self.engine = engine
         self.sock = sock
         self.engine_nice = engine_nice
@@ -333,7 +334,8 @@ class ThreadedDataPlane:
         local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
         engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port,
                       packet_sock.fileno() if packet_sock is not None else -1,
-                      [(s.fileno(), s.getsockname()[1]) for s in tx_socks])
+                      [(s.fileno(), s.getsockname()[1]) for s in tx_socks],
+                      *((tunnel_tx.fd, tunnel_tx.mac) if tunnel_tx is not None else ()))
         self._threads: list[threading.Thread] = []
         self._stopping = False
         # called (on the event loop) with the reason when an engine loop ends by itself

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,13 @@ from pathlib import Path
 from vxlan.lab import sh, stop_process
 from vxlan.registry.etcd import EtcdRegistry
 from vxlan.registry.select import EtcdSettings, open_store
+
+
+def kernel_has_tunnel_gso() -> bool:
+    """UDP tunnel GSO on TUN/TAP (TUN_F_UDP_TUNNEL_GSO) came with Linux 6.17."""
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return match is not None and (int(match[1]), int(match[2])) >= (6, 17)
+
 
 RECEIVER = """
 import hashlib, socket, sys

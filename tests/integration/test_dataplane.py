@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.integration.helpers import MB, transfer
+from tests.integration.helpers import MB, kernel_has_tunnel_gso, transfer
 from vxlan.lab import Lab, sh
 
 pytestmark = pytest.mark.offload  # make test runs this module with offloads on and off
@@ -39,8 +39,9 @@ def test_started_on_the_right_port_and_vni(mixed):
         # FLANNELD_NO_OFFLOAD=1 (make test's second pass) reaches the daemons like the flag
         if os.environ.get("FLANNELD_NO_OFFLOAD") == "1":
             assert "offloads: packet-rx," in log
-        else:  # tun-uso needs Linux >= 6.2, the rest is older
-            assert re.search(r"offloads: tun-tso-gro( tun-uso)? udp-gso udp-gro packet-rx,", log), log
+        else:  # tun-uso needs Linux >= 6.2, tunnel-gso 6.17, the rest is older
+            assert re.search(r"offloads: tun-tso-gro( tun-uso)? udp-gso udp-gro packet-rx( tunnel-gso)?,", log), log
+            assert ("tunnel-gso," in log) == kernel_has_tunnel_gso(), log
         info = [k for k in mixed.metrics(host) if k.startswith("vxland_info")][0]
         assert f'vni="{mixed.vni}"' in info and f'port="{mixed.port}"' in info
 
@@ -111,6 +112,43 @@ def test_kernel_super_packets_arrive_whole(mixed):
     else:
         assert after['vxland_io_total{event="super_writes"}'] > before
     assert after['vxland_drops_total{reason="bad_outer"}'] == 0
+
+
+def test_super_packets_leave_whole(mixed):
+    """A pod's TCP super-packets leave vxland as whole UDP tunnel GSO frames (Linux >= 6.17),
+    as a kernel vxlan device sends them: the kernel node's underlay sees frames far larger than
+    the MTU. Without tunnel GSO (or offloads) they leave as datagrams of at most 1,500 bytes."""
+    v1, _, k = mixed.hosts
+    whole = kernel_has_tunnel_gso() and os.environ.get("FLANNELD_NO_OFFLOAD") != "1"
+    before = mixed.metrics(v1)['vxland_io_total{event="tunnel_sends"}']
+    dump = mixed.popen(k.ns, ["tcpdump", "-l", "-nn", "-c", "5", "-i", "eth0",
+                              f"src host {v1.public_ip} and udp dst port {mixed.port} and greater 3000"],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1)
+        sent, received = transfer(mixed, v1, k, 20 * MB, seed=8, port=5004)
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+    assert received == sent
+    big = [line for line in dump.stdout.read().splitlines() if f"{v1.public_ip}.{mixed.port} >" in line]
+    after = mixed.metrics(v1)['vxland_io_total{event="tunnel_sends"}']
+    if whole:
+        assert len(big) == 5 and after > before, big
+    else:
+        assert big == [] and after == before
+
+
+def test_tunnel_gso_off(kernel_vxlan):
+    """--tunnel-gso off: super-packets leave as UDP GSO trains (the path of kernels before 6.17);
+    500 MB intact both ways with the kernel node's offloads on."""
+    with Lab(["vxland", "kernel"], env={"FLANNELD_TUNNEL_GSO": "off"}) as lab:
+        v, k = lab.hosts
+        assert "tunnel-gso" not in lab.log(v)
+        for i, (src, dst) in enumerate([(v, k), (k, v)]):
+            sent, received = transfer(lab, src, dst, 500 * MB, seed=400 + i, port=5005)
+            assert received == sent, f"h{src.index}->h{dst.index}"
+        assert lab.metrics(v)['vxland_io_total{event="tunnel_sends"}'] == 0
 
 
 def test_tunnel_traffic_on_another_interface_is_received(kernel_vxlan):

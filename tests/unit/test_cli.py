@@ -54,6 +54,7 @@ def test_bad_etcd_flags(args, rc, text):
     (["--outer-source-ports", "0"], "--outer-source-ports 0: must be 1..32"),
     (["--outer-source-ports", "33"], "--outer-source-ports 33: must be 1..32"),
     (["--underlay-rx", "raw"], "--underlay-rx"),
+    (["--tunnel-gso", "on"], "--tunnel-gso"),
 ])
 def test_bad_flags(args, text):
     proc = vxland(*args)

@@ -17,8 +17,8 @@ PACKAGE = ROOT / "vxlan"
 PURE = {"vxlan.wire", "vxlan.codec", "vxlan.config", "vxlan.lease", "vxlan.allocator", "vxlan.peers"}
 PURE_MAY_IMPORT = PURE | {"vxlan"}
 # What the data plane is: registries never reach into it.
-DATA_PLANE = {"fastpath", "vxlan.dataplane", "vxlan.tun", "vxlan.capture", "vxlan.udpbackend", "vxlan.netconf",
-              "vxlan.daemon"}
+DATA_PLANE = {"fastpath", "vxlan.dataplane", "vxlan.tun", "vxlan.tunnel_tx", "vxlan.capture", "vxlan.udpbackend",
+              "vxlan.netconf", "vxlan.daemon"}
 
 
 def module_name(path: Path) -> str:

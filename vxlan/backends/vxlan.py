@@ -25,6 +25,7 @@ from vxlan.dataplane import (
 from vxlan.lease import Lease
 from vxlan.routes import PeerRoutes
 from vxlan.tun import Tun
+from vxlan.tunnel_tx import TunnelTx, TunnelTxError
 
 log = logging.getLogger("vxland")
 
@@ -54,9 +55,11 @@ class VxlanBackend(TunnelBackend):
         self.offloads = self._probe_offloads(threaded, tun, sock)
         if threaded:
             packet_sock = self._open_packet_socket(ctx, sock, backend.port)
+            tunnel = await self._open_tunnel_tx(ctx, tun)
             self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
                                             "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
-                                            packet_sock, self._open_source_port_sockets(ctx, sock)))
+                                            packet_sock, self._open_source_port_sockets(ctx, sock),
+                                            tunnel))
             if packet_sock is not None:
                 stop_receiving(sock)  # the packet socket reads what it would
             self.hub = CaptureHub(self.codec, opts.capture_snaplen)
@@ -84,6 +87,22 @@ class VxlanBackend(TunnelBackend):
                 return []
         ctx.cleanups.extend(s.close for s in sockets)
         return sockets
+
+    async def _open_tunnel_tx(self, ctx: Context, tun: Tun) -> TunnelTx | None:
+        """--tunnel-gso auto: super-packets leave whole through a TAP (vxlan.tunnel_tx) when the
+        kernel has what that needs; the reason is logged when it does not."""
+        if ctx.opts.tunnel_gso != "auto" or not tun.vnet_hdr:
+            return None
+        name = f"{tun.name[:12]}-tx"
+        try:
+            tunnel = await asyncio.to_thread(TunnelTx, name, ctx.iface.index)
+        except (TunnelTxError, OSError) as exc:
+            log.info("super-packets leave as UDP GSO trains: no tunnel GSO path (%s)",
+                     getattr(exc, "strerror", None) or exc)
+            return None
+        ctx.cleanups.append(tunnel.close)
+        self.offloads.append("tunnel-gso")
+        return tunnel
 
     def _open_packet_socket(self, ctx: Context, sock, port: int):
         """--underlay-rx auto: receive from a packet socket (vxlan.dataplane.open_packet_socket),
