@@ -118,6 +118,42 @@ static int rx_segment_size(struct msghdr *h, int len) {
     return seg;
 }
 
+/* A tunnel super-packet that the UDP socket delivered whole, as one datagram: a kernel
+ * vxlan peer's with its offloads on, or a vxland peer's tunnel GSO frame, across a virtual link
+ * (veth, VMs on one host). The kernel hands a GSO skb of the tunnel type to a UDP socket as it
+ * is (net/ipv4/udp.c udp_unexpected_gso asks only about UDP_L4 and fraglist), without a
+ * UDP_GRO cmsg (that is for UDP_L4 trains): its inner MSS is not known, so it is cut into
+ * MTU-sized segments. Told apart from a train by its inner IPv4 header, which claims the whole
+ * datagram, longer than the MTU (flannel's MTU keeps every inner packet of a real peer within
+ * it). It goes on as a super-packet: its inner checksum is partial, as a GSO skb's always is.
+ * 1 if it was one (forwarded or dropped and counted). */
+static int rx_udp_super(rx_loop *l, rx_ctx *rc, int i, int len, int seg, int *nout) {
+    const uint8_t *d = l->bufs + (size_t)i * RX_BUF, *ip = d + VX_HEADROOM;
+    if (len <= rc->io->core->tun_mtu + VX_HEADROOM || (ip[0] >> 4) != 4 || ((ip[2] << 8) | ip[3]) != len - VX_HEADROOM)
+        return 0;
+    int ihl = (ip[0] & 0x0F) * 4, proto = ip[9];
+    int l4 = proto == 6 && len >= VX_HEADROOM + ihl + 20 ? (ip[ihl + 12] >> 4) * 4 : proto == 17 ? 8 : 0;
+    int hdr = ihl + l4;
+    if (ihl < 20 || l4 < 8 || (proto == 17 && !rc->io->tun_uso && rc->io->vnet) || len < VX_HEADROOM + hdr) return 0;
+    int gso_size = seg < len ? seg : rc->io->core->tun_mtu - hdr;
+    vx_core *c = rc->io->core;
+    int inner = 0, segs = (len - VX_HEADROOM - hdr + gso_size - 1) / gso_size;
+    if (segs < 1) segs = 1;
+    c->udp_received += (uint64_t)segs;
+    int v = vx_check_super(c, d, len, l->from[i].sin_addr.s_addr, hdr + gso_size, &inner);
+    if (rc->cap) {
+        struct iovec one = {(void *)d, (size_t)len};
+        vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, l->from[i].sin_addr.s_addr, ntohs(l->from[i].sin_port),
+                   rc->io->local_ip, rc->io->local_port, &one, 1, (uint32_t)len);
+    }
+    if (v) { c->drops[v] += (uint64_t)segs; return 1; }
+    l->out[*nout] = (pkt_ref){.p = (uint8_t *)ip, .len = inner, .segs = segs, .super = 1,
+                              .vh = {VX_VNET_F_NEEDS_CSUM, proto == 6 ? VX_VNET_GSO_TCPV4 : VX_VNET_GSO_UDP_L4,
+                                     (uint16_t)hdr, (uint16_t)gso_size, (uint16_t)ihl, proto == 6 ? 16 : 6}};
+    (*nout)++;
+    return 1;
+}
+
 /* Verdicts for message i's datagrams (a GRO train as its datagrams), the forwarded ones
  * appended to l->out from *nout on. Callers hold the peer lock. */
 static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
@@ -130,6 +166,7 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
         return;
     }
     int seg = rx_segment_size(&l->msgs[i].msg_hdr, len);
+    if (rx_udp_super(l, rc, i, len, seg, nout)) return;
     if (seg < len) c->gro_trains++;
     uint32_t sender = l->from[i].sin_addr.s_addr;
     const uint8_t *base = l->bufs + (size_t)i * RX_BUF;

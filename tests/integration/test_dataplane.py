@@ -139,6 +139,21 @@ def test_super_packets_leave_whole(mixed):
         assert big == [] and after == before
 
 
+def test_udp_socket_receivers_take_whole_super_packets():
+    """vxland peers on --underlay-rx udp: a peer's tunnel GSO frame reaches the UDP socket as
+    one datagram (the kernel hands tunnel GSO skbs to a UDP socket whole); it goes to the pod
+    as a super-packet, every byte intact both ways."""
+    with Lab(["vxland", "vxland"], env={"FLANNELD_UNDERLAY_RX": "udp"}) as lab:
+        a, b = lab.hosts
+        for i, (src, dst) in enumerate([(a, b), (b, a)]):
+            sent, received = transfer(lab, src, dst, 50 * MB, seed=500 + i, port=5006)
+            assert received == sent, f"h{src.index}->h{dst.index}"
+        metrics = lab.metrics(b)
+        assert metrics['vxland_drops_total{reason="too_big"}'] == 0
+        whole = kernel_has_tunnel_gso() and os.environ.get("FLANNELD_NO_OFFLOAD") != "1"
+        assert (metrics['vxland_io_total{event="super_writes"}'] > 0) == whole
+
+
 def test_tunnel_gso_off(kernel_vxlan):
     """--tunnel-gso off: super-packets leave as UDP GSO trains (the path of kernels before 6.17);
     500 MB intact both ways with the kernel node's offloads on."""
