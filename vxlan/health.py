@@ -38,6 +38,8 @@ REGISTRY_METRICS = {
     "registry_reload_errors": ("gauge", "Times the registry file changed but did not parse"),
     "lease_renewals_total": ("counter", "Successful renewals of our subnet lease"),
     "capture_lost_total": ("counter", "Capture records lost to full rings (the packets were forwarded)"),
+    "tunnel_gso": ("gauge", "1 while super-packets leave whole as UDP tunnel GSO frames (--tunnel-gso), 0 if not "
+                            "or since the kernel refused one"),
     "task_failures_total": ("counter", "Unexpected failures of long-lived tasks (registry watch, lease renewal, "
                                        "route check, rules resync); each was logged and started again"),
     "lease_reserved": ("gauge", "1 if our lease is a reservation (no TTL, never renewed)"),

@@ -133,6 +133,7 @@ def test_super_packets_leave_whole(mixed):
     assert received == sent
     big = [line for line in dump.stdout.read().splitlines() if f"{v1.public_ip}.{mixed.port} >" in line]
     after = mixed.metrics(v1)['vxland_io_total{event="tunnel_sends"}']
+    assert mixed.metrics(v1)["vxland_tunnel_gso"] == float(whole)
     if whole:
         assert len(big) == 5 and after > before, big
     else:

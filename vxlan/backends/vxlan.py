@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 import fastpath
 from vxlan import netconf, wire
-from vxlan.backends import TUNNEL, Context, StartupError
+from vxlan.backends import TUNNEL, Context, StartupError, Task
 from vxlan.backends.tunnel import TunnelBackend
 from vxlan.capture import CaptureHub, FileSink, Filter, TraceSink
 from vxlan.dataplane import (
@@ -28,6 +29,7 @@ from vxlan.tun import Tun
 from vxlan.tunnel_tx import TunnelTx, TunnelTxError
 
 log = logging.getLogger("vxland")
+TUNNEL_WATCH_S = 5.0  # how often the tunnel GSO path's state is looked at
 
 
 class VxlanBackend(TunnelBackend):
@@ -39,6 +41,7 @@ class VxlanBackend(TunnelBackend):
         self.capture_sink: FileSink | None = None
         self.capture_files = 0
         self.offloads: list[str] = []
+        self.tunnel: TunnelTx | None = None  # the tunnel GSO path, when the kernel has it
 
     async def start(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -102,7 +105,18 @@ class VxlanBackend(TunnelBackend):
             return None
         ctx.cleanups.append(tunnel.close)
         self.offloads.append("tunnel-gso")
+        self.tunnel = tunnel
         return tunnel
+
+    def tasks(self) -> list[Task]:
+        return super().tasks() + ([("tunnel GSO watch", self._watch_tunnel)] if self.tunnel is not None else [])
+
+    async def _watch_tunnel(self) -> None:
+        """Say so, once, if the kernel refuses a tunnel GSO frame: the engine splits from then on."""
+        while not self.codec.tunnel_errno:
+            await asyncio.sleep(TUNNEL_WATCH_S)
+        log.warning("the kernel refused a tunnel GSO frame (%s): super-packets leave as UDP GSO trains from now on",
+                    os.strerror(self.codec.tunnel_errno))
 
     def _open_packet_socket(self, ctx: Context, sock, port: int):
         """--underlay-rx auto: receive from a packet socket (vxlan.dataplane.open_packet_socket),
@@ -204,4 +218,7 @@ class VxlanBackend(TunnelBackend):
         return True
 
     def metrics(self) -> dict[str, float]:
-        return {"capture_lost_total": float(self.hub.lost)} if self.hub is not None else {}
+        values = {"capture_lost_total": float(self.hub.lost)} if self.hub is not None else {}
+        if fastpath.Engine is not None and isinstance(self.codec, fastpath.Engine):
+            values["tunnel_gso"] = float(self.tunnel is not None and not self.codec.tunnel_errno)
+        return values
