@@ -16,6 +16,8 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
   ``--tunnel-gso off``: super-packets leave as UDP GSO trains, the path of kernels before 6.17
   (compare with ``vxland`` and ``vxland-kernel``, whose super-packets leave whole where the
   kernel has tunnel GSO)
+- ``vxland-batch``: vxland <-> vxland with the engine threads SCHED_BATCH (``--engine-sched
+  batch``, the default until 2026-11-30; compare with ``vxland``)
 - ``pure``: vxland <-> vxland with the pure-Python reference data plane
 - ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
 - ``nohook``: vxland <-> vxland built with the capture hook compiled out (what the hook costs
@@ -28,7 +30,8 @@ change a second: RSS growth and open fds (``--rounds 0 --scenarios vxland --soak
 alone).
 
 For each: iperf3 TCP with 1 and 4 streams, UDP with 64-byte payloads (receiver pps under an
-unlimited flood, and the highest offered rate with < 1 % loss), ping RTT p50/p99 without load,
+unlimited flood, and the highest offered rate with < 1 % loss), ping RTT p50/p99 without load
+and with every CPU busy (one CPU-bound process per CPU at nice 0, as on a node whose pods compute),
 and CPU seconds per GB (the daemons', and the whole machine's) during the 1-stream TCP test.
 Rounds are interleaved so that drift on a shared machine hits every scenario alike; figures
 are medians with min-max. Writes ``bench/results/<UTC date>-<name>.json``, ``.md`` and
@@ -64,6 +67,7 @@ SCENARIOS = {
     "kernel-vxland-udp": (["vxland", "kernel"], 1, 0, False),
     "vxland-8ports": (["vxland", "vxland"], 0, 1, False),
     "vxland-trains": (["vxland", "vxland"], 0, 1, False),
+    "vxland-batch": (["vxland", "vxland"], 0, 1, False),
     "vxland-kernel-trains": (["vxland", "kernel"], 0, 1, False),
     "pure": (["vxland", "vxland"], 0, 1, True),
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
@@ -76,9 +80,11 @@ LAB_OPTIONS: dict[str, dict] = {
     "kernel-vxland-udp": {"kernel_tx_off": True, "env": {"FLANNELD_UNDERLAY_RX": "udp"}},
     "vxland-8ports": {"env": {"FLANNELD_OUTER_SOURCE_PORTS": "8"}},
     "vxland-trains": {"env": {"FLANNELD_TUNNEL_GSO": "off"}},
+    "vxland-batch": {"env": {"FLANNELD_ENGINE_SCHED": "batch"}},
     "vxland-kernel-trains": {"env": {"FLANNELD_TUNNEL_GSO": "off"}},
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
+           "rtt_busy_p50_ms", "rtt_busy_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb", "udp64_daemon_cpu_us_per_pkt"]
 FIXED_PPS = 50_000  # offered rate for the CPU-per-packet figure: well below every scenario's limit
 
@@ -99,6 +105,7 @@ def measure_once(lab: Lab, client_i: int, server_i: int, seconds: float, search_
     out["udp64_lossless_pps"] = measure.udp_lossless_pps(lab, client, server, min(seconds, 3), offered_pps,
                                                          steps=search_steps)
     out["rtt_p50_ms"], out["rtt_p99_ms"] = measure.ping_rtt_ms(lab, client, server)
+    out["rtt_busy_p50_ms"], out["rtt_busy_p99_ms"] = measure.busy_ping_rtt_ms(lab, client, server)
     # CPU per small packet at a fixed rate: steadier than a loss threshold for comparing builds
     with measure.CpuMeter(lab) as cpu:
         fixed, _ = measure.iperf3(lab, client, server, min(seconds, 5), udp_rate=str(FIXED_PPS * 64 * 8), length=64)

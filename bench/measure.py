@@ -79,6 +79,19 @@ def ping_rtt_ms(lab: Lab, client: Host, server: Host, count: int = 200) -> tuple
     return statistics.median(rtts), rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
 
 
+def busy_ping_rtt_ms(lab: Lab, client: Host, server: Host, count: int = 200) -> tuple[float, float]:
+    """p50 and p99 RTT (ms) as ping_rtt_ms, while one CPU-bound process per CPU runs at nice 0
+    (a node whose pods compute): what the data plane's wake-ups cost when no CPU is idle. The
+    burners send nothing; they are ended by PID."""
+    burners = [subprocess.Popen(["sh", "-c", "exec yes > /dev/null"]) for _ in range(psutil.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)
+        return ping_rtt_ms(lab, client, server, count)
+    finally:
+        for proc in burners:
+            stop_process(proc)
+
+
 class CpuMeter:
     """CPU seconds of the lab's daemons and of the whole machine over an interval."""
 

@@ -11,6 +11,8 @@ LABELS = {
     "udp64_lossless_pps": ("UDP 64 B loss-free", "pps"),
     "rtt_p50_ms": ("RTT p50", "ms"),
     "rtt_p99_ms": ("RTT p99", "ms"),
+    "rtt_busy_p50_ms": ("RTT p50, CPUs busy", "ms"),
+    "rtt_busy_p99_ms": ("RTT p99, CPUs busy", "ms"),
     "daemon_cpu_s_per_gb": ("daemon CPU", "s/GB"),
     "machine_cpu_s_per_gb": ("machine CPU", "s/GB"),
     "udp64_daemon_cpu_us_per_pkt": ("daemon CPU per 64 B packet at 50k pps", "us"),

@@ -289,18 +289,22 @@ def probe_udp_offloads(sock: socket.socket) -> tuple[bool, bool, list[str]]:
 
 
 ENGINE_NICE = -10  # default nice value of the engine threads (--engine-nice)
+ENGINE_SCHED = "other"  # default scheduling policy of the engine threads (--engine-sched): other or batch
 
 
-def tune_engine_thread(tid: int, name: str, nice: int) -> list[str]:
-    """Name an engine thread (``top -H``, ``ps -L``), make it SCHED_BATCH and give it ``nice``.
+def tune_engine_thread(tid: int, name: str, nice: int, sched: str = ENGINE_SCHED) -> list[str]:
+    """Name an engine thread (``top -H``, ``ps -L``), give it ``nice`` and, with ``sched``
+    "batch", make it SCHED_BATCH.
 
-    SCHED_BATCH: a woken engine thread does not preempt the task running on its CPU, which is
-    usually the application that will consume or produce the packets; on 2 cores this cut the
-    64-byte UDP loss at 205k pps from 2-4 % (receiver socket overflow) to 0.1-1 %.
     Nice -10 weighs the threads as the kernel's own data path would be (softirq runs before
-    any task): 4-stream TCP median 10.35 -> 11.45 Gbit/s (SCHED_BATCH alone 10.84), A/B in
-    one vxland <-> vxland lab, 2026-11-26. Returns what could not be done (e.g. a negative
-    nice without CAP_SYS_NICE): the engine then runs with the defaults.
+    any task): 4-stream TCP median 10.35 -> 11.45 Gbit/s, A/B in one vxland <-> vxland lab,
+    2026-11-26. SCHED_OTHER (the default): a woken engine thread preempts the task running on
+    its CPU, as a softirq would. SCHED_BATCH does not: on an idle 2-core VM it cut the 64-byte
+    UDP loss at 205k pps from 2-4 % to 0.1-1 % (2026-11-26), but on a host whose CPUs are busy
+    every packet waited for the running task's time slice: ping through vxland with two
+    CPU-bound processes running, p50 4.05 ms (SCHED_BATCH) vs 0.066 ms, TCP 4.2 vs 7.3 Gbit/s
+    (2026-11-30). Returns what could not be done (e.g. a negative nice without
+    CAP_SYS_NICE): the engine then runs with the defaults.
     """
     problems = []
     try:
@@ -308,10 +312,11 @@ def tune_engine_thread(tid: int, name: str, nice: int) -> list[str]:
             f.write(name[:15])
     except OSError as exc:
         problems.append(f"thread name: {exc.strerror}")
-    try:
-        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
-    except OSError as exc:
-        problems.append(f"SCHED_BATCH: {exc.strerror}")
+    if sched == "batch":
+        try:
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+        except OSError as exc:
+            problems.append(f"SCHED_BATCH: {exc.strerror}")
     try:
         os.setpriority(os.PRIO_PROCESS, tid, nice)  # per thread on Linux (setpriority(2), BUGS)
     except OSError as exc:
@@ -324,12 +329,13 @@ class ThreadedDataPlane:
     """Runs the compiled engine's two loops in two threads (no GIL inside them)."""
 
     def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
-                 udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE,
+                 udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE, engine_sched: str = ENGINE_SCHED,
                  packet_sock: socket.socket | None = None, tx_socks: list[socket.socket] = (),
                  tunnel_tx=None) -> None:
         self.engine = engine
         self.sock = sock
         self.engine_nice = engine_nice
+        self.engine_sched = engine_sched
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
         engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port,
@@ -355,7 +361,7 @@ class ThreadedDataPlane:
             thread = threading.Thread(target=self._run, args=(loop, name, target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-            problems = tune_engine_thread(thread.native_id, name, self.engine_nice)
+            problems = tune_engine_thread(thread.native_id, name, self.engine_nice, self.engine_sched)
             if problems:
                 log.warning("engine thread %s keeps some scheduling defaults: %s", name, "; ".join(problems))
 

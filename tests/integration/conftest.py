@@ -12,10 +12,10 @@ import pytest
 from tests.integration.helpers import LocalEtcd
 from vxlan import lab as labmod
 
-# make test runs this tier on two workers side by side. The daemons' engine threads run
-# SCHED_BATCH at nice -10 by default (--engine-nice): one test's bulk transfer would then starve
-# the other worker's processes on two cores (a daemon took over 5 s to handle SIGTERM). Here
-# they run at nice 0; their scheduling is measured by bench/, which runs alone, with the default.
+# make test runs this tier on two workers side by side. The daemons' engine threads run at
+# nice -10 by default (--engine-nice): one test's bulk transfer would then starve the other
+# worker's processes on two cores (a daemon took over 5 s to handle SIGTERM, with SCHED_BATCH).
+# Here they run at nice 0; their scheduling is measured by bench/, which runs alone, with the default.
 os.environ.setdefault("FLANNELD_ENGINE_NICE", "0")
 
 

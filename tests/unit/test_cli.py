@@ -55,6 +55,7 @@ def test_bad_etcd_flags(args, rc, text):
     (["--outer-source-ports", "33"], "--outer-source-ports 33: must be 1..32"),
     (["--underlay-rx", "raw"], "--underlay-rx"),
     (["--tunnel-gso", "on"], "--tunnel-gso"),
+    (["--engine-sched", "fifo"], "--engine-sched"),
 ])
 def test_bad_flags(args, text):
     proc = vxland(*args)

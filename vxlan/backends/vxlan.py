@@ -61,7 +61,7 @@ class VxlanBackend(TunnelBackend):
             tunnel = await self._open_tunnel_tx(ctx, tun)
             self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
                                             "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
-                                            packet_sock, self._open_source_port_sockets(ctx, sock),
+                                            opts.engine_sched, packet_sock, self._open_source_port_sockets(ctx, sock),
                                             tunnel))
             if packet_sock is not None:
                 stop_receiving(sock)  # the packet socket reads what it would
