@@ -16,8 +16,9 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
   ``--tunnel-gso off``: super-packets leave as UDP GSO trains, the path of kernels before 6.17
   (compare with ``vxland`` and ``vxland-kernel``, whose super-packets leave whole where the
   kernel has tunnel GSO)
-- ``vxland-batch``: vxland <-> vxland with the engine threads SCHED_BATCH (``--engine-sched
-  batch``, the default until 2026-11-30; compare with ``vxland``)
+- ``vxland-batch``, ``vxland-other``: vxland <-> vxland with the engine threads always
+  SCHED_BATCH (``--engine-sched batch``, the default until 2026-11-30) or always SCHED_OTHER
+  (compare with ``vxland``, whose threads switch by how densely packets come)
 - ``pure``: vxland <-> vxland with the pure-Python reference data plane
 - ``capture``: vxland <-> vxland with ``--capture`` on both (the cost of capturing everything)
 - ``nohook``: vxland <-> vxland built with the capture hook compiled out (what the hook costs
@@ -68,6 +69,7 @@ SCENARIOS = {
     "vxland-8ports": (["vxland", "vxland"], 0, 1, False),
     "vxland-trains": (["vxland", "vxland"], 0, 1, False),
     "vxland-batch": (["vxland", "vxland"], 0, 1, False),
+    "vxland-other": (["vxland", "vxland"], 0, 1, False),
     "vxland-kernel-trains": (["vxland", "kernel"], 0, 1, False),
     "pure": (["vxland", "vxland"], 0, 1, True),
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
@@ -81,6 +83,7 @@ LAB_OPTIONS: dict[str, dict] = {
     "vxland-8ports": {"env": {"FLANNELD_OUTER_SOURCE_PORTS": "8"}},
     "vxland-trains": {"env": {"FLANNELD_TUNNEL_GSO": "off"}},
     "vxland-batch": {"env": {"FLANNELD_ENGINE_SCHED": "batch"}},
+    "vxland-other": {"env": {"FLANNELD_ENGINE_SCHED": "other"}},
     "vxland-kernel-trains": {"env": {"FLANNELD_TUNNEL_GSO": "off"}},
 }
 METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",

@@ -99,6 +99,8 @@ cdef extern from "vxengine.h" nogil:
         int vnet, udp_gso, udp_gro, tun_uso
         int gso_disabled
         int capture
+        int sched_auto
+        uint64_t sched_switches
         vx_cap_ring *cap_tx
         vx_cap_ring *cap_rx
         int tap_fd
@@ -279,7 +281,7 @@ cdef class Engine(Codec):
 
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
                bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=(),
-               int tap_fd=-1, bytes tap_mac=b"\0" * 6):
+               int tap_fd=-1, bytes tap_mac=b"\0" * 6, bint sched_auto=False):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
@@ -289,6 +291,7 @@ cdef class Engine(Codec):
             raise ValueError("tap_mac: 6 bytes")
         memcpy(self.io.tap_mac, <const char*>tap_mac, 6)
         self.io.tunnel_errno = 0
+        self.io.sched_auto = sched_auto  # each loop switches its thread between SCHED_OTHER and SCHED_BATCH
         # (fd, port) of each source-port socket: a flow's datagrams leave by one of them (vx_tx.c)
         if len(tx_socks) > VX_TX_SOCKS_MAX:
             raise ValueError(f"at most {VX_TX_SOCKS_MAX} source-port sockets")
@@ -325,6 +328,12 @@ cdef class Engine(Codec):
     @property
     def gso_disabled(self):
         return bool(self.io.gso_disabled)
+
+    def stats(self):
+        """Codec.stats and the scheduling-policy changes the loops made (--engine-sched auto)."""
+        values = Codec.stats(self)
+        values["sched_switches"] = self.io.sched_switches
+        return values
 
     @property
     def tunnel_errno(self):

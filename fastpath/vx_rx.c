@@ -335,7 +335,9 @@ int vx_run_rx(vx_io *io) {
      * the loss-free rate from ~183k to ~125k pps (bursts of 64 datagrams overflow the
      * receiving application's socket). The code stays, tested, behind gro->udp. */
     l.gro->udp = 0;
+    vx_sched sched = {.on = io->sched_auto, .switches = &io->sched_switches};
     while (vx_wait_readable(fd, io->stop_fd) > 0) {
+        vx_sched_woken(&sched);
         rx_arm(&l, packet);
         int n = recvmmsg(fd, l.msgs, RX_MSGS, MSG_DONTWAIT, NULL);
         if (n <= 0) continue;

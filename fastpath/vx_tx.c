@@ -440,7 +440,9 @@ int vx_run_tx(vx_io *io) {
     t.riov = malloc(sizeof(struct iovec) * VX_SCATTER_MAX_IOV);
     int tun_errno = 0;
     tx_read rd = {0};
+    vx_sched sched = {.on = io->sched_auto, .switches = &io->sched_switches};
     while (t.slots && t.hdrs && t.q && t.riov && vx_wait_readable(io->tun_fd, io->stop_fd) > 0) {
+        vx_sched_woken(&sched);
         t.cap = CAPTURE_RING(io, cap_tx);  /* the one capture check of a batch */
         t.hdr_used = 0;
         for (int slot = 0; slot < TX_SLOTS;) {

@@ -9,6 +9,7 @@
  *                 from a packet socket
  *   vx_tunnel.c   the header of a UDP tunnel GSO frame (a super-packet sent whole)
  *   vx_capture.c  the capture rings
+ *   vx_sched.c    --engine-sched auto: a loop thread's policy by how densely packets come
  * vx_internal.h holds what they share and nothing outside them sees.
  */
 #ifndef VXENGINE_H
@@ -199,6 +200,8 @@ typedef struct {
     int vnet, udp_gso, udp_gro, tun_uso;
     volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
     volatile int capture;       /* read once per batch; rings must be set before it is 1 */
+    int sched_auto;             /* --engine-sched auto: each loop picks SCHED_OTHER or SCHED_BATCH (vx_sched.c) */
+    uint64_t sched_switches;    /* policy changes made by the two loops */
     vx_cap_ring *cap_tx, *cap_rx;
     int tap_fd;                 /* >= 0: TCP/UDP super-packets leave whole, as UDP tunnel GSO frames written
                                  * into this TAP (vx_tunnel.c), instead of as UDP_SEGMENT trains */

@@ -250,12 +250,13 @@ def _add_vxland_flags(extra) -> None:
     extra.add_argument("--engine-nice", type=int, default=_env("engine-nice", str(ENGINE_NICE)) or str(ENGINE_NICE),
                        help=f"nice value of the two data-plane threads, -20..19 (default {ENGINE_NICE}); a negative "
                             "value needs CAP_SYS_NICE")
-    extra.add_argument("--engine-sched", type=_one_of("other", "batch"), metavar="{other,batch}",
-                       default=_env("engine-sched", "other") or "other",
-                       help="scheduling policy of the two data-plane threads: other (default, SCHED_OTHER: a woken "
-                            "thread preempts the running task, as the kernel's softirq would) or batch (SCHED_BATCH: "
-                            "it waits for the task's time slice; fewer small-packet losses on an idle host, "
-                            "milliseconds of latency on a busy one)")
+    extra.add_argument("--engine-sched", type=_one_of("auto", "other", "batch"), metavar="{auto,other,batch}",
+                       default=_env("engine-sched", "auto") or "auto",
+                       help="scheduling policy of the two data-plane threads: other (SCHED_OTHER: a woken thread "
+                            "preempts the running task, as the kernel's softirq would), batch (SCHED_BATCH: it "
+                            "waits for the task's time slice: fewer wake-ups and losses under dense traffic, "
+                            "milliseconds of latency on a busy host), auto (default): other while packets come "
+                            "sparsely, batch while they come densely")
     extra.add_argument("--log-format", type=_one_of("text", "json"), metavar="{text,json}",
                        default=_env("log-format", "text"),
                        help="text (default) or json: one object per line with time, level, logger, message")

@@ -289,22 +289,23 @@ def probe_udp_offloads(sock: socket.socket) -> tuple[bool, bool, list[str]]:
 
 
 ENGINE_NICE = -10  # default nice value of the engine threads (--engine-nice)
-ENGINE_SCHED = "other"  # default scheduling policy of the engine threads (--engine-sched): other or batch
+ENGINE_SCHED = "auto"  # default scheduling policy of the engine threads (--engine-sched): auto, other or batch
 
 
 def tune_engine_thread(tid: int, name: str, nice: int, sched: str = ENGINE_SCHED) -> list[str]:
     """Name an engine thread (``top -H``, ``ps -L``), give it ``nice`` and, with ``sched``
-    "batch", make it SCHED_BATCH.
+    "batch", make it SCHED_BATCH ("other" and "auto" leave it SCHED_OTHER; with "auto" the
+    engine's loops switch by themselves, fastpath/vx_sched.c).
 
     Nice -10 weighs the threads as the kernel's own data path would be (softirq runs before
     any task): 4-stream TCP median 10.35 -> 11.45 Gbit/s, A/B in one vxland <-> vxland lab,
-    2026-11-26. SCHED_OTHER (the default): a woken engine thread preempts the task running on
-    its CPU, as a softirq would. SCHED_BATCH does not: on an idle 2-core VM it cut the 64-byte
-    UDP loss at 205k pps from 2-4 % to 0.1-1 % (2026-11-26), but on a host whose CPUs are busy
-    every packet waited for the running task's time slice: ping through vxland with two
-    CPU-bound processes running, p50 4.05 ms (SCHED_BATCH) vs 0.066 ms, TCP 4.2 vs 7.3 Gbit/s
-    (2026-11-30). Returns what could not be done (e.g. a negative nice without
-    CAP_SYS_NICE): the engine then runs with the defaults.
+    2026-11-26. SCHED_OTHER: a woken engine thread preempts the task running on its CPU, as a
+    softirq would. SCHED_BATCH does not: on an idle 2-core VM it cut the 64-byte UDP loss at
+    205k pps from 2-4 % to 0.1-1 % (2026-11-26) and the daemon CPU per packet at 50k pps from
+    16 to 6-8 us, but on a host whose CPUs are busy every packet waited for the running task's
+    time slice: ping through vxland with two CPU-bound processes running, p50 4.05 ms vs
+    0.066 ms (2026-11-30). Hence "auto". Returns what could not be done (e.g. a negative nice
+    without CAP_SYS_NICE): the engine then runs with the defaults.
     """
     problems = []
     try:
@@ -341,7 +342,8 @@ class ThreadedDataPlane:
         engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port,
                       packet_sock.fileno() if packet_sock is not None else -1,
                       [(s.fileno(), s.getsockname()[1]) for s in tx_socks],
-                      *((tunnel_tx.fd, tunnel_tx.mac) if tunnel_tx is not None else ()))
+                      *((tunnel_tx.fd, tunnel_tx.mac) if tunnel_tx is not None else (-1, bytes(6))),
+                      engine_sched == "auto")
         self._threads: list[threading.Thread] = []
         self._stopping = False
         # called (on the event loop) with the reason when an engine loop ends by itself

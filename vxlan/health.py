@@ -95,7 +95,7 @@ class _Collector:
         yield drops
         io = CounterMetricFamily("vxland_io", "Data plane system calls and offload events "
                                  "(tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends, udp_recvs, gro_trains, "
-                                 "tun_writes, coalesced)", labels=["event"])
+                                 "tun_writes, coalesced, super_writes, tunnel_sends, sched_switches)", labels=["event"])
         for name, value in dp.io_stats().items():
             io.add_metric([name], value)
         yield io

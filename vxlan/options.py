@@ -30,7 +30,7 @@ class Options:
     tunnel_gso: str = "auto"  # --tunnel-gso: auto (super-packets leave whole where the kernel can) or off
     underlay_rx: str = "auto"  # --underlay-rx: auto (a packet socket when the TUN takes offloads) or udp
     engine_nice: int = ENGINE_NICE  # nice value of the compiled engine's two threads
-    engine_sched: str = ENGINE_SCHED  # their scheduling policy: other (SCHED_OTHER) or batch (SCHED_BATCH)
+    engine_sched: str = ENGINE_SCHED  # their scheduling policy: auto, other (SCHED_OTHER) or batch (SCHED_BATCH)
     strict_source: bool = False  # drop decapsulated packets whose source is not the sender's subnet
     capture: Path | None = None  # --capture: pcapng file, toggled by SIGUSR1
     capture_filter: str | None = None
