@@ -82,6 +82,8 @@ def test_tcp_500mb_sha256(mixed):
     for i, (src, dst) in enumerate([(v1, v2), (v1, k), (k, v1)]):
         sent, received = transfer(mixed, src, dst, 500 * MB, seed=100 + i, port=5002)
         assert received == sent, f"h{src.index}->h{dst.index}"
+    # --engine-sched auto: dense traffic turned the engine threads SCHED_BATCH (and back)
+    assert mixed.metrics(v1)['vxland_io_total{event="sched_switches"}'] > 0
 
 
 def test_kernel_node_with_tx_checksum_off(kernel_vxlan):
