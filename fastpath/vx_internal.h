@@ -61,9 +61,10 @@ int vx_frame_inner_hdr_len(const uint8_t *frame, const vx_frame *f);
  * instead of each preempting the application (at 50k pps: 16 us of daemon CPU per packet
  * SCHED_OTHER, 6-8 us SCHED_BATCH, 2-core VM, 2026-11-30). Dense: VX_SCHED_DENSE wake-ups in a
  * row, each under VX_SCHED_DENSE_NS after the one before; a wake-up VX_SCHED_SPARSE_NS or more
- * after the last switches back (a ping every 10 ms; or a busy CPU's time slice, 3-4 ms). */
+ * after the last switches back (a ping every 10 ms; longer than a busy CPU's time slice, 3-4 ms,
+ * so that dense traffic delayed by one stays batched). */
 #define VX_SCHED_DENSE_NS 250000
-#define VX_SCHED_SPARSE_NS 2000000
+#define VX_SCHED_SPARSE_NS 8000000
 #define VX_SCHED_DENSE 8
 typedef struct {
     int on;                 /* auto mode */
