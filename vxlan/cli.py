@@ -77,6 +77,13 @@ def _cidr(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR like 10.0.0.0/8") from None
 
 
+def _add_choice(group, flag: str, values: tuple[str, ...], help: str) -> None:
+    """A flag that takes one of ``values``, the first the default (also when FLANNELD_<FLAG> is
+    set but empty)."""
+    group.add_argument(flag, type=_one_of(*values), metavar="{" + ",".join(values) + "}",
+                       default=_env(flag.removeprefix("--"), values[0]) or values[0], help=help)
+
+
 def _one_of(*values: str):
     """A type that takes only ``values`` (argparse checks ``choices`` on the command line, not
     on a default from the environment)."""
@@ -233,30 +240,27 @@ def _add_vxland_flags(extra) -> None:
                             "picked by a hash of the flow, as a kernel vxlan device spreads flows for ECMP and "
                             "RSS (8 is plenty); 1: every flow from the bound port (default 1: on 2 cores N=8 cost 5-"
                             "13 %% of one stream's TCP rate; at most 32)")
-    extra.add_argument("--tunnel-gso", type=_one_of("auto", "off"), metavar="{auto,off}",
-                       default=_env("tunnel-gso", "auto") or "auto",
-                       help="auto (default): a pod's TCP super-packet leaves whole, as one UDP tunnel GSO frame like "
-                            "a kernel vxlan device's (a TAP with TUN_F_UDP_TUNNEL_GSO, Linux >= 6.17, and a tc "
-                            "program that sends its frames out of the --iface, Linux >= 6.6), else as a train of "
-                            "datagrams; off: always the train")
-    extra.add_argument("--underlay-rx", type=_one_of("auto", "udp"), metavar="{auto,udp}",
-                       default=_env("underlay-rx", "auto") or "auto",
-                       help="auto (default): receive tunnel traffic from a packet socket that tells which checksums "
-                            "a kernel peer left unfinished and keeps its super-packets whole (when the TUN takes "
-                            "offloads); udp: from the UDP socket (kernel peers then need tx checksum offload off)")
+    _add_choice(extra, "--tunnel-gso", ("auto", "off"),
+                help="auto (default): a pod's TCP super-packet leaves whole, as one UDP tunnel GSO frame like "
+                     "a kernel vxlan device's (a TAP with TUN_F_UDP_TUNNEL_GSO, Linux >= 6.17, and a tc "
+                     "program that sends its frames out of the --iface, Linux >= 6.6), else as a train of "
+                     "datagrams; off: always the train")
+    _add_choice(extra, "--underlay-rx", ("auto", "udp"),
+                help="auto (default): receive tunnel traffic from a packet socket that tells which checksums "
+                     "a kernel peer left unfinished and keeps its super-packets whole (when the TUN takes "
+                     "offloads); udp: from the UDP socket (kernel peers then need tx checksum offload off)")
     extra.add_argument("--strict-source", action="store_true", default=_env_bool("strict-source"),
                        help="drop (and count as spoofed_source) tunnelled packets whose inner source is not in "
                             "a subnet leased to the VTEP that sent them (flannel has no such check; off by default)")
     extra.add_argument("--engine-nice", type=int, default=_env("engine-nice", str(ENGINE_NICE)) or str(ENGINE_NICE),
                        help=f"nice value of the two data-plane threads, -20..19 (default {ENGINE_NICE}); a negative "
                             "value needs CAP_SYS_NICE")
-    extra.add_argument("--engine-sched", type=_one_of("auto", "other", "batch"), metavar="{auto,other,batch}",
-                       default=_env("engine-sched", "auto") or "auto",
-                       help="scheduling policy of the two data-plane threads: other (SCHED_OTHER: a woken thread "
-                            "preempts the running task, as the kernel's softirq would), batch (SCHED_BATCH: it "
-                            "waits for the task's time slice: fewer wake-ups and losses under dense traffic, "
-                            "milliseconds of latency on a busy host), auto (default): other while packets come "
-                            "sparsely, batch while they come densely")
+    _add_choice(extra, "--engine-sched", ("auto", "other", "batch"),
+                help="scheduling policy of the two data-plane threads: other (SCHED_OTHER: a woken thread "
+                     "preempts the running task, as the kernel's softirq would), batch (SCHED_BATCH: it "
+                     "waits for the task's time slice: fewer wake-ups and losses under dense traffic, "
+                     "milliseconds of latency on a busy host), auto (default): other while packets come "
+                     "sparsely, batch while they come densely")
     extra.add_argument("--log-format", type=_one_of("text", "json"), metavar="{text,json}",
                        default=_env("log-format", "text"),
                        help="text (default) or json: one object per line with time, level, logger, message")

@@ -199,6 +199,15 @@ def ip_forward_enabled() -> bool:
         return False
 
 
+def disable_ipv6(name: str) -> None:
+    """No IPv6 on device ``name``: no link-local address, no router or multicast-listener
+    solicitations sent into it."""
+    try:
+        Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
+    except OSError:
+        pass  # IPv6 not compiled in: nothing to silence
+
+
 def configure_tun(name: str, address: ipaddress.IPv4Address, mtu: int, network: ipaddress.IPv4Network) -> None:
     """MTU, ``address/32`` and link up, then one route for the whole Network via the device.
 
@@ -206,10 +215,7 @@ def configure_tun(name: str, address: ipaddress.IPv4Address, mtu: int, network: 
     remote pods uses it as source. IPv6 is switched off on the device so the kernel sends no
     router or multicast-listener solicitations into the tunnel (flannel sets accept_ra=0).
     """
-    try:
-        Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
-    except OSError:
-        pass  # IPv6 not compiled in: nothing to silence
+    disable_ipv6(name)
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:

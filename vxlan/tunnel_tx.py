@@ -28,6 +28,7 @@ import fcntl
 import os
 import struct
 
+from vxlan.netconf import disable_ipv6
 from vxlan.rtnl import IPRoute
 
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
@@ -139,11 +140,7 @@ class TunnelTx:
 def _bring_up(name: str) -> tuple[int, bytes]:
     """IPv6 off on the TAP (no link-local address, no router solicitations: nothing is ever
     routed into it), up; its (ifindex, MAC)."""
-    try:
-        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-            f.write("1")
-    except OSError:
-        pass  # no IPv6 on this host
+    disable_ipv6(name)
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=index, state="up")

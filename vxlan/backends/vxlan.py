@@ -219,6 +219,5 @@ class VxlanBackend(TunnelBackend):
 
     def metrics(self) -> dict[str, float]:
         values = {"capture_lost_total": float(self.hub.lost)} if self.hub is not None else {}
-        if fastpath.Engine is not None and isinstance(self.codec, fastpath.Engine):
-            values["tunnel_gso"] = float(self.tunnel is not None and not self.codec.tunnel_errno)
+        values["tunnel_gso"] = float(self.tunnel is not None and not self.codec.tunnel_errno)
         return values
