@@ -313,6 +313,9 @@ class CaptureHub:
         self._sinks: list = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        # set while a sink is attached (or to stop): without one the thread sleeps, instead of
+        # waking 20 times a second on a host that captures nothing
+        self._active = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vxland-capture", daemon=True)
         self._thread.start()
 
@@ -320,6 +323,7 @@ class CaptureHub:
         with self._lock:
             self._sinks.append(sink)
             self.engine.capture_on(self.snaplen)
+            self._active.set()
 
     def remove(self, sink) -> None:
         with self._lock:
@@ -349,13 +353,16 @@ class CaptureHub:
             self.engine.capture_off()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while self._active.wait() and not self._stop.wait(self.interval_s):
             with self._lock:
                 if self._sinks:
                     self._drain()
+                if not self._sinks:
+                    self._active.clear()
 
     def close(self) -> None:
         self._stop.set()
+        self._active.set()
         self._thread.join(1.0)
         with self._lock:
             if self._sinks:

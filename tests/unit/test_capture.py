@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.utils import PcapNgReader
 
-from vxlan.capture import INBOUND, OVERLAY, UNDERLAY, FileSink, Filter
+from vxlan.capture import INBOUND, OVERLAY, UNDERLAY, CaptureHub, FileSink, Filter
 from vxlan.wire import DropReason
 
 OWN, PEER = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -173,3 +174,52 @@ def test_capture_file_never_follows_links_or_takes_someone_elses_file(tmp_path):
     sink.close()
     assert ours.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a" and oct(ours.stat().st_mode & 0o777) == "0o600"
     FileSink(Path(os.devnull), 2048, Filter.parse(None)).close()
+
+
+class CountingEngine:
+    """The engine's capture calls, counted (no rings)."""
+
+    def __init__(self) -> None:
+        self.drains = 0
+        self.on = False
+        self.capture_lost = 0
+
+    def capture_on(self, snaplen: int) -> None:
+        self.on = True
+
+    def capture_off(self) -> None:
+        self.on = False
+
+    def capture_drain(self) -> list:
+        self.drains += 1
+        return []
+
+
+class ListSink:
+    done = False
+
+    def feed(self, records) -> None:
+        pass
+
+    def close(self) -> None:
+        self.done = True
+
+
+def test_hub_sleeps_while_no_sink_is_attached():
+    engine = CountingEngine()
+    hub = CaptureHub(engine, interval_s=0.005)
+    try:
+        time.sleep(0.1)
+        assert engine.drains == 0  # 20 wake-ups at this interval if it polled
+        sink = ListSink()
+        hub.add(sink)
+        time.sleep(0.1)
+        assert engine.on and engine.drains >= 3
+        hub.remove(sink)
+        time.sleep(0.03)  # the thread sees no sink and goes back to sleep
+        before = engine.drains
+        time.sleep(0.1)
+        assert not engine.on and engine.drains == before
+    finally:
+        hub.close()
+    assert not hub._thread.is_alive()
