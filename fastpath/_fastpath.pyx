@@ -121,6 +121,8 @@ cdef extern from "vxengine.h" nogil:
     int vx_remove_peer(vx_core *c, uint32_t subnet)
     int vx_encap(vx_core *c, uint8_t *buf, int len, sockaddr_in *dest)
     int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_len)
+    int vx_ecn_decap(uint8_t *ip, int len, uint8_t outer_tos, int mark)
+    uint8_t vx_ecn_outer(const uint8_t *ip)
     uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc)
     uint64_t vx_csum_add_portable(const uint8_t *p, size_t n, uint64_t acc)
     uint16_t vx_csum_fold(uint64_t acc)
@@ -242,8 +244,9 @@ cdef class Codec:
                 ok += 1
         return ok
 
-    def decap_batch(self, list bufs, lengths, senders, int count, list verdicts, list inner_lengths):
+    def decap_batch(self, list bufs, lengths, senders, int count, list verdicts, list inner_lengths, tos=None):
         cdef int i, n, v, inner, ok = 0
+        cdef uint8_t outer_tos = 0
         cdef bytearray buf
         for i in range(count):
             buf = bufs[i]
@@ -254,6 +257,10 @@ cdef class Codec:
             vx_lock(&self.core)
             v = vx_check(&self.core, <uint8_t*>PyByteArray_AS_STRING(buf), n, _ip_net(senders[i]), &inner)
             vx_unlock(&self.core)
+            if tos is not None:
+                outer_tos = tos[i]
+            if not v:
+                v = vx_ecn_decap(<uint8_t*>PyByteArray_AS_STRING(buf) + VX_HEADROOM, inner, outer_tos, 1)
             verdicts[i] = v
             inner_lengths[i] = inner
             if v:
@@ -575,3 +582,10 @@ def gro_coalesce(packets, bint udp=False):
     finally:
         free(g)
     return result
+
+
+def ecn_outer(bytes pkt):
+    """vx_ecn_outer: the outer ECN field the engine gives an inner packet. For tests."""
+    if len(pkt) < 2:
+        raise ValueError("an IP header, please")
+    return vx_ecn_outer(<const uint8_t*>PyBytes_AS_STRING(pkt))

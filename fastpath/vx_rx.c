@@ -106,13 +106,16 @@ static void rx_arm(rx_loop *l, int packet) {
 }
 
 /* The segment size of a GRO train (UDP_GRO's cmsg), or len for a single datagram. */
-static int rx_segment_size(struct msghdr *h, int len) {
+static int rx_segment_size(struct msghdr *h, int len, uint8_t *tos) {
     int seg = len;
+    *tos = 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
         if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
             int g;
             memcpy(&g, CMSG_DATA(cm), sizeof g);
             if (g > 0) seg = g;
+        } else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TOS) {  /* IP_RECVTOS: the outer TOS */
+            *tos = *CMSG_DATA(cm);
         }
     }
     return seg;
@@ -127,7 +130,7 @@ static int rx_segment_size(struct msghdr *h, int len) {
  * datagram, longer than the MTU (flannel's MTU keeps every inner packet of a real peer within
  * it). It goes on as a super-packet: its inner checksum is partial, as a GSO skb's always is.
  * 1 if it was one (forwarded or dropped and counted). */
-static int rx_udp_super(rx_loop *l, rx_ctx *rc, int i, int len, int seg, int *nout) {
+static int rx_udp_super(rx_loop *l, rx_ctx *rc, int i, int len, int seg, uint8_t tos, int *nout) {
     const uint8_t *d = l->bufs + (size_t)i * RX_BUF, *ip = d + VX_HEADROOM;
     if (len <= rc->io->core->tun_mtu + VX_HEADROOM || (ip[0] >> 4) != 4 || ((ip[2] << 8) | ip[3]) != len - VX_HEADROOM)
         return 0;
@@ -141,12 +144,14 @@ static int rx_udp_super(rx_loop *l, rx_ctx *rc, int i, int len, int seg, int *no
     if (segs < 1) segs = 1;
     c->udp_received += (uint64_t)segs;
     int v = vx_check_super(c, d, len, l->from[i].sin_addr.s_addr, hdr + gso_size, &inner);
+    if (!v) v = vx_ecn_decap((uint8_t *)ip, inner, tos, 0);
     if (rc->cap) {
         struct iovec one = {(void *)d, (size_t)len};
         vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, l->from[i].sin_addr.s_addr, ntohs(l->from[i].sin_port),
                    rc->io->local_ip, rc->io->local_port, &one, 1, (uint32_t)len);
     }
     if (v) { c->drops[v] += (uint64_t)segs; return 1; }
+    vx_ecn_decap((uint8_t *)ip, inner, tos, 1);
     l->out[*nout] = (pkt_ref){.p = (uint8_t *)ip, .len = inner, .segs = segs, .super = 1,
                               .vh = {VX_VNET_F_NEEDS_CSUM, proto == 6 ? VX_VNET_GSO_TCPV4 : VX_VNET_GSO_UDP_L4,
                                      (uint16_t)hdr, (uint16_t)gso_size, (uint16_t)ihl, proto == 6 ? 16 : 6}};
@@ -165,8 +170,9 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
         c->drops[VX_TOO_BIG]++;
         return;
     }
-    int seg = rx_segment_size(&l->msgs[i].msg_hdr, len);
-    if (rx_udp_super(l, rc, i, len, seg, nout)) return;
+    uint8_t tos;
+    int seg = rx_segment_size(&l->msgs[i].msg_hdr, len, &tos);
+    if (rx_udp_super(l, rc, i, len, seg, tos, nout)) return;
     if (seg < len) c->gro_trains++;
     uint32_t sender = l->from[i].sin_addr.s_addr;
     const uint8_t *base = l->bufs + (size_t)i * RX_BUF;
@@ -177,13 +183,16 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
         int dlen = len - off < seg ? len - off : seg;
         int inner = 0;
         int v = vx_check(c, base + off, dlen, sender, &inner);
+        uint8_t *ip = (uint8_t *)base + off + VX_HEADROOM;
+        if (!v) v = vx_ecn_decap(ip, inner, tos, 0);
         if (rc->cap) {
             struct iovec one = {(void *)(base + off), (size_t)dlen};
             vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(l->from[i].sin_port), io->local_ip,
                        io->local_port, &one, 1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
-        l->out[*nout].p = (uint8_t *)base + off + VX_HEADROOM;
+        vx_ecn_decap(ip, inner, tos, 1);
+        l->out[*nout].p = ip;
         l->out[*nout].len = inner;
         l->out[*nout].segs = 1;
         l->out[*nout].super = 0;
@@ -213,6 +222,7 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr
         if (out->segs < 1) out->segs = 1;
     }
     int v = vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, gso ? hdr + vh.gso_size : 0, &inner);
+    if (!v) v = vx_ecn_decap(frame + f.vx_off + VX_HEADROOM, inner, f.tos, 0);
     if (rc->cap) {
         struct iovec one = {frame + f.vx_off, (size_t)f.vx_len};
         vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f.saddr, f.sport, io->local_ip, io->local_port, &one, 1,
@@ -220,6 +230,7 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr
     }
     if (v) return v;
     int inner_off = f.vx_off + VX_HEADROOM;  /* from the Ethernet header, as csum_start counts */
+    vx_ecn_decap(frame + inner_off, inner, f.tos, 1);
     int cs = (int)vh.csum_start - inner_off;
     out->p = frame + inner_off;
     out->len = inner;
@@ -249,12 +260,14 @@ static void rx_check_train(rx_loop *l, rx_ctx *rc, uint8_t *frame, const vx_fram
         uint8_t *d = frame + f->vx_off + off;
         c->udp_received++;
         int v = vx_check(c, d, dlen, f->saddr, &inner);
+        if (!v) v = vx_ecn_decap(d + VX_HEADROOM, inner, f->tos, 0);
         if (rc->cap) {
             struct iovec one = {d, (size_t)dlen};
             vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f->saddr, f->sport, io->local_ip, io->local_port, &one,
                        1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
+        vx_ecn_decap(d + VX_HEADROOM, inner, f->tos, 1);
         l->out[*nout] = (pkt_ref){.p = d + VX_HEADROOM, .len = inner, .segs = 1, .super = 0};
         (*nout)++;
     }

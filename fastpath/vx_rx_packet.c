@@ -38,6 +38,7 @@ int vx_frame_outer(const uint8_t *frame, int flen, int link_len, const struct vx
         if (vx_csum_fold(vx_csum_add(udp, (size_t)ulen, acc)) != 0xFFFF) return VX_BAD_OUTER;
     }
     memcpy(&f->saddr, ip + 12, 4);
+    f->tos = ip[1];
     f->sport = (uint16_t)((udp[0] << 8) | udp[1]);
     memcpy(&f->daddr, ip + 16, 4);
     f->dport = (uint16_t)((udp[2] << 8) | udp[3]);

@@ -55,7 +55,7 @@ int vx_tunnel_header(uint8_t *out, const uint8_t *pkt, int len, const struct vx_
     eth[13] = 0x00;
     uint8_t *ip = eth + OUTER_IP_OFF;
     ip[0] = 0x45;
-    ip[1] = 0;
+    ip[1] = vx_ecn_outer(pkt);  /* RFC 6040: the inner ECN field, CE as ECT(0) */
     ip[2] = outer_len >> 8;
     ip[3] = outer_len & 0xFF;
     ip[4] = ip_id >> 8;

@@ -17,6 +17,7 @@ typedef struct {
     struct iovec iov[2 * TXQ];
     int iov_at[TXQ], iov_cnt[TXQ], len[TXQ], inner[TXQ];
     uint8_t sock[TXQ];              /* which of the source-port sockets sends it (its flow's) */
+    uint8_t ecn[TXQ];               /* its outer ECN field (vx_ecn_outer); a run has one */
     uint32_t socks_used;            /* bit s: some datagram goes by socket s */
     struct sockaddr_in addr[TXQ];
     int ord[TXQ];                   /* the send order: grouped by socket, queue order within one */
@@ -24,7 +25,7 @@ typedef struct {
     struct mmsghdr runs[TXQ];
     struct iovec merged[2 * TXQ];   /* the runs' iovecs, neighbours in memory joined */
     int run_first[TXQ], run_cnt[TXQ];   /* positions in ord */
-    char run_ctl[TXQ][CMSG_SPACE(sizeof(uint16_t))];
+    char run_ctl[TXQ][CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))];
 } tx_queue;
 
 static int same_dst(const struct sockaddr_in *a, const struct sockaddr_in *b) {
@@ -42,7 +43,7 @@ static int tx_build_runs(tx_queue *q, int from, int end, int gso) {
         size_t total = (size_t)seg;
         p++;
         while (gso && p < end && p - first < GSO_MAX_DGRAMS && same_dst(&q->addr[o[first]], &q->addr[o[p]]) &&
-               q->len[o[p]] <= seg && total + (size_t)q->len[o[p]] <= GSO_MAX_BYTES) {
+               q->ecn[o[p]] == q->ecn[o[first]] && q->len[o[p]] <= seg && total + (size_t)q->len[o[p]] <= GSO_MAX_BYTES) {
             total += (size_t)q->len[o[p]];
             if (q->len[o[p++]] < seg) break;  /* a shorter datagram ends a run */
         }
@@ -64,15 +65,27 @@ static int tx_build_runs(tx_queue *q, int from, int end, int gso) {
         nm += cnt;
         m->msg_iov = mi;
         m->msg_iovlen = (size_t)cnt;
-        if (p - first > 1) {
+        int ecn = q->ecn[o[first]];
+        if (p - first > 1 || ecn) {
+            /* UDP_SEGMENT for a run; IP_TOS for an ECN-capable one (ip_cmsg_send: the outer
+             * header's TOS for this message; without it the socket's, 0) */
             m->msg_control = q->run_ctl[nr];
-            m->msg_controllen = sizeof q->run_ctl[nr];
+            m->msg_controllen = (p - first > 1 ? CMSG_SPACE(sizeof(uint16_t)) : 0) + (ecn ? CMSG_SPACE(sizeof(int)) : 0);
             struct cmsghdr *cm = CMSG_FIRSTHDR(m);
-            cm->cmsg_level = SOL_UDP;
-            cm->cmsg_type = UDP_SEGMENT;
-            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t size = (uint16_t)seg;
-            memcpy(CMSG_DATA(cm), &size, sizeof size);
+            if (p - first > 1) {
+                cm->cmsg_level = SOL_UDP;
+                cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t size = (uint16_t)seg;
+                memcpy(CMSG_DATA(cm), &size, sizeof size);
+                cm = CMSG_NXTHDR(m, cm);
+            }
+            if (ecn) {
+                cm->cmsg_level = IPPROTO_IP;
+                cm->cmsg_type = IP_TOS;
+                cm->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(cm), &ecn, sizeof ecn);
+            }
         }
         q->run_first[nr] = first;
         q->run_cnt[nr] = p - first;
@@ -141,7 +154,7 @@ static void tx_flush(vx_io *io, tx_queue *q) {
 }
 
 static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, int blen,
-                         const struct sockaddr_in *dst, int inner, int sock) {
+                         const struct sockaddr_in *dst, int inner, int sock, uint8_t ecn) {
     int i = q->n++;
     q->iov_at[i] = q->niov;
     q->iov_cnt[i] = blen ? 2 : 1;
@@ -155,6 +168,7 @@ static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, in
     q->inner[i] = inner;
     q->addr[i] = *dst;
     q->sock[i] = (uint8_t)sock;
+    q->ecn[i] = ecn;
     q->socks_used |= 1u << sock;
 }
 
@@ -271,7 +285,7 @@ static int tx_plain(tx_loop *t, tx_read *rd) {
     if (v) { c->drops[v]++; return 0; }
     if (t->q->n == TXQ) tx_flush(io, t->q), t->hdr_used = 0;
     int sock = flow_socket(io, pkt, len);
-    tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len, sock);
+    tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len, sock, vx_ecn_outer(pkt));
     if (t->cap) {
         struct iovec one = {buf, (size_t)(VX_HEADROOM + len)};
         vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip,
@@ -289,6 +303,7 @@ static void tx_queue_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in 
     uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
     int sock = flow_socket(io, pkt, rd->len);  /* every segment is of one flow */
     uint16_t sport = io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
+    uint8_t ecn = vx_ecn_outer(pkt);  /* every segment has the super-packet's IP header */
     if (!inplace) memcpy(t->hdrs + t->hdr_used, buf, VX_HEADROOM);
     uint8_t *h0 = inplace ? buf : t->hdrs + t->hdr_used;
     for (int k = 0; k < nseg; k++) {
@@ -297,9 +312,9 @@ static void tx_queue_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in 
         int seg = t->seg_lens[k], chunk = seg - hdr;
         const uint8_t *body = pkt + hdr + (size_t)k * rd->vh.gso_size;
         if (inplace)  /* headers and payload are one piece */
-            tx_queue_add(t->q, h, VX_HEADROOM + seg, NULL, 0, dst, seg, sock);
+            tx_queue_add(t->q, h, VX_HEADROOM + seg, NULL, 0, dst, seg, sock, ecn);
         else
-            tx_queue_add(t->q, h, VX_HEADROOM + hdr, body, chunk, dst, seg, sock);
+            tx_queue_add(t->q, h, VX_HEADROOM + hdr, body, chunk, dst, seg, sock, ecn);
         if (t->cap) {
             struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)}, {(void *)body, (size_t)chunk}};
             if (inplace) two[1].iov_base = h + VX_HEADROOM + hdr;

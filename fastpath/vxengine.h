@@ -36,7 +36,7 @@ enum {
     VX_DST_MAC_MISMATCH = 5, VX_DST_MAC_BROADCAST = 6, VX_ARP = 7, VX_BAD_ETHERTYPE = 8,
     VX_BAD_INNER_IP = 9, VX_TOO_BIG = 10, VX_NO_ROUTE = 11, VX_NOT_IP = 12, VX_SEND_FAILED = 13,
     VX_TUN_WRITE_FAILED = 14, VX_BAD_OFFLOAD = 15, VX_TTL_EXPIRED = 16,  /* 16: udp backend only */
-    VX_SPOOFED_SOURCE = 17, VX_BAD_OUTER = 18,
+    VX_SPOOFED_SOURCE = 17, VX_BAD_OUTER = 18, VX_CE_NOT_ECT = 19,
 };
 
 /* virtio_net_hdr (linux/virtio_net.h); host byte order as the TUN uses it. */
@@ -110,6 +110,19 @@ int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int
 /* vx_check for a super-packet: the MTU is checked against seg_len (its headers and one
  * segment's payload) instead of its whole length. */
 int vx_check_super(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int seg_len, int *inner_len);
+
+/* ECN across the tunnel, as RFC 6040 and the kernel's vxlan device (INET_ECN_encapsulate,
+ * INET_ECN_decapsulate in include/net/inet_ecn.h). Encapsulation: the outer ECN field is the
+ * inner one, CE sent as ECT(0); the outer DSCP is 0 (flannel sets no tos). Decapsulation of a
+ * CE-marked outer header: the inner packet is marked CE (its IPv4 checksum updated), or
+ * dropped (VX_CE_NOT_ECT) if its sender did not ask for ECN; any other outer field leaves the
+ * inner one as it is. */
+static inline uint8_t vx_ecn_outer(const uint8_t *ip) {
+    uint8_t ecn = (ip[0] >> 4) == 6 ? (uint8_t)((ip[1] >> 4) & 3) : (uint8_t)(ip[1] & 3);
+    return ecn == 3 ? 2 : ecn;
+}
+/* the verdict; with ``mark``, a forwarded packet is also marked (call it so after the verdict) */
+int vx_ecn_decap(uint8_t *ip, int len, uint8_t outer_tos, int mark);
 
 /* Internet checksum (RFC 1071): partial sums over native 16-bit words, fold at the end. */
 uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc);  /* AVX2 where the CPU has it */

@@ -38,8 +38,10 @@ class BatchCodec(Protocol):
         ...
 
     def decap_batch(self, bufs: Sequence[Any], lengths: Sequence[int], senders: Sequence[str], count: int,
-                    verdicts: list[int], inner_lengths: list[int]) -> int:
-        """Datagrams from ``senders[i]`` (the sending IP, dotted) -> inner packets and their lengths."""
+                    verdicts: list[int], inner_lengths: list[int], tos: Sequence[int] | None = None) -> int:
+        """Datagrams from ``senders[i]`` (the sending IP, dotted) -> inner packets and their lengths.
+        ``tos[i]``: the TOS byte of datagram i's outer IPv4 header, for its ECN field (RFC 6040),
+        where the receiver knows it."""
         ...
 
     def drop_counts(self) -> list[int]:

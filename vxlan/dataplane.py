@@ -19,9 +19,11 @@ import logging
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable
 
+from vxlan import wire
 from vxlan.codec import BatchCodec
 from vxlan.wire import HEADROOM, DropReason
 
@@ -31,6 +33,8 @@ BATCH = 64
 # <linux/in.h>, <linux/udp.h>, <asm-generic/socket.h>: Python 3.11's socket module lacks them.
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DONT = 0
+IP_RECVTOS = 13
+TOS_CMSG_SPACE = socket.CMSG_SPACE(1)  # room for the IP_TOS cmsg IP_RECVTOS adds to a datagram
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -68,6 +72,7 @@ class DataPlane:
         self.headroom = codec.headroom
         self._tx = _Pool(batch, self.headroom)
         self._rx = _Pool(batch, self.headroom)
+        self._tos = [0] * batch  # the received datagrams' outer TOS bytes
         self.tx_packets = self.tx_bytes = 0  # inner packets/bytes sent into the tunnel
         self.rx_packets = self.rx_bytes = 0  # inner packets/bytes written to the TUN
         # before any check: per side, received = forwarded + that side's drops (DropReason.side)
@@ -131,14 +136,20 @@ class DataPlane:
         """The batch's forwarded packets to their peers."""
         pool = self._tx
         hr = self.headroom
-        sendto = self.sock.sendto
+        sendto, sendmsg = self.sock.sendto, self.sock.sendmsg
+        ecn_outer = wire.ecn_outer if self.headroom else None  # VXLAN: RFC 6040; udp backend: none
         sent = sent_bytes = failed = 0
         for i in range(n):
             if pool.verdicts[i]:
                 continue
             length = pool.lengths[i]
+            ecn = ecn_outer(pool.views[i][hr : hr + 2]) if ecn_outer is not None and length >= 2 else 0
             try:
-                sendto(pool.views[i][: hr + length], pool.aux[i])
+                if ecn:  # the outer header's TOS for this datagram (ip_cmsg_send), as the engine does
+                    tos_cmsg = (socket.IPPROTO_IP, socket.IP_TOS, ecn.to_bytes(4, sys.byteorder))
+                    sendmsg([pool.views[i][: hr + length]], [tos_cmsg], 0, pool.aux[i])
+                else:
+                    sendto(pool.views[i][: hr + length], pool.aux[i])
             except OSError:
                 failed += 1
                 continue
@@ -151,22 +162,27 @@ class DataPlane:
 
     def _on_udp_readable(self) -> None:
         pool = self._rx
-        recv = self.sock.recvfrom_into
+        recv = self.sock.recvmsg_into
+        tos = self._tos
         n = 0
         for _ in range(self.batch):
             try:
-                nbytes, addr = recv(pool.bufs[n], 0, socket.MSG_DONTWAIT)
+                nbytes, ancdata, _, addr = recv([pool.bufs[n]], TOS_CMSG_SPACE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
             except OSError:
                 continue  # a queued ICMP error (e.g. port unreachable); the next read goes on
             pool.lengths[n] = nbytes
             pool.aux[n] = addr[0]
+            tos[n] = 0
+            for level, kind, data in ancdata:  # IP_RECVTOS: the outer TOS, for its ECN field
+                if level == socket.IPPROTO_IP and kind == socket.IP_TOS and data:
+                    tos[n] = data[0]
             n += 1
         if not n:
             return
         self.udp_received += n
-        if not self.codec.decap_batch(pool.bufs, pool.lengths, pool.aux, n, pool.verdicts, pool.inner):
+        if not self.codec.decap_batch(pool.bufs, pool.lengths, pool.aux, n, pool.verdicts, pool.inner, tos):
             return
         fd = self.tun_fd
         hr = self.headroom
@@ -197,6 +213,7 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)  # the outer TOS with each datagram (ECN)
         for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
             try:  # beyond net.core.[rw]mem_max needs CAP_NET_ADMIN
                 sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)

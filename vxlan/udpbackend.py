@@ -118,9 +118,10 @@ class UdpCodec(DropCounters):
         return ok
 
     def decap_batch(self, bufs: list, lengths: list[int], senders: list, n: int, verdicts: list[int],
-                    inner: list[int]) -> int:
+                    inner: list[int], tos: list[int] | None = None) -> int:
         """Datagrams -> (verdict, packet length); the packet starts at offset 0. The number
-        forwarded."""
+        forwarded. ``tos`` is not looked at: flannel's udp proxy carries no ECN across either
+        (the packet is read from its TUN and written as a UDP payload)."""
         ok = 0
         for i in range(n):
             buf, length = bufs[i], lengths[i]

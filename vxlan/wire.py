@@ -78,6 +78,9 @@ class DropReason(enum.IntEnum):
     # outer IPv4/UDP header malformed or its checksum wrong, an outer fragment, or a super-packet
     # the TUN cannot take whole
     BAD_OUTER = 18
+    # RFC 6040 section 4.2: the outer header says CE (congestion on the underlay) but the inner
+    # packet's sender did not ask for ECN; the kernel's vxlan device drops it too (vxlan_rcv)
+    CE_NOT_ECT = 19
 
     @property
     def label(self) -> str:
@@ -312,13 +315,15 @@ class Codec(DropCounters):
         count: int,
         verdicts: list[int],
         inner_lengths: list[int],
+        tos: Sequence[int] | None = None,
     ) -> int:
         """Check ``count`` received datagrams (``bufs[i][:lengths[i]]`` from ``senders[i]``).
 
         On return ``verdicts[i]`` is ``OK`` and the inner packet is
         ``bufs[i][HEADROOM:HEADROOM + inner_lengths[i]]`` (Ethernet padding after the IP
         total length is cut off), or the reason the datagram was dropped. Returns the number
-        of inner packets to write to the TUN.
+        of inner packets to write to the TUN. ``tos[i]``, where given, is the TOS byte of the
+        datagram's outer IPv4 header: its ECN field is carried inward (``ecn_decapsulate``).
         """
         ok = 0
         drops = self._drops
@@ -327,6 +332,8 @@ class Codec(DropCounters):
             if n < 0 or n > len(bufs[i]):
                 raise ValueError(f"length {n} of datagram {i} does not fit its buffer")
             verdict, inner = self._check(bufs[i], n, senders[i])
+            if not verdict and tos is not None:
+                verdict = ecn_decapsulate(bufs[i], HEADROOM, inner, tos[i])
             verdicts[i] = verdict
             inner_lengths[i] = inner
             if verdict:
@@ -398,6 +405,42 @@ def encap_one(codec: Any, packet: bytes) -> tuple[bytes, tuple[str, int]] | Drop
     if verdicts[0]:
         return DropReason(verdicts[0])
     return bytes(buf), dests[0]  # type: ignore[return-value]
+
+
+def ecn_outer(packet: Any) -> int:
+    """The outer ECN field for an inner packet (RFC 6040 section 4.1, the kernel's
+    INET_ECN_encapsulate): the inner one, CE sent as ECT(0)."""
+    ecn = (packet[1] >> 4) & 3 if packet[0] >> 4 == 6 else packet[1] & 3
+    return 2 if ecn == 3 else ecn
+
+
+def ecn_decapsulate(buf: Any, off: int, n: int, outer_tos: int, mark: bool = True) -> DropReason:
+    """RFC 6040 section 4.2 (the kernel's INET_ECN_decapsulate) for the inner packet at
+    ``buf[off:off + n]``: with CE on the outer header, an ECN-capable inner packet is marked CE
+    in place (``mark``; its IPv4 header checksum updated as RFC 1624 says) and a Not-ECT one is
+    dropped (CE_NOT_ECT). Any other outer field leaves the inner one as it is."""
+    if outer_tos & 3 != 3 or n < 1:
+        return DropReason.OK
+    if buf[off] >> 4 == 6:
+        if n < 40:
+            return DropReason.OK
+        if not (buf[off + 1] >> 4) & 3:
+            return DropReason.CE_NOT_ECT
+        if mark:
+            buf[off + 1] |= 0x30
+        return DropReason.OK
+    if n < 20:
+        return DropReason.OK
+    if not buf[off + 1] & 3:
+        return DropReason.CE_NOT_ECT
+    if mark and buf[off + 1] & 3 != 3:
+        before = buf[off] << 8 | buf[off + 1]
+        buf[off + 1] |= 3
+        after = buf[off] << 8 | buf[off + 1]
+        check = (buf[off + 10] << 8 | buf[off + 11]) ^ 0xFFFF
+        check = fold16(check + (before ^ 0xFFFF) + after) ^ 0xFFFF
+        buf[off + 10 : off + 12] = check.to_bytes(2, "big")
+    return DropReason.OK
 
 
 def decap_one(codec: Any, datagram: bytes, sender: str) -> bytes | DropReason:
