@@ -53,21 +53,18 @@ def concerns(buf: bytes | bytearray | memoryview, index: int) -> bool:
 
 def open_notifications() -> socket.socket | None:
     """A non-blocking rtnetlink socket subscribed to link and IPv4 address changes, or None."""
+    sock = None
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                              socket.NETLINK_ROUTE)
-    except OSError as exc:
-        log.debug("no rtnetlink notifications (%s): the underlay address is looked at every %.0f s",
-                  exc.strerror, CHECK_S)
-        return None
-    try:
         sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
+        return sock
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         log.debug("no rtnetlink notifications (%s): the underlay address is looked at every %.0f s",
                   exc.strerror, CHECK_S)
         return None
-    return sock
 
 
 class _Notifications:
