@@ -57,6 +57,7 @@ class NetworkConfig:
     subnet_max: ipaddress.IPv4Address
     backend: BackendConfig
     backend_missing: bool = False  # no "Backend" key: flanneld's code falls back to udp
+    enable_nftables: bool = False  # flannel >= 0.25: masquerade and forward rules with nftables (vxlan.nftables)
 
     def subnet_mask(self) -> int:
         return (0xFFFFFFFF << (32 - self.subnet_len)) & 0xFFFFFFFF
@@ -128,6 +129,13 @@ def parse_backend(raw: Any, path: str = "Backend") -> BackendConfig:
     )
 
 
+def _top_bool(raw: dict[str, Any], key: str) -> bool:
+    value = get_ci(raw, key, False)
+    if not isinstance(value, bool):  # Go's json: "cannot unmarshal ... into ... of type bool"
+        raise ConfigError(key, f"must be true or false, got {json.dumps(value)}")
+    return value
+
+
 def _ip_field(obj: dict[str, Any], key: str) -> ipaddress.IPv4Address | None:
     value = get_ci(obj, key)
     if value is None or value == "0.0.0.0":  # flannel: zero value means unset
@@ -166,6 +174,7 @@ def parse_config(raw: Any) -> NetworkConfig:
         subnet_max=subnet_max,
         backend=parse_backend(get_ci(raw, "Backend")),
         backend_missing=get_ci(raw, "Backend") is None,
+        enable_nftables=_top_bool(raw, "EnableNFTables"),
     )
 
 

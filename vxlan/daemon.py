@@ -149,7 +149,7 @@ class Daemon:
             except netconf.NetconfError as exc:
                 raise StartupError(str(exc)) from None
         # --ip-masq and the forward rules (vxlan.hostrules); their resync loops run supervised
-        for name, resync in await hostrules.install(self.opts, config.network, own.subnet):
+        for name, resync in await hostrules.install(self.opts, config.network, own.subnet, config.enable_nftables):
             self.tasks.start(f"{name} rules resync", resync)
         try:
             subnetenv.write(self.opts.subnet_file, config.network, own.subnet, mtu, self.opts.ip_masq)

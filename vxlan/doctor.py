@@ -117,6 +117,8 @@ def _check_config_value(api: str, key: str, value: bytes) -> Check:
     except ConfigError as exc:
         return Check("config", "FAIL", f"{key} is invalid: {exc}", f"correct it, e.g. {write_config_command(api, key)}")
     detail = f"Network {config.network}, backend {config.backend.type}, etcd {api} store"
+    # which traffic manager --ip-masq and the forward rules use (flannel >= 0.25's EnableNFTables)
+    detail += ", host rules with nftables (EnableNFTables)" if config.enable_nftables else ", host rules with iptables"
     if config.backend_missing:
         detail += " (no Backend in the config: flanneld's code, and vxland, then run udp)"
     if config.backend.type == "vxlan":
@@ -242,7 +244,9 @@ def run_all(args, settings=None) -> list[Check]:
 
         try:
             snap = load_registry(args.registry_file)
-            checks.append(Check("config", "ok", f"{args.registry_file}: Network {snap.config.network}"))
+            rules = "nftables (EnableNFTables)" if snap.config.enable_nftables else "iptables"
+            checks.append(Check("config", "ok", f"{args.registry_file}: Network {snap.config.network}, "
+                                                f"host rules with {rules}"))
             port = snap.config.backend.port or port
         except ConfigError as exc:
             checks.append(Check("config", "FAIL", str(exc), "fix the file or the field named"))

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from vxlan import iptables, subnetenv
+from vxlan import iptables, nftables, subnetenv
 from vxlan.backends import StartupError
 
 if TYPE_CHECKING:
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vxland")
 
 
-async def install(opts: Options, network, subnet) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+async def install(opts: Options, network, subnet,
+                  use_nftables: bool = False) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
     """--ip-masq and the forward rules, as flanneld's main.go sets them up (pkg/trafficmngr/iptables).
 
     Hosts without iptables (or without netfilter, as under gVisor) are among vxland's
@@ -36,6 +37,9 @@ async def install(opts: Options, network, subnet) -> list[tuple[str, Callable[[]
         log.error("forward rules not installed (%s: %s); pass --iptables-forward-rules=false if this "
                   "host has no iptables", what, exc)
 
+    if use_nftables:
+        return await _install_nftables(opts, network, subnet, failed)
+    await asyncio.to_thread(_remove_nftables)
     try:
         ipt = await asyncio.to_thread(iptables.IPTables)
     except iptables.IPTablesError as exc:
@@ -108,3 +112,62 @@ async def _resync(opts: Options, ipt, name: str, rules) -> None:
                 await asyncio.to_thread(ipt.apply, rules)
         except iptables.IPTablesError as exc:
             log.error("failed to ensure the %s rules: %s", name, exc)
+
+
+# -- EnableNFTables: flanneld's nftables traffic manager (vxlan.nftables) -----------------------
+
+def _remove_nftables() -> None:
+    """main.go cleans up the traffic manager it does not use: flannel's nftables tables go when
+    the config says iptables (a host that ran flanneld with EnableNFTables before)."""
+    try:
+        nft = nftables.NFTables()
+        if nft.has_tables():
+            nft.cleanup()
+            log.info("removed flannel's nftables tables (%s, %s): the config does not enable nftables",
+                     nftables.IPV4_TABLE, nftables.IPV6_TABLE)
+    except nftables.NFTablesError:
+        pass  # no nft here: nothing of it to clean
+
+
+def _remove_iptables(network, subnet) -> None:
+    """... and with nftables, the iptables rules vxland (or flanneld) put there for this Network."""
+    try:
+        ipt = iptables.IPTables()
+        rules = [*iptables.masq_rules(network, subnet, True), *iptables.masq_rules(network, subnet, False),
+                 *iptables.forward_rules(network)]
+        found = [r for r in dict.fromkeys(rules) if ipt.exists(r)]
+        if found:
+            ipt.delete(found)
+            log.info("removed %d iptables rules: the config enables nftables", len(found))
+    except iptables.IPTablesError:
+        pass  # no iptables here: nothing of it to clean
+
+
+async def _install_nftables(opts: Options, network, subnet, failed) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    """SetupAndEnsureMasqRules and SetupAndEnsureForwardRules of flannel's nftables manager, in
+    one transaction; and a resync, which flanneld's nftables mode has not: a rule someone
+    deleted is put back within --iptables-resync seconds, as the iptables rules are."""
+    await asyncio.to_thread(_remove_iptables, network, subnet)
+    try:
+        nft = await asyncio.to_thread(nftables.NFTables)
+        random_fully = opts.masq_random_fully and await asyncio.to_thread(nft.random_fully)
+        text = nftables.script(network, subnet, opts.ip_masq, opts.iptables_forward_rules, random_fully)
+        await asyncio.to_thread(nft.apply, text)
+    except nftables.NFTablesError as exc:
+        failed("nftables", exc)
+        return []
+    want = nftables.expected_rules(network, subnet, opts.ip_masq, opts.iptables_forward_rules, random_fully)
+    what = " and ".join(n for n, on in (("masquerade", opts.ip_masq), ("forward", opts.iptables_forward_rules)) if on)
+    log.info("%s rules installed (nftables, tables %s and %s)", what, nftables.IPV4_TABLE, nftables.IPV6_TABLE)
+
+    async def resync() -> None:
+        while True:
+            await asyncio.sleep(opts.iptables_resync_s)
+            try:
+                if await asyncio.to_thread(nft.listed_rules) != want:
+                    log.info("flannel's nftables rules changed; putting them back")
+                    await asyncio.to_thread(nft.apply, text)
+            except nftables.NFTablesError as exc:
+                log.error("failed to ensure the nftables rules: %s", exc)
+
+    return [("nftables", resync)]

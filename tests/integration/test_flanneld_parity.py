@@ -233,6 +233,68 @@ def test_ip_masq_rules_and_masquerade(iptables_flavour):
         assert wait_for(lambda: iptables_save(lab, h1, env) == want, timeout=5), iptables_save(lab, h1, env)
 
 
+# flanneld's nftables rules for --ip-masq and the forward rules, as `nft list ruleset` prints
+# them (pkg/trafficmngr/nftables/nftables.go at v0.28.9: Init makes both tables, main.go sets up
+# the masquerade chain first); {rf} is " fully-random" where the kernel has it.
+NFT_RULESET = """table ip flannel-ipv4 {{
+\tcomment "rules for flannel-ipv4"
+\tchain postrtg {{
+\t\tcomment "chain to manage traffic masquerading by flannel"
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta mark 0x00004000 return
+\t\tip saddr {s} ip daddr {n} return
+\t\tip saddr {n} ip daddr {s} return
+\t\tip saddr != {s} ip daddr {n} return
+\t\tip saddr {n} ip daddr != 224.0.0.0/4 masquerade{rf}
+\t\tip saddr != {n} ip daddr {n} masquerade{rf}
+\t}}
+
+\tchain forward {{
+\t\tcomment "chain to accept flannel traffic"
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr {n} accept
+\t\tip daddr {n} accept
+\t}}
+}}
+table ip6 flannel-ipv6 {{
+\tcomment "rules for flannel-ipv6"
+}}
+"""
+
+
+def test_enable_nftables_writes_flanneld_rules_and_puts_them_back():
+    with Lab(["vxland", "vxland"], registry="etcd", seed_config=False, defer=(1, 2)) as lab:
+        lab.put_config({**lab.default_config(), "EnableNFTables": True})
+        h1, h2 = lab.hosts
+        for h in lab.hosts:
+            h.extra_args = ["--ip-masq", "--iptables-resync=1", "--iptables-forward-rules=true"]
+            lab.start_node(h)
+        want = NFT_RULESET.format(s=h1.subnet, n=lab.network, rf=" fully-random")
+        assert sh(["nft", "list", "ruleset"], ns=h1.ns).stdout == want
+        assert "masquerade and forward rules installed (nftables" in lab.log(h1)
+        assert "FLANNEL" not in sh(["iptables-save"], ns=h1.ns).stdout  # no iptables rules beside them
+
+        out_ns, out_ip = lab.add_outside()
+        assert seen_source(lab, h1.pod_ns, out_ns, out_ip) == h1.public_ip  # masqueraded
+        assert seen_source(lab, h1.pod_ns, h2.pod_ns, h2.pod_ip, port=9001) == h1.pod_ip  # pod to pod: not
+
+        # the resync puts back a rule someone deleted (flanneld's nftables mode would not)
+        listing = sh(["nft", "-a", "list", "chain", "ip", "flannel-ipv4", "postrtg"], ns=h1.ns).stdout
+        handle = next(ln.rsplit("# handle ", 1)[1] for ln in listing.splitlines() if "daddr != 224.0.0.0/4" in ln)
+        sh(["nft", "delete", "rule", "ip", "flannel-ipv4", "postrtg", "handle", handle], ns=h1.ns)
+        assert sh(["nft", "list", "ruleset"], ns=h1.ns).stdout != want
+        assert wait_for(lambda: sh(["nft", "list", "ruleset"], ns=h1.ns).stdout == want, timeout=5)
+        assert "flannel's nftables rules changed; putting them back" in lab.log(h1)
+
+        # started again with a config without it: flannel's tables go, iptables rules come
+        lab.stop_vxland(h1)
+        lab.put_config(lab.default_config())
+        lab.start_node(h1)
+        assert sh(["nft", "list", "tables"], ns=h1.ns).stdout.count("flannel-ipv") == 0
+        assert "removed flannel's nftables tables" in lab.log(h1)
+        assert "FLANNEL-POSTRTG" in sh(["iptables-save", "-t", "nat"], ns=h1.ns).stdout
+
+
 # -- readiness ----------------------------------------------------------------------------
 
 def test_readyz_goes_503_to_200_and_systemd_hears_ready():
