@@ -136,6 +136,53 @@ def _top_bool(raw: dict[str, Any], key: str) -> bool:
     return value
 
 
+def ipv6_subnets(raw: dict[str, Any]) -> tuple[ipaddress.IPv6Network, int, ipaddress.IPv6Address,
+                                               ipaddress.IPv6Address]:
+    """flannel's CheckNetworkConfig for EnableIPv6 (pkg/subnet/config.go, v0.28.9): the
+    IPv6Network, IPv6SubnetLen (64, or prefix + 2 above a /62) and IPv6SubnetMin/Max (the
+    second and the second-to-last subnet), with flannel's error texts."""
+    text = get_ci(raw, "IPv6Network")
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        network = ipaddress.IPv6Network(text, strict=False)  # net.ParseCIDR masks host bits
+    except ValueError:
+        raise ConfigError("IPv6Network",
+                          "please define a correct IPv6Network parameter in the flannel config") from None
+    subnet_len = get_ci(raw, "IPv6SubnetLen", 0)
+    if isinstance(subnet_len, bool) or not isinstance(subnet_len, int) or subnet_len < 0:
+        raise ConfigError("IPv6SubnetLen", f"must be an integer, got {json.dumps(subnet_len)}")
+    if subnet_len:
+        if subnet_len > 126:
+            raise ConfigError("IPv6SubnetLen", "SubnetLen must be less than /127")
+        if subnet_len < network.prefixlen + 2:
+            raise ConfigError("IPv6SubnetLen", "network must be able to accommodate at least four subnets")
+    elif network.prefixlen > 124:
+        raise ConfigError("IPv6Network", "IPv6Network is too small. Minimum useful network prefix is /124")
+    else:
+        subnet_len = 64 if network.prefixlen <= 62 else network.prefixlen + 2
+    step = 1 << (128 - subnet_len)
+    bounds = []
+    for key, default in (("IPv6SubnetMin", int(network.network_address) + step),
+                         ("IPv6SubnetMax", int(network.network_address) + network.num_addresses - step)):
+        value = get_ci(raw, key)
+        try:
+            if value is not None and not isinstance(value, str):
+                raise ValueError
+            address = ipaddress.IPv6Address(value) if value else None
+        except ValueError:
+            raise ConfigError(key, f"{json.dumps(value)} is not an IPv6 address") from None
+        if address is None or not int(address):  # flannel: the zero value means unset
+            address = ipaddress.IPv6Address(default)
+        elif address not in network:
+            raise ConfigError(key, f"{key} is not in the range of the IPv6Network")
+        bounds.append(address)
+    for key, address in zip(("IPv6SubnetMin", "IPv6SubnetMax"), bounds, strict=True):
+        if int(address) % step:
+            raise ConfigError(key, f"{key} is not on a SubnetLen boundary: {address}")
+    return network, subnet_len, bounds[0], bounds[1]
+
+
 def _ip_field(obj: dict[str, Any], key: str) -> ipaddress.IPv4Address | None:
     value = get_ci(obj, key)
     if value is None or value == "0.0.0.0":  # flannel: zero value means unset
@@ -154,8 +201,6 @@ def parse_config(raw: Any) -> NetworkConfig:
         raise ConfigError("config", f"must be a JSON object, got {type(raw).__name__}")
     if get_ci(raw, "EnableIPv4", True) is not True:
         raise ConfigError("EnableIPv4", "vxland carries IPv4 overlays only; EnableIPv4 must be true")
-    if get_ci(raw, "EnableIPv6", False) is True:
-        raise ConfigError("EnableIPv6", "IPv6 overlays are not supported by vxland yet")
 
     net_text = get_ci(raw, "Network")
     try:
@@ -167,6 +212,10 @@ def parse_config(raw: Any) -> NetworkConfig:
 
     subnet_len = _subnet_len(raw, network)
     subnet_min, subnet_max = _subnet_range(raw, network, subnet_len)
+    if _top_bool(raw, "EnableIPv6"):  # checked after the IPv4 keys, in CheckNetworkConfig's order
+        ipv6_subnets(raw)  # flannel's texts for a config flannel itself would reject
+        raise ConfigError("EnableIPv6", "IPv6 overlays are not supported by vxland yet (the IPv6 keys are "
+                                        "valid as flannel reads them)")
     return NetworkConfig(
         network=network,
         subnet_len=subnet_len,

@@ -67,3 +67,46 @@ def test_backend_types_and_their_mtus():
     assert (cfg.backend.type, cfg.backend.port, cfg.backend_missing) == ("udp", 7890, False)
     assert parse_config({"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw"}}).tun_mtu(1500) == 1500
     assert parse_config({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan"}}).tun_mtu(1500) == 1450
+
+
+# -- EnableIPv6: flannel's checks and texts (pkg/subnet/config.go at v0.28.9) -------------------
+
+V6 = {"Network": "10.5.0.0/16", "Backend": VXLAN, "EnableIPv6": True}
+
+
+@pytest.mark.parametrize("network, subnet_len, first, last", [
+    ("fc00::/48", 64, "fc00:0:0:1::", "fc00:0:0:ffff::"),        # /62 or larger: /64 subnets
+    ("fd78:0:0:1f::/64", 66, "fd78:0:0:1f:4000::", "fd78:0:0:1f:c000::"),  # else prefix + 2
+    ("2001:db8::/124", 126, "2001:db8::4", "2001:db8::c"),
+])
+def test_ipv6_defaults_as_flannel(network, subnet_len, first, last):
+    from vxlan.config import ipv6_subnets
+
+    got = ipv6_subnets({"IPv6Network": network})
+    assert (str(got[0]), got[1], str(got[2]), str(got[3])) == (network, subnet_len, first, last)
+
+
+@pytest.mark.parametrize("extra, field, text", [
+    ({}, "IPv6Network", "please define a correct IPv6Network parameter in the flannel config"),
+    ({"IPv6Network": "10.9.0.0/16"}, "IPv6Network", "please define a correct IPv6Network parameter"),
+    ({"IPv6Network": "fc00::/125"}, "IPv6Network", "IPv6Network is too small. Minimum useful network prefix is /124"),
+    ({"IPv6Network": "fc00::/48", "IPv6SubnetLen": 127}, "IPv6SubnetLen", "SubnetLen must be less than /127"),
+    ({"IPv6Network": "fc00::/48", "IPv6SubnetLen": 49}, "IPv6SubnetLen",
+     "network must be able to accommodate at least four subnets"),
+    ({"IPv6Network": "fc00::/48", "IPv6SubnetMin": "fd00::"}, "IPv6SubnetMin",
+     "IPv6SubnetMin is not in the range of the IPv6Network"),
+    ({"IPv6Network": "fc00::/48", "IPv6SubnetMax": "fc00:0:0:5::1"}, "IPv6SubnetMax",
+     "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:5::1"),
+    ({"IPv6Network": "fc00::/48", "IPv6SubnetMin": 5}, "IPv6SubnetMin", "5 is not an IPv6 address"),
+    ({"IPv6Network": "fc00::/48"}, "EnableIPv6", "IPv6 overlays are not supported by vxland yet"),
+])
+def test_ipv6_config_errors_name_the_field_with_flannels_text(extra, field, text):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**V6, **extra})
+    assert err.value.field == field and text in str(err.value)
+
+
+def test_ipv4_keys_are_checked_before_the_ipv6_ones():
+    with pytest.raises(ConfigError) as err:
+        parse_config({**V6, "Network": "10.5.0.0/29"})
+    assert err.value.field == "Network"
