@@ -129,6 +129,18 @@ def parse_backend(raw: Any, path: str = "Backend") -> BackendConfig:
     )
 
 
+def _network_field(raw: dict[str, Any], key: str, kind: type) -> Any:
+    """The CIDR under ``key`` as ``kind`` (IPv4Network or IPv6Network), host bits masked as
+    net.ParseCIDR does; flannel's text when it is missing or no CIDR of that family."""
+    text = get_ci(raw, key)
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        return kind(text, strict=False)
+    except ValueError:
+        raise ConfigError(key, f"please define a correct {key} parameter in the flannel config") from None
+
+
 def _top_bool(raw: dict[str, Any], key: str) -> bool:
     value = get_ci(raw, key, False)
     if not isinstance(value, bool):  # Go's json: "cannot unmarshal ... into ... of type bool"
@@ -141,14 +153,7 @@ def ipv6_subnets(raw: dict[str, Any]) -> tuple[ipaddress.IPv6Network, int, ipadd
     """flannel's CheckNetworkConfig for EnableIPv6 (pkg/subnet/config.go, v0.28.9): the
     IPv6Network, IPv6SubnetLen (64, or prefix + 2 above a /62) and IPv6SubnetMin/Max (the
     second and the second-to-last subnet), with flannel's error texts."""
-    text = get_ci(raw, "IPv6Network")
-    try:
-        if not isinstance(text, str):
-            raise ValueError
-        network = ipaddress.IPv6Network(text, strict=False)  # net.ParseCIDR masks host bits
-    except ValueError:
-        raise ConfigError("IPv6Network",
-                          "please define a correct IPv6Network parameter in the flannel config") from None
+    network = _network_field(raw, "IPv6Network", ipaddress.IPv6Network)
     subnet_len = get_ci(raw, "IPv6SubnetLen", 0)
     if isinstance(subnet_len, bool) or not isinstance(subnet_len, int) or subnet_len < 0:
         raise ConfigError("IPv6SubnetLen", f"must be an integer, got {json.dumps(subnet_len)}")
@@ -202,13 +207,7 @@ def parse_config(raw: Any) -> NetworkConfig:
     if get_ci(raw, "EnableIPv4", True) is not True:
         raise ConfigError("EnableIPv4", "vxland carries IPv4 overlays only; EnableIPv4 must be true")
 
-    net_text = get_ci(raw, "Network")
-    try:
-        if not isinstance(net_text, str):
-            raise ValueError
-        network = ipaddress.IPv4Network(net_text, strict=False)  # net.ParseCIDR masks host bits
-    except ValueError:
-        raise ConfigError("Network", "please define a correct Network parameter in the flannel config") from None
+    network = _network_field(raw, "Network", ipaddress.IPv4Network)
 
     subnet_len = _subnet_len(raw, network)
     subnet_min, subnet_max = _subnet_range(raw, network, subnet_len)
