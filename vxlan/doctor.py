@@ -235,6 +235,18 @@ def check_iptables() -> Check:
     return Check("iptables", "ok", detail)
 
 
+def check_nftables() -> Check:
+    """EnableNFTables: the nft binary writes the rules (vxlan.nftables)."""
+    from vxlan import nftables
+
+    try:
+        nftables.NFTables()
+    except nftables.NFTablesError as exc:
+        return Check("nftables", "FAIL", f"the config enables nftables but {exc}",
+                     "apt-get install nftables, or drop EnableNFTables from the config")
+    return Check("nftables", "ok", "nft found: --ip-masq and the forward rules go to tables flannel-ipv4/-ipv6")
+
+
 def run_all(args, settings=None) -> list[Check]:
     """Every check; ``settings``: the etcd flags (registry.select.EtcdSettings) unless a registry file is given."""
     checks = [check_tun(), check_kernel_vxlan()]
@@ -262,7 +274,9 @@ def run_all(args, settings=None) -> list[Check]:
     if not ifaces and holder is not None and is_vxland(holder[1]):
         ifaces = tuple(flag_values(holder[1], "iface"))
     mtu_check, _ = check_mtu(ifaces)
-    checks += [mtu_check, check_port(port, args.healthz_port, holder), check_ip_forward(), check_iptables()]
+    checks += [mtu_check, check_port(port, args.healthz_port, holder), check_ip_forward()]
+    nft = any(c.name == "config" and "host rules with nftables" in c.detail for c in checks)
+    checks.append(check_nftables() if nft else check_iptables())
     return checks
 
 

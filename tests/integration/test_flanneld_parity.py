@@ -286,6 +286,12 @@ def test_enable_nftables_writes_flanneld_rules_and_puts_them_back():
         assert wait_for(lambda: sh(["nft", "list", "ruleset"], ns=h1.ns).stdout == want, timeout=5)
         assert "flannel's nftables rules changed; putting them back" in lab.log(h1)
 
+        # vxlanctl doctor says which manager the config asks for, and whether nft is there for it
+        ok = doctor(lab, h1, "--healthz-port", str(lab.healthz_port))
+        assert "host rules with nftables (EnableNFTables)" in ok.stdout and "ok   nftables" in ok.stdout, ok.stdout
+        bad = doctor(lab, h1, "--healthz-port", str(lab.healthz_port), wrap=["env", "PATH=/usr/bin:/bin"])
+        assert bad.returncode == 1 and "FAIL nftables" in bad.stdout and "apt-get install nftables" in bad.stdout
+
         # started again with a config without it: flannel's tables go, iptables rules come
         lab.stop_vxland(h1)
         lab.put_config(lab.default_config())
