@@ -121,7 +121,8 @@ cdef extern from "vxengine.h" nogil:
     int vx_remove_peer(vx_core *c, uint32_t subnet)
     int vx_encap(vx_core *c, uint8_t *buf, int len, sockaddr_in *dest)
     int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_len)
-    int vx_ecn_decap(uint8_t *ip, int len, uint8_t outer_tos, int mark)
+    int vx_ecn_verdict(const uint8_t *ip, int len, uint8_t outer_tos)
+    void vx_ecn_mark(uint8_t *ip, int len, uint8_t outer_tos)
     uint8_t vx_ecn_outer(const uint8_t *ip)
     uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc)
     uint64_t vx_csum_add_portable(const uint8_t *p, size_t n, uint64_t acc)
@@ -260,7 +261,9 @@ cdef class Codec:
             if tos is not None:
                 outer_tos = tos[i]
             if not v:
-                v = vx_ecn_decap(<uint8_t*>PyByteArray_AS_STRING(buf) + VX_HEADROOM, inner, outer_tos, 1)
+                v = vx_ecn_verdict(<uint8_t*>PyByteArray_AS_STRING(buf) + VX_HEADROOM, inner, outer_tos)
+            if not v:
+                vx_ecn_mark(<uint8_t*>PyByteArray_AS_STRING(buf) + VX_HEADROOM, inner, outer_tos)
             verdicts[i] = v
             inner_lengths[i] = inner
             if v:

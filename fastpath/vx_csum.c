@@ -116,19 +116,23 @@ int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset) {
     return 0;
 }
 
-/* RFC 6040 section 4.2 (include/net/inet_ecn.h INET_ECN_decapsulate): see vxengine.h. The IPv4
- * header checksum is updated as RFC 1624 (eqn. 3) says, for the one 16-bit word that changed. */
-int vx_ecn_decap(uint8_t *ip, int len, uint8_t outer_tos, int mark) {
-    if ((outer_tos & 3) != 3 || len < 1) return VX_OK;  /* only a CE mark outside changes anything */
+/* RFC 6040 section 4.2 (include/net/inet_ecn.h INET_ECN_decapsulate): see vxengine.h. Only a
+ * CE mark outside changes anything. */
+int vx_ecn_verdict(const uint8_t *ip, int len, uint8_t outer_tos) {
+    if ((outer_tos & 3) != 3 || len < 1) return VX_OK;
+    if ((ip[0] >> 4) == 6) return len >= 40 && !((ip[1] >> 4) & 3) ? VX_CE_NOT_ECT : VX_OK;
+    return len >= 20 && !(ip[1] & 3) ? VX_CE_NOT_ECT : VX_OK;
+}
+
+/* The IPv4 header checksum is updated as RFC 1624 (eqn. 3) says, for the one 16-bit word that
+ * changed. */
+void vx_ecn_mark(uint8_t *ip, int len, uint8_t outer_tos) {
+    if ((outer_tos & 3) != 3 || len < 1) return;
     if ((ip[0] >> 4) == 6) {
-        if (len < 40) return VX_OK;
-        if (!((ip[1] >> 4) & 3)) return VX_CE_NOT_ECT;
-        if (mark) ip[1] |= 0x30;
-        return VX_OK;
+        if (len >= 40) ip[1] |= 0x30;
+        return;
     }
-    if (len < 20) return VX_OK;
-    if (!(ip[1] & 3)) return VX_CE_NOT_ECT;
-    if (!mark || (ip[1] & 3) == 3) return VX_OK;
+    if (len < 20 || (ip[1] & 3) == 3) return;
     uint16_t before = (uint16_t)(ip[0] << 8 | ip[1]);
     ip[1] |= 3;
     uint16_t after = (uint16_t)(ip[0] << 8 | ip[1]);
@@ -138,5 +142,4 @@ int vx_ecn_decap(uint8_t *ip, int len, uint8_t outer_tos, int mark) {
     uint16_t check = (uint16_t)~sum;
     ip[10] = (uint8_t)(check >> 8);
     ip[11] = (uint8_t)check;
-    return VX_OK;
 }

@@ -51,7 +51,7 @@ typedef struct {
     uint16_t sport, dport;      /* outer ports, host order */
     int udp_off;                /* the outer UDP header: frame + udp_off */
     int vx_off, vx_len;         /* the VXLAN datagram (or a UDP GSO train of them): frame + vx_off, vx_len bytes */
-    uint8_t tos;                /* the outer IPv4 TOS byte (its ECN field: vx_ecn_decap) */
+    uint8_t tos;                /* the outer IPv4 TOS byte (its ECN field: vx_ecn_verdict, vx_ecn_mark) */
 } vx_frame;
 int vx_frame_outer(const uint8_t *frame, int flen, int link_len, const struct vx_vnet_hdr *vh, vx_frame *f);
 int vx_frame_inner_hdr_len(const uint8_t *frame, const vx_frame *f);

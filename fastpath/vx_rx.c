@@ -144,14 +144,14 @@ static int rx_udp_super(rx_loop *l, rx_ctx *rc, int i, int len, int seg, uint8_t
     if (segs < 1) segs = 1;
     c->udp_received += (uint64_t)segs;
     int v = vx_check_super(c, d, len, l->from[i].sin_addr.s_addr, hdr + gso_size, &inner);
-    if (!v) v = vx_ecn_decap((uint8_t *)ip, inner, tos, 0);
+    if (!v) v = vx_ecn_verdict(ip, inner, tos);
     if (rc->cap) {
         struct iovec one = {(void *)d, (size_t)len};
         vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, l->from[i].sin_addr.s_addr, ntohs(l->from[i].sin_port),
                    rc->io->local_ip, rc->io->local_port, &one, 1, (uint32_t)len);
     }
     if (v) { c->drops[v] += (uint64_t)segs; return 1; }
-    vx_ecn_decap((uint8_t *)ip, inner, tos, 1);
+    vx_ecn_mark((uint8_t *)ip, inner, tos);
     l->out[*nout] = (pkt_ref){.p = (uint8_t *)ip, .len = inner, .segs = segs, .super = 1,
                               .vh = {VX_VNET_F_NEEDS_CSUM, proto == 6 ? VX_VNET_GSO_TCPV4 : VX_VNET_GSO_UDP_L4,
                                      (uint16_t)hdr, (uint16_t)gso_size, (uint16_t)ihl, proto == 6 ? 16 : 6}};
@@ -184,14 +184,14 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
         int inner = 0;
         int v = vx_check(c, base + off, dlen, sender, &inner);
         uint8_t *ip = (uint8_t *)base + off + VX_HEADROOM;
-        if (!v) v = vx_ecn_decap(ip, inner, tos, 0);
+        if (!v) v = vx_ecn_verdict(ip, inner, tos);
         if (rc->cap) {
             struct iovec one = {(void *)(base + off), (size_t)dlen};
             vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(l->from[i].sin_port), io->local_ip,
                        io->local_port, &one, 1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
-        vx_ecn_decap(ip, inner, tos, 1);
+        vx_ecn_mark(ip, inner, tos);
         l->out[*nout].p = ip;
         l->out[*nout].len = inner;
         l->out[*nout].segs = 1;
@@ -222,7 +222,7 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr
         if (out->segs < 1) out->segs = 1;
     }
     int v = vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, gso ? hdr + vh.gso_size : 0, &inner);
-    if (!v) v = vx_ecn_decap(frame + f.vx_off + VX_HEADROOM, inner, f.tos, 0);
+    if (!v) v = vx_ecn_verdict(frame + f.vx_off + VX_HEADROOM, inner, f.tos);
     if (rc->cap) {
         struct iovec one = {frame + f.vx_off, (size_t)f.vx_len};
         vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f.saddr, f.sport, io->local_ip, io->local_port, &one, 1,
@@ -230,7 +230,7 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr
     }
     if (v) return v;
     int inner_off = f.vx_off + VX_HEADROOM;  /* from the Ethernet header, as csum_start counts */
-    vx_ecn_decap(frame + inner_off, inner, f.tos, 1);
+    vx_ecn_mark(frame + inner_off, inner, f.tos);
     int cs = (int)vh.csum_start - inner_off;
     out->p = frame + inner_off;
     out->len = inner;
@@ -260,14 +260,14 @@ static void rx_check_train(rx_loop *l, rx_ctx *rc, uint8_t *frame, const vx_fram
         uint8_t *d = frame + f->vx_off + off;
         c->udp_received++;
         int v = vx_check(c, d, dlen, f->saddr, &inner);
-        if (!v) v = vx_ecn_decap(d + VX_HEADROOM, inner, f->tos, 0);
+        if (!v) v = vx_ecn_verdict(d + VX_HEADROOM, inner, f->tos);
         if (rc->cap) {
             struct iovec one = {d, (size_t)dlen};
             vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f->saddr, f->sport, io->local_ip, io->local_port, &one,
                        1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
-        vx_ecn_decap(d + VX_HEADROOM, inner, f->tos, 1);
+        vx_ecn_mark(d + VX_HEADROOM, inner, f->tos);
         l->out[*nout] = (pkt_ref){.p = d + VX_HEADROOM, .len = inner, .segs = 1, .super = 0};
         (*nout)++;
     }

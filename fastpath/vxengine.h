@@ -121,8 +121,8 @@ static inline uint8_t vx_ecn_outer(const uint8_t *ip) {
     uint8_t ecn = (ip[0] >> 4) == 6 ? (uint8_t)((ip[1] >> 4) & 3) : (uint8_t)(ip[1] & 3);
     return ecn == 3 ? 2 : ecn;
 }
-/* the verdict; with ``mark``, a forwarded packet is also marked (call it so after the verdict) */
-int vx_ecn_decap(uint8_t *ip, int len, uint8_t outer_tos, int mark);
+int vx_ecn_verdict(const uint8_t *ip, int len, uint8_t outer_tos);  /* VX_OK or VX_CE_NOT_ECT */
+void vx_ecn_mark(uint8_t *ip, int len, uint8_t outer_tos);  /* for a forwarded packet, after its verdict */
 
 /* Internet checksum (RFC 1071): partial sums over native 16-bit words, fold at the end. */
 uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc);  /* AVX2 where the CPU has it */

@@ -414,10 +414,10 @@ def ecn_outer(packet: Any) -> int:
     return 2 if ecn == 3 else ecn
 
 
-def ecn_decapsulate(buf: Any, off: int, n: int, outer_tos: int, mark: bool = True) -> DropReason:
+def ecn_decapsulate(buf: Any, off: int, n: int, outer_tos: int) -> DropReason:
     """RFC 6040 section 4.2 (the kernel's INET_ECN_decapsulate) for the inner packet at
     ``buf[off:off + n]``: with CE on the outer header, an ECN-capable inner packet is marked CE
-    in place (``mark``; its IPv4 header checksum updated as RFC 1624 says) and a Not-ECT one is
+    in place (its IPv4 header checksum updated as RFC 1624 says) and a Not-ECT one is
     dropped (CE_NOT_ECT). Any other outer field leaves the inner one as it is."""
     if outer_tos & 3 != 3 or n < 1:
         return DropReason.OK
@@ -426,14 +426,13 @@ def ecn_decapsulate(buf: Any, off: int, n: int, outer_tos: int, mark: bool = Tru
             return DropReason.OK
         if not (buf[off + 1] >> 4) & 3:
             return DropReason.CE_NOT_ECT
-        if mark:
-            buf[off + 1] |= 0x30
+        buf[off + 1] |= 0x30
         return DropReason.OK
     if n < 20:
         return DropReason.OK
     if not buf[off + 1] & 3:
         return DropReason.CE_NOT_ECT
-    if mark and buf[off + 1] & 3 != 3:
+    if buf[off + 1] & 3 != 3:
         before = buf[off] << 8 | buf[off + 1]
         buf[off + 1] |= 3
         after = buf[off] << 8 | buf[off + 1]
