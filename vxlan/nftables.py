@@ -23,42 +23,42 @@ def _table(family: str, name: str) -> str:
     return f'add table {family} {name} {{ comment "rules for {name}" ; }}'
 
 
-def masq_script(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, random_fully: bool) -> list[str]:
-    """SetupAndEnsureMasqRules and addMasqRules for IPv4: the chain, flushed, then its rules."""
-    n, s, t = str(network), str(subnet), f"ip {IPV4_TABLE} {POSTRTG_CHAIN}"
+def masq_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, random_fully: bool) -> list[str]:
+    """addMasqRules for IPv4: the rules of the postrtg chain, in order."""
+    n, s = str(network), str(subnet)
     masquerade = "masquerade fully-random" if random_fully else "masquerade"
     return [
-        f"add chain {t} {{ type nat hook postrouting priority srcnat ; "
-        'comment "chain to manage traffic masquerading by flannel" ; }',
-        f"flush chain {t}",
-        f"add rule {t} meta mark {KUBE_PROXY_MARK} return",  # kube-proxy's: no double NAT
-        f"add rule {t} ip saddr {s} ip daddr {n} return",  # within the overlay: no NAT
-        f"add rule {t} ip saddr {n} ip daddr {s} return",
-        f"add rule {t} ip saddr != {s} ip daddr {n} return",  # from a node that owns the pod IP
-        f"add rule {t} ip saddr {n} ip daddr != 224.0.0.0/4 {masquerade}",  # out of the overlay, not multicast
-        f"add rule {t} ip saddr != {n} ip daddr {n} {masquerade}",  # from the host into the overlay
+        f"meta mark {KUBE_PROXY_MARK} return",  # kube-proxy's: no double NAT
+        f"ip saddr {s} ip daddr {n} return",  # within the overlay: no NAT
+        f"ip saddr {n} ip daddr {s} return",
+        f"ip saddr != {s} ip daddr {n} return",  # from a node that owns the pod IP
+        f"ip saddr {n} ip daddr != 224.0.0.0/4 {masquerade}",  # out of the overlay, not multicast
+        f"ip saddr != {n} ip daddr {n} {masquerade}",  # from the host into the overlay
     ]
 
 
-def forward_script(network: ipaddress.IPv4Network) -> list[str]:
+def forward_rules(network: ipaddress.IPv4Network) -> list[str]:
     """SetupAndEnsureForwardRules for IPv4: accept the overlay's traffic both ways."""
-    n, t = str(network), f"ip {IPV4_TABLE} {FORWARD_CHAIN}"
-    return [
-        f'add chain {t} {{ type filter hook forward priority filter ; comment "chain to accept flannel traffic" ; }}',
-        f"flush chain {t}",
-        f"add rule {t} ip saddr {n} accept",
-        f"add rule {t} ip daddr {n} accept",
-    ]
+    return [f"ip saddr {network} accept", f"ip daddr {network} accept"]
+
+
+def _chain(name: str, spec: str, comment: str, rules: list[str]) -> list[str]:
+    """A chain of flannel's IPv4 table, flushed, then its rules (knftables' Add, Flush, Add...)."""
+    t = f"ip {IPV4_TABLE} {name}"
+    return [f'add chain {t} {{ {spec} ; comment "{comment}" ; }}', f"flush chain {t}",
+            *(f"add rule {t} {rule}" for rule in rules)]
 
 
 def script(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masq: bool, forward: bool,
            random_fully: bool) -> str:
-    """The whole transaction: both tables (Init), then each wanted chain."""
+    """The whole transaction: both tables (Init), then each wanted chain, masquerade first as main.go."""
     lines = [_table("ip", IPV4_TABLE), _table("ip6", IPV6_TABLE)]
     if masq:
-        lines += masq_script(network, subnet, random_fully)
+        lines += _chain(POSTRTG_CHAIN, "type nat hook postrouting priority srcnat",
+                        "chain to manage traffic masquerading by flannel", masq_rules(network, subnet, random_fully))
     if forward:
-        lines += forward_script(network)
+        lines += _chain(FORWARD_CHAIN, "type filter hook forward priority filter", "chain to accept flannel traffic",
+                        forward_rules(network))
     return "\n".join(lines) + "\n"
 
 
@@ -139,10 +139,6 @@ def expected_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network
                    random_fully: bool) -> list[str]:
     """The rule lines ``nft list`` prints for ``script``'s rules, in order (nft writes the
     mark in full width)."""
-    lines = []
-    if masq:  # main.go sets the masquerade rules up first
-        lines += [ln.split(f"{POSTRTG_CHAIN} ", 1)[1].replace(f"mark {KUBE_PROXY_MARK}", "mark 0x00004000")
-                  for ln in masq_script(network, subnet, random_fully) if ln.startswith("add rule")]
-    if forward:
-        lines += [ln.split(f"{FORWARD_CHAIN} ", 1)[1] for ln in forward_script(network) if ln.startswith("add rule")]
-    return lines
+    rules = masq_rules(network, subnet, random_fully) if masq else []
+    rules = [r.replace(f"mark {KUBE_PROXY_MARK}", "mark 0x00004000") for r in rules]
+    return rules + (forward_rules(network) if forward else [])
