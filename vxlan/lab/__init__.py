@@ -211,7 +211,11 @@ class Lab(EtcdLabMixin):
         self._add_ns(self.underlay_ns)
         for seg in sorted(set(self.segments) | {1}):
             br = f"br{seg - 1}"
-            sh(["ip", "-n", self.underlay_ns, "link", "add", br, "type", "bridge"])
+            # a MAC of its own: a bridge without one takes its lowest port's, so a namespace
+            # joining later (add_outside) could change it under the etcd address on br0 and
+            # leave every host's ARP entry for etcd pointing nowhere for up to a minute
+            sh(["ip", "-n", self.underlay_ns, "link", "add", br, "address", f"02:76:78:00:00:{seg:02x}",
+                "type", "bridge"])
             sh(["ip", "-n", self.underlay_ns, "link", "set", br, "up"])
             if len(set(self.segments)) > 1:  # the underlay namespace routes between segments
                 router = SEGMENTS[seg].network_address + ROUTER_HOST
