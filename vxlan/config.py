@@ -50,6 +50,22 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class IPv6Range:
+    """The IPv6 half of a dual-stack config (EnableIPv6): IPv6Network, IPv6SubnetLen and the
+    IPv6SubnetMin..IPv6SubnetMax range that subnets are picked from."""
+
+    network: ipaddress.IPv6Network
+    subnet_len: int
+    subnet_min: ipaddress.IPv6Address
+    subnet_max: ipaddress.IPv6Address
+
+    def contains_subnet(self, subnet: ipaddress.IPv6Network) -> bool:
+        """flannel's isIPv6SubnetConfigCompat (local_manager.go): IPv6SubnetMin <= IP <=
+        IPv6SubnetMax and the same length."""
+        return self.subnet_min <= subnet.network_address <= self.subnet_max and subnet.prefixlen == self.subnet_len
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     network: ipaddress.IPv4Network
     subnet_len: int
@@ -58,6 +74,7 @@ class NetworkConfig:
     backend: BackendConfig
     backend_missing: bool = False  # no "Backend" key: flanneld's code falls back to udp
     enable_nftables: bool = False  # flannel >= 0.25: masquerade and forward rules with nftables (vxlan.nftables)
+    ipv6: IPv6Range | None = None  # EnableIPv6: leases carry an IPv6 subnet too
 
     def subnet_mask(self) -> int:
         return (0xFFFFFFFF << (32 - self.subnet_len)) & 0xFFFFFFFF
@@ -148,8 +165,7 @@ def _top_bool(raw: dict[str, Any], key: str) -> bool:
     return value
 
 
-def ipv6_subnets(raw: dict[str, Any]) -> tuple[ipaddress.IPv6Network, int, ipaddress.IPv6Address,
-                                               ipaddress.IPv6Address]:
+def ipv6_range(raw: dict[str, Any]) -> IPv6Range:
     """flannel's CheckNetworkConfig for EnableIPv6 (pkg/subnet/config.go, v0.28.9): the
     IPv6Network, IPv6SubnetLen (64, or prefix + 2 above a /62) and IPv6SubnetMin/Max (the
     second and the second-to-last subnet), with flannel's error texts."""
@@ -185,7 +201,7 @@ def ipv6_subnets(raw: dict[str, Any]) -> tuple[ipaddress.IPv6Network, int, ipadd
     for key, address in zip(("IPv6SubnetMin", "IPv6SubnetMax"), bounds, strict=True):
         if int(address) % step:
             raise ConfigError(key, f"{key} is not on a SubnetLen boundary: {address}")
-    return network, subnet_len, bounds[0], bounds[1]
+    return IPv6Range(network, subnet_len, bounds[0], bounds[1])
 
 
 def _ip_field(obj: dict[str, Any], key: str) -> ipaddress.IPv4Address | None:
@@ -211,10 +227,8 @@ def parse_config(raw: Any) -> NetworkConfig:
 
     subnet_len = _subnet_len(raw, network)
     subnet_min, subnet_max = _subnet_range(raw, network, subnet_len)
-    if _top_bool(raw, "EnableIPv6"):  # checked after the IPv4 keys, in CheckNetworkConfig's order
-        ipv6_subnets(raw)  # flannel's texts for a config flannel itself would reject
-        raise ConfigError("EnableIPv6", "IPv6 overlays are not supported by vxland yet (the IPv6 keys are "
-                                        "valid as flannel reads them)")
+    # checked after the IPv4 keys, in CheckNetworkConfig's order
+    ipv6 = ipv6_range(raw) if _top_bool(raw, "EnableIPv6") else None
     return NetworkConfig(
         network=network,
         subnet_len=subnet_len,
@@ -223,7 +237,17 @@ def parse_config(raw: Any) -> NetworkConfig:
         backend=parse_backend(get_ci(raw, "Backend")),
         backend_missing=get_ci(raw, "Backend") is None,
         enable_nftables=_top_bool(raw, "EnableNFTables"),
+        ipv6=ipv6,
     )
+
+
+def check_supported(config: NetworkConfig) -> None:
+    """ConfigError (naming the field) for a valid config that vxland's data plane cannot carry
+    yet. The registries, the lease code and the lab read such configs (kernel nodes carry them);
+    the daemon and ``vxlanctl doctor`` ask this before running one."""
+    if config.ipv6 is not None:
+        raise ConfigError("EnableIPv6", "IPv6 overlays are not supported by vxland's data plane yet (the IPv6 "
+                                        "keys are valid as flannel reads them)")
 
 
 def _subnet_len(raw: dict, network: ipaddress.IPv4Network) -> int:

@@ -17,7 +17,7 @@ import signal
 import fastpath
 from vxlan import debug_http, heap, hostrules, netconf, sdnotify, subnetenv, underlay, wire
 from vxlan.backends import Backend, Context, StartupError, apply_events, backend_for, peer_report
-from vxlan.config import ConfigError
+from vxlan.config import ConfigError, check_supported
 from vxlan.health import MetricsSource, start_health_server
 from vxlan.lease import Lease
 from vxlan.options import Options
@@ -121,6 +121,10 @@ class Daemon:
             raise StartupError(f"invalid network config: {exc}") from None
         except RegistryError as exc:
             raise StartupError(str(exc)) from None
+        try:
+            check_supported(config)
+        except ConfigError as exc:
+            raise StartupError(f"network config not supported: {exc}") from None
         if config.backend_missing:
             log.warning('the network config has no "Backend": as flanneld\'s code does (config.go:parseBackendType; '
                         'its docs say vxlan), vxland runs flannel\'s udp backend on port %d. Add "Backend": '

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vxlan import iptables, netconf, wire
-from vxlan.config import ConfigError
+from vxlan.config import ConfigError, check_supported
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -116,6 +116,10 @@ def _check_config_value(api: str, key: str, value: bytes) -> Check:
         config = parse_config_value(key, value)
     except ConfigError as exc:
         return Check("config", "FAIL", f"{key} is invalid: {exc}", f"correct it, e.g. {write_config_command(api, key)}")
+    try:
+        check_supported(config)
+    except ConfigError as exc:
+        return Check("config", "FAIL", f"{key}: {exc}", "run flanneld on this node, or leave EnableIPv6 out")
     detail = f"Network {config.network}, backend {config.backend.type}, etcd {api} store"
     # which traffic manager --ip-masq and the forward rules use (flannel >= 0.25's EnableNFTables)
     detail += ", host rules with nftables (EnableNFTables)" if config.enable_nftables else ", host rules with iptables"
@@ -256,6 +260,7 @@ def run_all(args, settings=None) -> list[Check]:
 
         try:
             snap = load_registry(args.registry_file)
+            check_supported(snap.config)
             rules = "nftables (EnableNFTables)" if snap.config.enable_nftables else "iptables"
             checks.append(Check("config", "ok", f"{args.registry_file}: Network {snap.config.network}, "
                                                 f"host rules with {rules}"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vxlan import netconf, plan
-from vxlan.config import ConfigError, NetworkConfig
+from vxlan.config import ConfigError, NetworkConfig, check_supported
 from vxlan.lease import Lease
 
 
@@ -41,6 +41,7 @@ def read_file(path: Path) -> tuple[NetworkConfig, list[Lease]]:
 
     try:
         snap = load_registry(path)
+        check_supported(snap.config)
     except ConfigError as exc:
         raise PlanError(str(exc)) from None
     return snap.config, list(snap.leases.values())
@@ -66,7 +67,11 @@ async def read_etcd(settings) -> tuple[NetworkConfig, list[Lease], str]:
             why = "; ".join(f"{a}: {text}" for a, text in {**probe.absent, **probe.down}.items() if text)
             raise PlanError(f"no network config at {key}" + (f" ({why})" if why else "") + ". Write it with "
                             + " or ".join(write_config_command(a, key) for a in apis))
-        config = parse_config_value(key, probe.values[api])
+        try:
+            config = parse_config_value(key, probe.values[api])
+            check_supported(config)
+        except ConfigError as exc:
+            raise PlanError(f"{key}: {exc}") from None
         try:
             leases, _ = await regs[api].list_leases()
         except EtcdError as exc:

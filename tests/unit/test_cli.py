@@ -27,6 +27,16 @@ def test_invalid_registry_names_field_and_exits_1(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_dual_stack_config_is_refused_by_name_until_the_data_plane_carries_ipv6(tmp_path):
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"config": {"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"},
+                                           "EnableIPv6": True, "IPv6Network": "fc00::/48"}, "subnets": {}}))
+    proc = vxland("--registry-file", str(path))
+    assert proc.returncode == 1, proc.stderr
+    assert "EnableIPv6: IPv6 overlays are not supported by vxland's data plane yet" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_missing_registry_file(tmp_path):
     proc = vxland("--registry-file", str(tmp_path / "absent.json"))
     assert proc.returncode == 1 and "cannot read: No such file or directory" in proc.stderr

@@ -80,10 +80,10 @@ V6 = {"Network": "10.5.0.0/16", "Backend": VXLAN, "EnableIPv6": True}
     ("2001:db8::/124", 126, "2001:db8::4", "2001:db8::c"),
 ])
 def test_ipv6_defaults_as_flannel(network, subnet_len, first, last):
-    from vxlan.config import ipv6_subnets
-
-    got = ipv6_subnets({"IPv6Network": network})
-    assert (str(got[0]), got[1], str(got[2]), str(got[3])) == (network, subnet_len, first, last)
+    got = parse_config({**V6, "IPv6Network": network}).ipv6
+    assert got is not None
+    assert (str(got.network), got.subnet_len, str(got.subnet_min), str(got.subnet_max)) == \
+        (network, subnet_len, first, last)
 
 
 @pytest.mark.parametrize("extra, field, text", [
@@ -98,12 +98,23 @@ def test_ipv6_defaults_as_flannel(network, subnet_len, first, last):
     ({"IPv6Network": "fc00::/48", "IPv6SubnetMax": "fc00:0:0:5::1"}, "IPv6SubnetMax",
      "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:5::1"),
     ({"IPv6Network": "fc00::/48", "IPv6SubnetMin": 5}, "IPv6SubnetMin", "5 is not an IPv6 address"),
-    ({"IPv6Network": "fc00::/48"}, "EnableIPv6", "IPv6 overlays are not supported by vxland yet"),
 ])
 def test_ipv6_config_errors_name_the_field_with_flannels_text(extra, field, text):
     with pytest.raises(ConfigError) as err:
         parse_config({**V6, **extra})
     assert err.value.field == field and text in str(err.value)
+
+
+def test_a_valid_ipv6_config_is_read_but_not_run_yet():
+    from vxlan.config import check_supported
+
+    cfg = parse_config({**V6, "IPv6Network": "fc00::/48"})
+    assert cfg.ipv6 is not None and cfg.ipv6.contains_subnet(ipaddress.IPv6Network("fc00:0:0:7::/64"))
+    assert not cfg.ipv6.contains_subnet(ipaddress.IPv6Network("fc00::/64"))  # the first subnet is not handed out
+    with pytest.raises(ConfigError) as err:
+        check_supported(cfg)
+    assert err.value.field == "EnableIPv6" and "not supported by vxland's data plane yet" in str(err.value)
+    check_supported(parse_config({"Network": "10.5.0.0/16"}))
 
 
 def test_ipv4_keys_are_checked_before_the_ipv6_ones():
