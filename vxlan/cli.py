@@ -330,7 +330,8 @@ def make_registry(args: argparse.Namespace):
     from vxlan.registry import select
 
     return select.make_registry(etcd_settings(args), previous_subnet=subnetenv.previous_subnet(args.subnet_file),
-                                renew_margin_s=args.subnet_lease_renew_margin * 60)
+                                renew_margin_s=args.subnet_lease_renew_margin * 60,
+                                previous_subnet6=subnetenv.previous_subnet6(args.subnet_file))
 
 
 def vxland_main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vxlan.lease import Lease, subnet_key
+from vxlan.lease import Lease, lease_ident
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,25 @@ PeerEvent = PeerAdded | PeerRemoved | PeerSkipped
 
 
 class PeerTable:
-    def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int, backend_type: str | None = "vxlan") -> None:
+    def __init__(self, own_subnet: ipaddress.IPv4Network, subnet_len: int, backend_type: str | None = "vxlan",
+                 own_subnet6: ipaddress.IPv6Network | None = None) -> None:
         self.own_subnet = own_subnet
-        self._own_key = subnet_key(own_subnet)
+        self._own_key = lease_ident(own_subnet, own_subnet6)
         self.subnet_len = subnet_len
         self.backend_type = backend_type
-        self._peers: dict[int, Lease] = {}  # by Lease.subnet_key: no IPv4Network per peer
+        # by Lease.ident (the IPv4 subnet as an int, as flannel's LeaseWatcher tells leases
+        # apart by subnet): no IPv4Network per peer
+        self._peers: dict[int, Lease] = {}
 
     def __len__(self) -> int:
         return len(self._peers)
 
     def peers(self) -> list[Lease]:
-        return sorted(self._peers.values(), key=lambda lease: lease.subnet_key)
+        return sorted(self._peers.values(), key=lambda lease: lease.ident)
 
     def lookup(self, dst: ipaddress.IPv4Address) -> Lease | None:
         net = ipaddress.IPv4Network(f"{dst}/{self.subnet_len}", strict=False)
-        return self._peers.get(subnet_key(net))
+        return self._peers.get(lease_ident(net, None))
 
     def _admit(self, lease: Lease) -> str | None:
         """Why ``lease`` is no peer of ours, or None if it is one."""
@@ -67,7 +70,7 @@ class PeerTable:
 
     def update(self, lease: Lease) -> list[PeerEvent]:
         """A lease was written (created or renewed)."""
-        key = lease.subnet_key
+        key = lease.ident
         if key == self._own_key:
             return []
         reason = self._admit(lease)
@@ -80,8 +83,15 @@ class PeerTable:
         self._peers[key] = lease
         return [PeerAdded(lease)]
 
-    def remove(self, subnet: ipaddress.IPv4Network) -> list[PeerEvent]:
-        return self._remove(subnet_key(subnet))
+    def remove(self, subnet: ipaddress.IPv4Network, subnet6: ipaddress.IPv6Network | None = None) -> list[PeerEvent]:
+        """The lease at key ``subnet`` (& ``subnet6``) was deleted or expired. A deletion of a
+        key that is not the one the peer holds now (a node's IPv4-only lease deleted after its
+        dual-stack one was written, as a node switching to dual-stack does) removes nothing."""
+        key = lease_ident(subnet, subnet6)
+        held = self._peers.get(key)
+        if held is None or (held.v6.subnet if held.v6 is not None else None) != subnet6:
+            return []
+        return self._remove(key)
 
     def _remove(self, key: int) -> list[PeerEvent]:
         old = self._peers.pop(key, None)
@@ -89,7 +99,7 @@ class PeerTable:
 
     def reset(self, snapshot: Iterable[Lease]) -> list[PeerEvent]:
         """Make the table equal ``snapshot``; return what changed."""
-        leases = {lease.subnet_key: lease for lease in snapshot}
+        leases = {lease.ident: lease for lease in snapshot}
         events: list[PeerEvent] = []
         for key in [k for k in self._peers if k not in leases]:
             events += self._remove(key)

@@ -1,8 +1,9 @@
 """subnet.env, written as flanneld writes it (``pkg/subnet/subnet.go:WriteSubnetFile``).
 
 Order and format are flannel's, since CNI plugins and ``mk-docker-opts.sh`` read it:
-``FLANNEL_NETWORK``, ``FLANNEL_SUBNET`` (lease subnet + 1, lease prefix), ``FLANNEL_MTU``,
-``FLANNEL_IPMASQ`` (Go's %t). Written atomically (temp file + rename, mode 0644, directory
+``FLANNEL_NETWORK``, ``FLANNEL_SUBNET`` (lease subnet + 1, lease prefix), with EnableIPv6
+``FLANNEL_IPV6_NETWORK`` and ``FLANNEL_IPV6_SUBNET`` (the same for the IPv6 subnet), then
+``FLANNEL_MTU``, ``FLANNEL_IPMASQ`` (Go's %t). Written atomically (temp file + rename, mode 0644, directory
 created 0755), so a reader never sees half a file.
 """
 
@@ -13,17 +14,23 @@ import os
 import tempfile
 from pathlib import Path
 
+IPv6Part = tuple[ipaddress.IPv6Network, ipaddress.IPv6Network]  # (IPv6Network, our IPv6 subnet)
 
-def render(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int, ip_masq: bool) -> str:
-    return (f"FLANNEL_NETWORK={network}\n"
-            f"FLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n"
-            f"FLANNEL_MTU={mtu}\n"
-            f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n")
+
+def render(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int, ip_masq: bool,
+           ipv6: IPv6Part | None = None) -> str:
+    text = (f"FLANNEL_NETWORK={network}\n"
+            f"FLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n")
+    if ipv6 is not None:
+        network6, subnet6 = ipv6
+        text += (f"FLANNEL_IPV6_NETWORK={network6}\n"
+                 f"FLANNEL_IPV6_SUBNET={subnet6.network_address + 1}/{subnet6.prefixlen}\n")
+    return text + f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
 
 
 def write(path: Path, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int,
-          ip_masq: bool = False) -> None:
-    write_text(path, render(network, subnet, mtu, ip_masq))
+          ip_masq: bool = False, ipv6: IPv6Part | None = None) -> None:
+    write_text(path, render(network, subnet, mtu, ip_masq, ipv6))
 
 
 def write_text(path: Path, text: str) -> None:
@@ -64,5 +71,17 @@ def previous_subnet(path: Path) -> ipaddress.IPv4Network | None:
         return None
     try:
         return ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        return None
+
+
+def previous_subnet6(path: Path) -> ipaddress.IPv6Network | None:
+    """FLANNEL_IPV6_SUBNET of a previous run as a network (fc00:0:0:7::1/64 -> fc00:0:0:7::/64),
+    as flannel's ReadIP6CIDRFromSubnetFile; None if absent or unparsable."""
+    value = read_values(path).get("FLANNEL_IPV6_SUBNET")
+    if not value:
+        return None
+    try:
+        return ipaddress.IPv6Network(value, strict=False)
     except ValueError:
         return None

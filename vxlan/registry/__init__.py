@@ -34,7 +34,8 @@ class Put:
 
 @dataclass(frozen=True)
 class Deleted:
-    subnet: ipaddress.IPv4Network  # deleted or expired
+    subnet: ipaddress.IPv4Network  # the key of a lease deleted or expired
+    subnet6: ipaddress.IPv6Network | None = None  # a dual-stack key's IPv6 part
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def peer_events(table: PeerTable, change: Change) -> list[PeerEvent] | None:
     if isinstance(change, Put):
         return table.update(change.lease)
     if isinstance(change, Deleted):
-        return table.remove(change.subnet)
+        return table.remove(change.subnet, change.subnet6)
     return None
 
 
@@ -72,8 +73,10 @@ class Registry(Protocol):
 
     async def get_config(self) -> NetworkConfig: ...
 
-    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:
-        """Our lease (reused or new) and the other leases known at that moment."""
+    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes,
+                      v6: tuple[str | None, bytes] | None = None) -> tuple[Lease, list[Lease]]:
+        """Our lease (reused or new) and the other leases known at that moment; ``v6`` is
+        (PublicIPv6, a new IPv6 VtepMAC) for a dual-stack config."""
         ...
 
     def changes(self) -> AsyncIterator[Change]: ...

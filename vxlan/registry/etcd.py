@@ -36,9 +36,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 
-from vxlan.allocator import OutOfSubnets, choose_subnet
+from vxlan.allocator import OutOfSubnets, choose_subnet, own_lease
 from vxlan.config import ConfigError, NetworkConfig, parse_config
-from vxlan.lease import Lease, lease_backend_type, lease_from_value, parse_subnet_key
+from vxlan.lease import Lease, SubnetKeys, lease_from_value, parse_subnet_keys
 from vxlan.registry import AcquireError, Change, Deleted, OwnLeaseLost, Put, RegistryError, Reset
 from vxlan.registry.store import ApiMissing, Compacted, EtcdError, EtcdUnavailable, KeyValue, Store
 
@@ -63,13 +63,15 @@ def write_config_command(api: str, key: str, config: str = EXAMPLE_CONFIG) -> st
 class EtcdRegistry:
     def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX,
                  previous_subnet: ipaddress.IPv4Network | None = None, renew_margin_s: float = 3600,
-                 lease_ttl_s: int | None = None, rng: random.Random | None = None) -> None:
+                 lease_ttl_s: int | None = None, rng: random.Random | None = None,
+                 previous_subnet6: ipaddress.IPv6Network | None = None) -> None:
         self.store = store
         self.name = f"etcd {store.api}"
         self.prefix = "/" + prefix.strip("/")
         self.config_key = f"{self.prefix}/config".encode()
         self.subnets_prefix = f"{self.prefix}/subnets/".encode()
         self.previous_subnet = previous_subnet
+        self.previous_subnet6 = previous_subnet6  # FLANNEL_IPV6_SUBNET of --subnet-file
         self.renew_margin_s = renew_margin_s
         # VXLAND_LEASE_TTL_S exists for tests of renewal only: 24 h is flannel's fixed TTL.
         self.lease_ttl_s = lease_ttl_s or int(os.environ.get("VXLAND_LEASE_TTL_S", SUBNET_TTL_S))
@@ -126,26 +128,26 @@ class EtcdRegistry:
         self.connected = True
         return value
 
-    def _parse(self, key: bytes, value: bytes | None) -> tuple[ipaddress.IPv4Network | None, Lease | None]:
-        """(subnet, lease) of a watched key; (None, None) for keys that are no subnet; lease None
-        for a value that does not parse. Bad ones are counted and logged once per key."""
-        subnet = parse_subnet_key(key[len(self.subnets_prefix):].decode(errors="replace"))
+    def _parse(self, key: bytes, value: bytes | None) -> tuple[SubnetKeys | None, Lease | None]:
+        """(the key's subnets, lease) of a watched key; (None, None) for keys that are no subnet;
+        lease None for a value that does not parse. Bad ones are counted and logged once per key."""
+        subnets = parse_subnet_keys(key[len(self.subnets_prefix):].decode(errors="replace"))
         if value is None:  # deleted: nothing to parse, nothing bad left there
             self._bad.pop(key, None)
-            return subnet, None
-        if subnet is None:
+            return subnets, None
+        if subnets is None:
             self._skip(key, value, "not a subnet, skipping")
             return None, None
         try:
-            lease = lease_from_value(subnet, value, key.decode(errors="replace"))
+            lease = lease_from_value(subnets[0], value, key.decode(errors="replace"), subnets[1])
         except (ValueError, UnicodeDecodeError) as exc:  # ConfigError is a ValueError
             self._skip(key, value, f"ignoring bad subnet node: {exc}")
         except RecursionError:  # any node may write here: a value nested too deep must not end the watch
             self._skip(key, value, "ignoring bad subnet node: JSON nested too deeply")
         else:
             self._bad.pop(key, None)
-            return subnet, lease
-        return subnet, None
+            return subnets, lease
+        return subnets, None
 
     def _skip(self, key: bytes, value: bytes, why: str) -> None:
         fingerprint = hash(value)
@@ -160,7 +162,7 @@ class EtcdRegistry:
 
     async def list_leases(self, reservations: set | None = None) -> tuple[list[Lease], int]:
         """Every parsable lease under ``<prefix>/subnets`` and the cursor of that snapshot; the
-        subnet_keys of those without a TTL (reservations) go into ``reservations`` if given."""
+        idents of those without a TTL (reservations) go into ``reservations`` if given."""
         leases: list[Lease] = []
 
         def page(items: list[KeyValue]) -> None:
@@ -169,19 +171,20 @@ class EtcdRegistry:
                 if lease is not None:
                     leases.append(lease)
                     if reservations is not None and not item.expires:
-                        reservations.add(lease.subnet_key)
+                        reservations.add(lease.ident)
         revision = await self.store.list(self.subnets_prefix, page)
         return leases, revision
 
-    def _key(self, subnet: ipaddress.IPv4Network) -> bytes:
-        return self.subnets_prefix + f"{subnet.network_address}-{subnet.prefixlen}".encode()
+    def _key(self, lease: Lease) -> bytes:
+        return self.subnets_prefix + lease.key.encode()
 
     # -- our lease --------------------------------------------------------------------------
-    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:
+    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes,
+                      v6: tuple[str | None, bytes] | None = None) -> tuple[Lease, list[Lease]]:
         last_error = ""
         for attempt in range(1, RACE_RETRIES + 1):
             try:
-                got = await self._try_acquire(config, public_ip, new_vtep_mac)
+                got = await self._try_acquire(config, public_ip, new_vtep_mac, v6)
             except EtcdUnavailable as exc:
                 last_error = str(exc)
                 log.warning("acquiring a lease: %s; retrying", exc)
@@ -198,28 +201,25 @@ class EtcdRegistry:
             self._expiry = time.monotonic() + granted if granted else math.inf
             self._revision = revision
             self.connected = True
-            return lease, [other for other in leases if other.subnet != lease.subnet]
+            return lease, [other for other in leases if other.ident != lease.ident]
         raise AcquireError(f"failed to acquire lease after {RACE_RETRIES} attempts: {last_error}")
 
-    async def _try_acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes):
+    async def _try_acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes,
+                           v6: tuple[str | None, bytes] | None):
         """One round of flannel's tryAcquireLease: list, choose, write. (lease, all leases, revision,
         granted TTL, reserved), or why the subnet was lost to a racing node."""
-        reservations: set[int] = set()  # subnet_key of the keys without TTL
+        reservations: set[int] = set()  # idents of the keys without TTL
         leases, revision = await self.list_leases(reservations)
         try:
-            decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng)
+            decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng, self.previous_subnet6)
         except OutOfSubnets as exc:
             raise AcquireError(f"failed to acquire lease: {exc}") from None
         for stale in decision.delete_first:
             log.info("deleting our old lease %s: it no longer fits the config", stale.key)
-            await self.store.delete(self._key(stale.subnet))
-        reused_mac = decision.reuse.vtep_mac if decision.reuse is not None else None
-        if config.backend.type == "vxlan":
-            lease = Lease(decision.subnet, public_ip, "vxlan", reused_mac or new_vtep_mac, config.backend.vni)
-        else:  # host-gw leases carry no BackendData (hostgw.go), udp ones not even a type
-            lease = Lease(decision.subnet, public_ip, lease_backend_type(config))
-        key, value = self._key(lease.subnet), lease.to_json().encode()
-        reserved = decision.reuse is not None and decision.reuse.subnet_key in reservations
+            await self.store.delete(self._key(stale))
+        lease = own_lease(config, decision, public_ip, new_vtep_mac, v6)
+        key, value = self._key(lease), lease.to_json().encode()
+        reserved = decision.reuse is not None and decision.reuse.ident in reservations
         if decision.reuse is not None:
             # updateSubnet: unconditional; a reservation keeps having no TTL
             granted = await self.store.put(key, value, None if reserved else self.lease_ttl_s)
@@ -237,7 +237,7 @@ class EtcdRegistry:
         if self.reserved:
             log.info("our lease %s is a reservation (no TTL): nothing to renew", self.own.key)
             return
-        key, value = self._key(self.own.subnet), self.own.to_json().encode()
+        key, value = self._key(self.own), self.own.to_json().encode()
         while True:
             await asyncio.sleep(max(0.0, self._expiry - self.renew_margin_s - time.monotonic()))
             try:
@@ -253,7 +253,7 @@ class EtcdRegistry:
     # -- watching ---------------------------------------------------------------------------
     async def changes(self) -> AsyncIterator[Change]:
         assert self.own is not None
-        own_key = self._key(self.own.subnet)
+        own_key = self._key(self.own)
         revision, relist, backoff = self._revision, False, BACKOFF_MIN_S
         while True:
             try:
@@ -293,9 +293,10 @@ class EtcdRegistry:
         if not self.connected:
             log.info("etcd is reachable again at %s", self.store.where)
         self.connected = True
-        if not any(lease.subnet == self.own.subnet for lease in leases):
+        own = self.own.ident
+        if not any(lease.ident == own for lease in leases):
             return OwnLeaseLost(f"our lease {self.own.key} is gone from etcd"), revision
-        return Reset([lease for lease in leases if lease.subnet != self.own.subnet]), revision
+        return Reset([lease for lease in leases if lease.ident != own]), revision
 
     def _batch_changes(self, changes: list, own_key: bytes) -> Iterator[Change]:
         """A watch batch as changes; our own key's deletion ends it with OwnLeaseLost."""
@@ -305,11 +306,11 @@ class EtcdRegistry:
                     yield OwnLeaseLost("Lease has been revoked.")
                     return
                 continue  # our own renewals
-            subnet, lease = self._parse(key, value)
-            if subnet is None:
+            subnets, lease = self._parse(key, value)
+            if subnets is None:
                 continue
             if value is None:
-                yield Deleted(subnet)
+                yield Deleted(*subnets)
             elif lease is not None:
                 yield Put(lease)
 
@@ -319,7 +320,7 @@ class EtcdRegistry:
         await self.store.reconnect()  # connections from the address that vanished are dead
         for attempt in (1, 2):
             try:
-                await self.store.delete(self._key(self.own.subnet))
+                await self.store.delete(self._key(self.own))
                 break
             except EtcdUnavailable:
                 # a connection made from the address that just vanished is dead; the client has

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vxlan.allocator import fits
 from vxlan.config import ConfigError, NetworkConfig, parse_config
-from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, network, parse_subnet_key, subnet_key
+from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, network, parse_subnet_keys, subnet_key
 from vxlan.registry import AcquireError, Change, Reset
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,19 @@ def parse_registry(raw: Any) -> Snapshot:
         raise ConfigError("subnets", 'missing or not an object mapping "10.5.1.0-24" to lease JSON')
     # by subnet_key, not IPv4Network: a /8 of them would cost 15 MB more while loading
     keys: dict[int, str] = {}
+    v6: dict[int, ipaddress.IPv6Network] = {}  # the dual-stack keys' IPv6 subnets
     net_first, net_last = int(config.network.network_address), int(config.network.broadcast_address)
     for key in subnets:
-        subnet = parse_subnet_key(key)
-        if subnet is None or not key.startswith(str(subnet.network_address)):
+        both = parse_subnet_keys(key)
+        if both is None or not key.startswith(str(both[0].network_address)):
             raise ConfigError(_path(key), "key is not a subnet key like 10.5.34.0-24 (network address, '-', "
-                              "prefix)")
+                              "prefix) or 10.5.34.0-24&fc00:0:0:22::-64 (dual-stack)")
+        subnet, subnet6 = both
         k = subnet_key(subnet)
+        if subnet6 is not None:
+            if config.ipv6 is not None and not subnet6.subnet_of(config.ipv6.network):
+                raise ConfigError(_path(key), f"subnet {subnet6} is not inside IPv6Network {config.ipv6.network}")
+            v6[k] = subnet6
         first, last = _span(k)
         if first < net_first or last > net_last:
             raise ConfigError(_path(key), f"subnet {subnet} is not inside Network {config.network}")
@@ -70,12 +77,13 @@ def parse_registry(raw: Any) -> Snapshot:
             raise ConfigError(_path(key), f"subnet {subnet} overlaps {subnet}")
         keys[k] = key
     _check_overlaps(keys)
+    _check_overlaps6(keys, v6)
     leases: dict[int, Lease] = {}
     owners: dict[str, str] = {}
     for k, attrs in zip(keys, subnets.values(), strict=True):
         key = keys[k]
         path = _path(key)
-        lease = lease_from_attrs(network(k >> 6, k & 63), attrs, path)
+        lease = lease_from_attrs(network(k >> 6, k & 63), attrs, path, v6.get(k))
         if lease.backend_type in ("vxlan", "host-gw", ""):
             if lease.public_ip in owners:
                 raise ConfigError(
@@ -109,6 +117,14 @@ def _check_overlaps(keys: dict[int, str]) -> None:
                               f"{network(other >> 6, other & 63)}")
         if widest is None or _span(k)[1] > _span(widest)[1]:
             widest = k
+
+
+def _check_overlaps6(keys: dict[int, str], v6: dict[int, ipaddress.IPv6Network]) -> None:
+    """No two IPv6 subnets of dual-stack keys overlap (the same sweep as ``_check_overlaps``)."""
+    spans = sorted((int(s.network_address), int(s.broadcast_address), k) for k, s in v6.items())
+    for (_, end, k), (start, _, k2) in zip(spans, spans[1:], strict=False):
+        if start <= end:
+            raise ConfigError(_path(keys[k2]), f"subnet {v6[k2]} overlaps {v6[k]}")
 
 
 def load_registry(path: Path) -> Snapshot:
@@ -189,9 +205,10 @@ class FileRegistry:
                         "chmod 644 and chown root it", why)
         self._warned_permissions = why
 
-    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:
+    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes,
+                      v6: tuple[str | None, bytes] | None = None) -> tuple[Lease, list[Lease]]:
         """flannel's reuse rule (local_manager.go:tryAcquireLease): the lease with our PublicIP.
-        A static file is not written to, so there is no lease to create."""
+        A static file is not written to, so there is no lease to create (nor ``v6`` to use)."""
         assert self._snapshot is not None, "get_config first"
         for lease in self._snapshot.leases.values():
             if lease.public_ip != public_ip:
@@ -202,6 +219,10 @@ class FileRegistry:
             if not config.contains_subnet(lease.subnet):
                 raise AcquireError(f"our lease {lease.key} is outside SubnetMin..SubnetMax or not "
                                    f"/{config.subnet_len} (flannel's isSubnetConfigCompat)")
+            if not fits(config, lease.subnet, lease.v6.subnet if lease.v6 is not None else None):
+                want = "an IPv6 subnet in IPv6SubnetMin..IPv6SubnetMax" if config.ipv6 else "no IPv6 subnet"
+                raise AcquireError(f"our lease {lease.key} does not fit the config: EnableIPv6 asks for {want} "
+                                   "(flannel's isIPv6SubnetConfigCompat)")
             self._own = lease
             others = [other for other in self._snapshot.leases.values() if other is not lease]
             # from here on only the config and our lease are compared against (the peers are

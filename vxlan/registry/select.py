@@ -83,20 +83,22 @@ def open_store(s: EtcdSettings, api: str, timeout_s: float = 3.0) -> Store:
 
 
 def registries_for(s: EtcdSettings, previous_subnet: ipaddress.IPv4Network | None = None,
-                   renew_margin_s: float = 3600, timeout_s: float = 3.0) -> dict[str, EtcdRegistry]:
+                   renew_margin_s: float = 3600, timeout_s: float = 3.0,
+                   previous_subnet6: ipaddress.IPv6Network | None = None) -> dict[str, EtcdRegistry]:
     """A registry for each store ``--etcd-api`` names (v3 and v2 for auto, v3 first);
     ValueError names a bad flag."""
     if s.api not in APIS:
         raise ValueError(f"--etcd-api {s.api!r}: must be one of {', '.join(APIS)}")
     return {api: EtcdRegistry(open_store(s, api, timeout_s), prefix=s.prefix, previous_subnet=previous_subnet,
-                              renew_margin_s=renew_margin_s)
+                              renew_margin_s=renew_margin_s, previous_subnet6=previous_subnet6)
             for api in (("v3", "v2") if s.api == "auto" else (s.api,))}
 
 
 def make_registry(s: EtcdSettings, previous_subnet: ipaddress.IPv4Network | None = None,
-                  renew_margin_s: float = 3600, timeout_s: float = 3.0):
+                  renew_margin_s: float = 3600, timeout_s: float = 3.0,
+                  previous_subnet6: ipaddress.IPv6Network | None = None):
     """The registry ``--etcd-api`` asks for: one store's, or the auto-selecting one."""
-    regs = registries_for(s, previous_subnet, renew_margin_s, timeout_s)
+    regs = registries_for(s, previous_subnet, renew_margin_s, timeout_s, previous_subnet6)
     return AutoRegistry(regs["v3"], regs["v2"]) if s.api == "auto" else regs[s.api]
 
 
@@ -186,8 +188,9 @@ class AutoRegistry:
                 said_missing = True
             await asyncio.sleep(self.poll_s)
 
-    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes) -> tuple[Lease, list[Lease]]:
-        return await self._active.acquire(config, public_ip, new_vtep_mac)
+    async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes,
+                      v6: tuple[str | None, bytes] | None = None) -> tuple[Lease, list[Lease]]:
+        return await self._active.acquire(config, public_ip, new_vtep_mac, v6)
 
     def changes(self) -> AsyncIterator[Change]:
         return self._active.changes()
