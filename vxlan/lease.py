@@ -145,13 +145,14 @@ class Lease:
     bytes where the int costs 32; ``subnet`` builds the IPv4Network when asked.
     """
 
-    __slots__ = ("subnet_key", "public_ip", "backend_type", "vtep_mac", "vni", "v6")
+    __slots__ = ("subnet_key", "public_ip", "backend_type", "vtep_mac", "vni", "v6", "ident")
     subnet_key: int
     public_ip: str
     backend_type: str
     vtep_mac: bytes | None  # vxlan only
     vni: int | None  # absent in leases of flannel <= 0.13
     v6: LeaseV6 | None  # dual-stack leases only
+    ident: int  # what tells this lease from others (lease_ident): the peer table's key
 
     def __init__(self, subnet: ipaddress.IPv4Network, public_ip: str, backend_type: str,
                  vtep_mac: bytes | None = None, vni: int | None = None, v6: LeaseV6 | None = None) -> None:
@@ -162,6 +163,7 @@ class Lease:
         init(self, "vtep_mac", vtep_mac)
         init(self, "vni", vni)
         init(self, "v6", v6)
+        init(self, "ident", self.subnet_key if v6 is None else lease_ident(subnet, v6.subnet))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Lease is immutable (cannot set {name})")
@@ -179,13 +181,6 @@ class Lease:
         v6 = f", v6={self.v6!r}" if self.v6 is not None else ""
         return (f"Lease(subnet={self.subnet!r}, public_ip={self.public_ip!r}, backend_type={self.backend_type!r}, "
                 f"vtep_mac={self.vtep_mac!r}, vni={self.vni!r}{v6})")
-
-    @property
-    def ident(self) -> int:
-        """What tells this lease from others (``lease_ident``): the peer table's key."""
-        if self.v6 is None or self.subnet_key & 63:
-            return self.subnet_key
-        return -1 - subnet6_key(self.v6.subnet)
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
