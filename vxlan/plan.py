@@ -85,6 +85,56 @@ def vxlan_device(vni: int, port: int, mac: bytes, local_ip: str, iface: str, mtu
     ]
 
 
+def device_name_v6(vni: int) -> str:
+    return f"flannel-v6.{vni}"  # vxlan.go:createVXLANDevice
+
+
+def vxlan_device_v6(vni: int, port: int, mac: bytes, local_ipv6: str, iface: str, mtu: int,
+                    subnet6: ipaddress.IPv6Network) -> list[Step]:
+    """flannel-v6.<VNI> (EnableIPv6): a second vxlan device over the IPv6 underlay. flanneld asks
+    for the same MTU as flannel.<VNI> at creation; the kernel caps an IPv6-underlay device at the
+    underlay's minus 70 (1430 on 1500) itself. Address: the IPv6 subnet's first address as a
+    /128 (configureDeviceIPv4IPv6)."""
+    dev = device_name_v6(vni)
+    return [
+        Step(f"the kernel vxlan device {dev} over the IPv6 underlay (VtepMAC from BackendV6Data)",
+             ["ip", "link", "add", dev, "address", wire.mac_to_str(mac), "mtu", str(mtu), "type", "vxlan", "id",
+              str(vni), "local", local_ipv6, "dev", iface, "dstport", str(port), "nolearning"],
+             done_if=["ip", "link", "show", dev]),
+        Step(f"{dev} address: our IPv6 subnet's first address as a /128",
+             ["ip", "-6", "addr", "replace", f"{subnet6.network_address}/128", "dev", dev, "nodad"]),
+        Step(f"{dev} up", ["ip", "link", "set", dev, "up"]),
+    ]
+
+
+def vxlan_peer_v6(dev: str, lease: Lease) -> list[Step]:
+    """The IPv6 half of a dual-stack vxlan lease (vxlan_network.go: AddV6ARP, AddV6FDB, the
+    onlink v6VxlanRoute); nothing when the lease has no BackendV6Data or PublicIPv6."""
+    v6 = lease.v6
+    if v6 is None or v6.vtep_mac is None or v6.public_ip is None:
+        return []
+    gw, mac = str(v6.subnet.network_address), wire.mac_to_str(v6.vtep_mac)
+    return [
+        Step(f"peer {v6.subnet}: {gw} has VtepMAC {mac}",
+             ["ip", "-6", "neigh", "replace", gw, "lladdr", mac, "dev", dev, "nud", "permanent"]),
+        Step(f"peer {v6.subnet}: frames for {mac} go to {v6.public_ip}",
+             ["bridge", "fdb", "replace", mac, "dev", dev, "dst", v6.public_ip, "self", "permanent"]),
+        Step(f"peer {v6.subnet}: route through the tunnel",
+             ["ip", "-6", "route", "replace", str(v6.subnet), "via", gw, "dev", dev, "onlink"]),
+    ]
+
+
+def vxlan_peer_v6_removed(dev: str, lease: Lease) -> list[Step]:
+    v6 = lease.v6
+    if v6 is None or v6.vtep_mac is None or v6.public_ip is None:
+        return []
+    gw, mac = str(v6.subnet.network_address), wire.mac_to_str(v6.vtep_mac)
+    return [Step(f"peer {v6.subnet} gone: route", ["ip", "-6", "route", "del", str(v6.subnet), "via", gw, "dev", dev,
+                                                    "onlink"]),
+            Step(f"peer {v6.subnet} gone: fdb", ["bridge", "fdb", "del", mac, "dev", dev, "dst", v6.public_ip, "self"]),
+            Step(f"peer {v6.subnet} gone: neighbour", ["ip", "-6", "neigh", "del", gw, "dev", dev])]
+
+
 def vxlan_peer(dev: str, lease: Lease) -> list[Step]:
     """A remote vxlan lease reached through the tunnel: neighbour, fdb, then the route."""
     gw, mac = str(lease.subnet.network_address), wire.mac_to_str(lease.vtep_mac or b"")

@@ -26,7 +26,8 @@ def kernel_has_tunnel_gso() -> bool:
 
 RECEIVER = """
 import hashlib, socket, sys
-srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])), family=family)
 print("listening", flush=True)
 conn, _ = srv.accept()
 h, n = hashlib.sha256(), 0
@@ -48,14 +49,15 @@ print(int(sys.argv[3]), h.hexdigest(), flush=True)
 MB = 1 << 20
 
 
-def transfer(lab, src, dst, nbytes, seed=7, port=5001):
-    """Send ``nbytes`` of seeded random data pod to pod over TCP; (sent, received) as
-    [byte count, sha256] lists."""
-    receiver = lab.popen(dst.pod_ns, [sys.executable, "-c", RECEIVER, dst.pod_ip, str(port)],
+def transfer(lab, src, dst, nbytes, seed=7, port=5001, ipv6=False):
+    """Send ``nbytes`` of seeded random data pod to pod over TCP (over IPv6 in a dual-stack
+    lab with ``ipv6``); (sent, received) as [byte count, sha256] lists."""
+    address = dst.pod_ip6 if ipv6 else dst.pod_ip
+    receiver = lab.popen(dst.pod_ns, [sys.executable, "-c", RECEIVER, address, str(port)],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout.readline().strip() == "listening"
-        sent = sh([sys.executable, "-c", SENDER, dst.pod_ip, str(port), str(nbytes), str(seed)],
+        sent = sh([sys.executable, "-c", SENDER, address, str(port), str(nbytes), str(seed)],
                   ns=src.pod_ns, timeout=120).stdout.split()
         received = receiver.stdout.readline().split()
         receiver.wait(30)

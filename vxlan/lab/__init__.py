@@ -37,11 +37,13 @@ from vxlan import netconf, plan, subnetenv, wire
 from vxlan.config import get_ci
 from vxlan.lab.etcd import SUBNETS, EtcdLabMixin, EtcdMember, make_certs
 from vxlan.lab.util import LabError, sh, stop_process  # noqa: F401 (re-exported)
-from vxlan.lease import Lease
+from vxlan.lease import Lease, make_subnet_key
 
 _counter = itertools.count(1)
 _NAME_RE = re.compile(r"^vxl-(\d+)-\d+-")
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+UNDERLAY6 = ipaddress.IPv6Network("fd00:c612::/64")  # dual-stack labs: a ULA (RFC 4193), lab-only
+OVERLAY6 = ipaddress.IPv6Network("fd07::/48")  # dual-stack labs' IPv6Network
 SEGMENTS = {1: UNDERLAY, 2: ipaddress.IPv4Network("198.19.0.0/24")}  # 2: behind the underlay router
 ROUTER_HOST = 254  # the underlay namespace's address on each segment
 HEALTHZ_PORT = 2401
@@ -86,6 +88,8 @@ class Host:
     public_ip: str
     subnet_file: Path
     subnet: ipaddress.IPv4Network | None = None  # file mode: given; etcd mode: once started
+    public_ipv6: str | None = None  # dual-stack labs
+    subnet6: ipaddress.IPv6Network | None = None  # dual-stack labs, once started (FLANNEL_IPV6_SUBNET)
     vtep_mac: bytes = b""
     registered: bool = True  # file mode: has a lease in the registry file
     proc: subprocess.Popen[bytes] | None = None
@@ -105,6 +109,12 @@ class Host:
     @property
     def pod_ip(self) -> str:
         return str(self._net().network_address + 2)
+
+    @property
+    def pod_ip6(self) -> str:
+        if self.subnet6 is None:
+            raise LabError(f"h{self.index} has no IPv6 subnet (no dual-stack lab, or not started)")
+        return str(self.subnet6.network_address + 2)
 
     @property
     def tun_ip(self) -> str:  # the tunnel device's /32
@@ -133,7 +143,8 @@ class Lab(EtcdLabMixin):
                  pure_python: bool = False, keep_workdir: bool = False, registry: str = "file",
                  etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None,
                  defer: tuple[int, ...] = (), kernel_tx_off: bool = False, backend: dict | None = None,
-                 segments: tuple[int, ...] = (), etcd_tls: bool = False, etcd_api: str = "v3") -> None:
+                 segments: tuple[int, ...] = (), etcd_tls: bool = False, etcd_api: str = "v3",
+                 ipv6: bool = False) -> None:
         if registry not in ("file", "etcd"):
             raise ValueError(f"registry must be file or etcd, not {registry!r}")
         if etcd_api not in ("v3", "v2"):
@@ -163,6 +174,10 @@ class Lab(EtcdLabMixin):
         # checksums and super-packets from a packet socket); True turns tx checksum offload off
         # on them, as the old advice for a vxland that receives from a UDP socket (--underlay-rx udp).
         self.kernel_tx_off = kernel_tx_off
+        # dual-stack: the hosts get IPv6 underlay addresses too (UNDERLAY6) and the config
+        # EnableIPv6 with IPv6Network OVERLAY6; pods get an address of their host's IPv6 subnet
+        self.ipv6 = ipv6
+        self.network6 = OVERLAY6 if ipv6 else None
         self.underlay_ns = f"{self.prefix}-ul"
         self.workdir = Path(tempfile.mkdtemp(prefix="vxlan-lab-"))
         self.registry_path = self.workdir / "registry.json"
@@ -182,6 +197,7 @@ class Lab(EtcdLabMixin):
         hosts = [
             Host(index=i, kind=kind, ns=f"{self.prefix}-h{i}", pod_ns=f"{self.prefix}-p{i}",
                  public_ip=str(SEGMENTS[self.segments[i - 1]].network_address + i),
+                 public_ipv6=str(UNDERLAY6.network_address + i) if self.ipv6 else None,
                  subnet_file=self.workdir / f"h{i}.subnet.env")
             for i, kind in enumerate(kinds, start=1)
         ]
@@ -254,6 +270,9 @@ class Lab(EtcdLabMixin):
         sh(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(self.mtu), "up"])
         sh(["ip", "-n", ul, "link", "set", f"h{host.index}", "mtu", str(self.mtu)])
         sh(["ip", "-n", ns, "addr", "add", f"{host.public_ip}/{UNDERLAY.prefixlen}", "dev", "eth0"])
+        if host.public_ipv6 is not None:  # nodad: usable at once, and nobody else has it
+            sh(["ip", "-n", ns, "addr", "add", f"{host.public_ipv6}/{UNDERLAY6.prefixlen}", "dev", "eth0", "nodad"])
+            sh(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], ns=ns)
         if len(set(self.segments)) > 1:
             for other, net in SEGMENTS.items():
                 if other != seg and (other in self.segments or other == 1):
@@ -279,6 +298,11 @@ class Lab(EtcdLabMixin):
         sh(["ip", "-n", host.pod_ns, "addr", "flush", "dev", "eth0"])
         sh(["ip", "-n", host.pod_ns, "addr", "add", f"{host.pod_ip}/{self.subnet_len}", "dev", "eth0"])
         sh(["ip", "-n", host.pod_ns, "route", "replace", "default", "via", host.gateway_ip])
+        if host.subnet6 is not None:
+            gw6, prefix6 = host.subnet6.network_address + 1, host.subnet6.prefixlen
+            sh(["ip", "-n", host.ns, "-6", "addr", "replace", f"{gw6}/{prefix6}", "dev", "pod", "nodad"])
+            sh(["ip", "-n", host.pod_ns, "-6", "addr", "add", f"{host.pod_ip6}/{prefix6}", "dev", "eth0", "nodad"])
+            sh(["ip", "-n", host.pod_ns, "-6", "route", "replace", "default", "via", str(gw6)])
 
     def start(self) -> None:
         for host in self.hosts:
@@ -386,16 +410,17 @@ class Lab(EtcdLabMixin):
         new_subnet = subnetenv.previous_subnet(host.subnet_file)
         if new_subnet is None:
             raise LabError(f"h{host.index} started but {host.subnet_file} has no FLANNEL_SUBNET")
-        changed = new_subnet != host.subnet
-        host.subnet = new_subnet
+        new_subnet6 = subnetenv.previous_subnet6(host.subnet_file) if self.ipv6 else None
+        changed = new_subnet != host.subnet or new_subnet6 != host.subnet6
+        host.subnet, host.subnet6 = new_subnet, new_subnet6
         if self.registry == "etcd":
-            host.vtep_mac = self._lease_mac(new_subnet)
+            host.vtep_mac = self._lease_mac(new_subnet, new_subnet6)
         if changed or self.registry == "etcd":
             self._address_pod(host)
 
-    def _lease_mac(self, subnet: ipaddress.IPv4Network) -> bytes:
-        """The VtepMAC of the lease for ``subnet`` in etcd (b"" for backends without one)."""
-        key = f"{SUBNETS}/{subnet.network_address}-{subnet.prefixlen}"
+    def _lease_mac(self, subnet: ipaddress.IPv4Network, subnet6: ipaddress.IPv6Network | None = None) -> bytes:
+        """The VtepMAC of the lease for ``subnet`` (& ``subnet6``) in etcd (b"" for backends without one)."""
+        key = f"{SUBNETS}/{make_subnet_key(subnet, subnet6)}"
         if self.etcd_api == "v2":
             value = self.etcdctl("get", key, api="v2").stdout
         else:
@@ -455,11 +480,12 @@ class Lab(EtcdLabMixin):
         return proc
 
     def ping(self, src: Host, dst: Host, count: int = 3, size: int = 56, interval: float = 0.2,
-             dont_fragment: bool = False, timeout_s: int = 2) -> subprocess.CompletedProcess[str]:
+             dont_fragment: bool = False, timeout_s: int = 2, ipv6: bool = False) -> subprocess.CompletedProcess[str]:
         cmd = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(timeout_s), "-s", str(size)]
         if dont_fragment:
             cmd += ["-M", "do"]
-        return sh([*cmd, dst.pod_ip], ns=src.pod_ns, check=False, timeout=count * interval + timeout_s + 10)
+        target = ["-6", dst.pod_ip6] if ipv6 else [dst.pod_ip]
+        return sh([*cmd, *target], ns=src.pod_ns, check=False, timeout=count * interval + timeout_s + 10)
 
     def iperf3(self, client: Host, server: Host, seconds: float, *args: str) -> dict:
         """iperf3 from ``client``'s pod to ``server``'s (``args``: more client flags): its JSON

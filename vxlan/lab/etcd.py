@@ -59,7 +59,7 @@ SUBNETS = "/coreos.com/network/subnets"
 
 class EtcdLabMixin:
     """Needs from the Lab: ``etcd`` (members), ``etcd_api``, ``prefix``, ``underlay_ns``, ``popen``,
-    ``workdir``, ``backend``, ``backend_config()``, ``network``, ``subnet_len``."""
+    ``workdir``, ``backend``, ``backend_config()``, ``network``, ``network6``, ``subnet_len``."""
 
     @property
     def etcd_endpoints(self) -> str:
@@ -119,6 +119,8 @@ class EtcdLabMixin:
             config["Backend"] = self.backend_config()
         if self.subnet_len != 24:
             config["SubnetLen"] = self.subnet_len
+        if self.network6 is not None:
+            config.update({"EnableIPv6": True, "IPv6Network": str(self.network6)})
         return config
 
     def put_config(self, config: dict | str | None = None, api: str | None = None) -> None:

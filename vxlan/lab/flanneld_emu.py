@@ -8,7 +8,9 @@ etcd v3 or v2 store: ``--etcd-api``), then programs the kernel with the commands
   there from an earlier run (``ensureLink``: flanneld leaves it behind at exit; its MAC is set
   to our lease's); per remote vxlan lease a neighbour, an fdb entry and an onlink route, or with
   ``DirectRouting`` a plain route to a peer on a connected subnet (``vxlan_network.go``);
-- host-gw: a route per peer (``route_network.go``).
+- host-gw: a route per peer (``route_network.go``);
+- with EnableIPv6 (dual-stack), ``flannel-v6.<VNI>`` over the IPv6 underlay with the lease's
+  BackendV6Data VtepMAC, and per remote dual-stack lease the same three entries over IPv6.
 
 Leases of another backend are ignored as flannel's backends ignore them. It exists so tests
 and the demo have a kernel peer that learns from etcd; it is no replacement for flanneld (no
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -53,15 +56,20 @@ async def run_steps(steps: list[plan.Step], check: bool = True) -> None:
 
 
 class KernelNode:
-    """flannel.<VNI> and its peers; ``direct`` decides DirectRouting per event (vxlan_network.go)."""
+    """flannel.<VNI> (and flannel-v6.<VNI>) and its peers; ``direct`` decides DirectRouting per
+    event (vxlan_network.go)."""
 
-    def __init__(self, dev: str, direct_routing: bool) -> None:
+    def __init__(self, dev: str, direct_routing: bool, dev6: str | None = None) -> None:
         self.dev = dev
+        self.dev6 = dev6
         self.direct_routing = direct_routing
         self.routed: set = set()  # subnets reached by a direct route
 
     async def program(self, events: list[PeerEvent]) -> None:
         for event in events:
+            if self.dev6 is not None and isinstance(event, PeerAdded | PeerRemoved):
+                v6 = plan.vxlan_peer_v6 if isinstance(event, PeerAdded) else plan.vxlan_peer_v6_removed
+                await run_steps(v6(self.dev6, event.lease), check=isinstance(event, PeerAdded))
             lease = event.lease
             if isinstance(event, PeerAdded):
                 if self.direct_routing and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
@@ -120,30 +128,52 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     settings = EtcdSettings(endpoints=args.etcd_endpoints, prefix=args.etcd_prefix, keyfile=args.etcd_keyfile,
                             certfile=args.etcd_certfile, cafile=args.etcd_cafile, api=args.etcd_api)
-    registry = make_registry(settings, previous_subnet=subnetenv.previous_subnet(args.subnet_file))
+    registry = make_registry(settings, previous_subnet=subnetenv.previous_subnet(args.subnet_file),
+                             previous_subnet6=subnetenv.previous_subnet6(args.subnet_file))
     config = await registry.get_config()
     iface = await asyncio.to_thread(netconf.find_iface, args.iface, None)
-    own, others = await registry.acquire(config, iface.address, wire.random_vtep_mac())
+    v6 = (await ipv6_address(iface.name), wire.random_vtep_mac()) if config.ipv6 is not None else None
+    own, others = await registry.acquire(config, iface.address, wire.random_vtep_mac(), v6)
     mtu = config.tun_mtu(iface.mtu)
+    ipv6 = (config.ipv6.network, own.v6.subnet) if config.ipv6 is not None and own.v6 is not None else None
     if config.backend.type == "host-gw":
         node: KernelNode | HostGwNode = HostGwNode(iface.name)
         peers = PeerTable(own.subnet, config.subnet_len, "host-gw")
         await node.program(peers.reset(others))
-        subnetenv.write(args.subnet_file, config.network, own.subnet, mtu)
+        subnetenv.write(args.subnet_file, config.network, own.subnet, mtu, ipv6=ipv6)
         log.info("flanneld-emu started: backend host-gw, subnet %s, VtepMAC none, %d peers", own.subnet, len(peers))
         return await follow_until_stopped(registry, node, peers, stop)
     assert own.vtep_mac is not None
     dev = await ensure_device(own, config, iface, mtu)
     if args.tx_checksum_off:  # veth has no checksum hardware (see README, troubleshooting)
         await run_steps([plan.Step("tx off", ["ethtool", "-K", dev, "tx", "off"])])
-    node = KernelNode(dev, config.backend.direct_routing)
-    peers = PeerTable(own.subnet, config.subnet_len)
+    dev6 = None
+    if own.v6 is not None and own.v6.vtep_mac is not None and own.v6.public_ip is not None:
+        dev6 = plan.device_name_v6(config.backend.vni)
+        await run_steps(plan.vxlan_device_v6(config.backend.vni, config.backend.port, own.v6.vtep_mac,
+                                             own.v6.public_ip, iface.name, mtu, own.v6.subnet))
+        if args.tx_checksum_off:
+            await run_steps([plan.Step("tx off", ["ethtool", "-K", dev6, "tx", "off"])])
+    node = KernelNode(dev, config.backend.direct_routing, dev6)
+    peers = PeerTable(own.subnet, config.subnet_len, own_subnet6=own.v6.subnet if own.v6 else None)
     await node.program(peers.reset(others))
-    subnetenv.write(args.subnet_file, config.network, own.subnet, mtu)
+    subnetenv.write(args.subnet_file, config.network, own.subnet, mtu, ipv6=ipv6)
     log.info("flanneld-emu started: subnet %s, VtepMAC %s, VNI %d, port %d, %d peers (etcd %s)",
              own.subnet, wire.mac_to_str(own.vtep_mac), config.backend.vni, config.backend.port, len(peers),
              registry.name)
     return await follow_until_stopped(registry, node, peers, stop)
+
+
+async def ipv6_address(iface: str) -> str | None:
+    """The interface's first global IPv6 address (flannel's GetInterfaceIP6Addrs also takes
+    link-local ones; the lab's underlay has a global one), or None."""
+    proc = await asyncio.create_subprocess_exec("ip", "-j", "-6", "addr", "show", "dev", iface, "scope", "global",
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    for link in json.loads(out or b"[]"):
+        for addr in link.get("addr_info", []):
+            return addr["local"]
+    return None
 
 
 async def follow_until_stopped(registry, node, peers: PeerTable, stop: asyncio.Event) -> int:
