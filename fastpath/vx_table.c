@@ -167,7 +167,7 @@ int vx_encap(vx_core *c, uint8_t *buf, int len, struct sockaddr_in *dest) {
     if (len < 1) return VX_NOT_IP;
     const uint8_t *ip = buf + VX_HEADROOM;
     int version = ip[0] >> 4;
-    if (version == 6) return VX_NO_ROUTE;  /* IPv6 overlays are not carried yet */
+    if (version == 6) return len < 40 ? VX_NOT_IP : VX_NO_ROUTE;  /* IPv6 overlays: the reference only, yet */
     if (version != 4 || len < 20) return VX_NOT_IP;
     uint32_t dst = ((uint32_t)ip[16] << 24) | ((uint32_t)ip[17] << 16) | ((uint32_t)ip[18] << 8) | ip[19];
     vx_peer *p = peer_slot(c->peers, c->peer_cap, dst & c->mask);

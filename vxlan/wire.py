@@ -131,11 +131,12 @@ def vxlan_header(vni: int) -> bytes:
     return bytes((VXLAN_FLAG_I, 0, 0, 0)) + vni.to_bytes(3, "big") + b"\x00"
 
 
-def encap_template(vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
-    """The 22 bytes written in front of an IPv4 packet for one peer (IPv6 is not carried yet)."""
+def encap_template(vni: int, dst_mac: bytes, src_mac: bytes, ethertype: int = ETH_P_IP) -> bytes:
+    """The 22 bytes written in front of an inner packet for one peer: IPv4 between the
+    flannel.<VNI> VtepMACs, or (``ETH_P_IPV6``) IPv6 between the flannel-v6.<VNI> ones."""
     if len(dst_mac) != 6 or len(src_mac) != 6:
         raise ValueError("MAC addresses are 6 bytes")
-    return vxlan_header(vni) + dst_mac + src_mac + ETH_P_IP.to_bytes(2, "big")
+    return vxlan_header(vni) + dst_mac + src_mac + ethertype.to_bytes(2, "big")
 
 
 def check_vtep_address(ip: str) -> None:
@@ -143,6 +144,18 @@ def check_vtep_address(ip: str) -> None:
     n = ipv4_to_int(ip)  # raises ValueError
     if n == 0 or n >> 28 == 0xE or n == 0xFFFFFFFF:  # unspecified, multicast (224/4), broadcast
         raise ValueError(f"{ip} is not a VTEP address")
+
+
+def check_vtep_address6(ip: str) -> str:
+    """A peer's PublicIPv6 must be a unicast IPv6 address; returns its canonical text (RFC
+    5952, as Go and ipaddress write it), the form senders are compared in."""
+    try:
+        address = ipaddress.IPv6Address(ip)
+    except ValueError:
+        raise ValueError(f"{ip!r} is not an IPv6 address") from None
+    if address.is_unspecified or address.is_multicast or address.ipv4_mapped is not None:
+        raise ValueError(f"{ip} is not a VTEP address")
+    return str(address)
 
 
 def fold16(total: int) -> int:
@@ -176,19 +189,46 @@ class PeerMap:
     ``entries`` maps a subnet's network address (int) to its 22-byte header template and the
     ``(public_ip, port)`` to send to; ``senders`` counts the subnets each PublicIP serves (the
     known VTEPs a datagram may come from). Both dicts are changed in place, between batches.
+
+    A dual-stack node (``vtep_mac6``, ``subnet_len6``) has a second VTEP, flannel-v6.<VNI>'s:
+    ``entries6`` maps an IPv6 subnet's network address (int) to the template between the two
+    IPv6 VtepMACs and ``(public_ipv6, port)``; its senders are counted in ``senders`` too.
     """
 
-    def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, port: int) -> None:
+    def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, port: int,
+                 vtep_mac6: bytes | None = None, subnet_len6: int = 0) -> None:
         if not 0 < subnet_len <= 32:
             raise ValueError(f"subnet_len {subnet_len} is out of range 1..32")
-        if len(vtep_mac) != 6:
+        if len(vtep_mac) != 6 or (vtep_mac6 is not None and len(vtep_mac6) != 6):
             raise ValueError("vtep_mac is 6 bytes")
+        if vtep_mac6 is not None and not 0 < subnet_len6 <= 128:
+            raise ValueError(f"subnet_len6 {subnet_len6} is out of range 1..128")
         self.vni = vni
         self.vtep_mac = bytes(vtep_mac)
         self.mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
         self.port = port
         self.entries: dict[int, tuple[bytes, tuple[str, int]]] = {}
         self.senders: dict[str, int] = {}
+        self.vtep_mac6 = bytes(vtep_mac6) if vtep_mac6 is not None else None
+        self.mask6 = ((1 << 128) - 1) ^ ((1 << (128 - subnet_len6)) - 1) if vtep_mac6 is not None else 0
+        self.entries6: dict[int, tuple[bytes, tuple[str, int]]] = {}
+
+    def set6(self, subnet6: int, vtep_mac: bytes, public_ipv6: str) -> None:
+        """Add or replace the peer for the IPv6 subnet ``subnet6`` (network address as an int)."""
+        if self.vtep_mac6 is None:
+            raise ValueError("this node has no IPv6 VTEP (vtep_mac6)")
+        if subnet6 & ~self.mask6:
+            raise ValueError(f"{ipaddress.IPv6Address(subnet6)} is not a subnet address for this IPv6SubnetLen")
+        public_ipv6 = check_vtep_address6(public_ipv6)
+        template = encap_template(self.vni, bytes(vtep_mac), self.vtep_mac6, ETH_P_IPV6)
+        self.remove6(subnet6)
+        self.entries6[subnet6] = (template, (public_ipv6, self.port))
+        self.senders[public_ipv6] = self.senders.get(public_ipv6, 0) + 1
+
+    def remove6(self, subnet6: int) -> None:
+        old = self.entries6.pop(subnet6, None)
+        if old is not None:
+            self._forget_sender(old[1][0])
 
     def set(self, subnet: int, vtep_mac: bytes, public_ip: str) -> None:
         """Add or replace the peer for ``subnet`` (network address as an int)."""
@@ -203,12 +243,14 @@ class PeerMap:
     def remove(self, subnet: int) -> None:
         old = self.entries.pop(subnet, None)
         if old is not None:
-            ip = old[1][0]
-            left = self.senders[ip] - 1
-            if left:
-                self.senders[ip] = left
-            else:
-                del self.senders[ip]
+            self._forget_sender(old[1][0])
+
+    def _forget_sender(self, ip: str) -> None:
+        left = self.senders[ip] - 1
+        if left:
+            self.senders[ip] = left
+        else:
+            del self.senders[ip]
 
 
 class DropCounters:
@@ -238,15 +280,18 @@ class Codec(DropCounters):
     headroom = HEADROOM  # VXLAN + inner Ethernet in front of each inner packet
 
     def __init__(self, vni: int, vtep_mac: bytes, subnet_len: int, tun_mtu: int, port: int,
-                 strict_source: bool = False) -> None:
+                 strict_source: bool = False, vtep_mac6: bytes | None = None, subnet_len6: int = 0) -> None:
         self.pending_tun: list[bytes] = []  # nothing goes back into the TUN (vxlan.codec.BatchCodec)
-        self._map = PeerMap(vni, vtep_mac, subnet_len, port)
+        self._map = PeerMap(vni, vtep_mac, subnet_len, port, vtep_mac6, subnet_len6)
         self._strict_source = strict_source
         self._vni_bytes = vxlan_header(vni)[4:7]
         self._vtep_mac = self._map.vtep_mac
+        self._vtep_mac6 = self._map.vtep_mac6
         self._mask = self._map.mask
+        self._mask6 = self._map.mask6
         self._tun_mtu = tun_mtu
         self._peers = self._map.entries
+        self._peers6 = self._map.entries6
         self._senders = self._map.senders
         super().__init__()
 
@@ -257,6 +302,14 @@ class Codec(DropCounters):
 
     def remove_peer(self, subnet: int) -> None:
         self._map.remove(subnet)
+
+    def set_peer6(self, subnet6: int, vtep_mac: bytes, public_ipv6: str) -> None:
+        """Add or replace the peer for an IPv6 subnet (network address as an int): a
+        dual-stack lease's BackendV6Data VtepMAC and PublicIPv6."""
+        self._map.set6(subnet6, vtep_mac, public_ipv6)
+
+    def remove_peer6(self, subnet6: int) -> None:
+        self._map.remove6(subnet6)
 
     def peer_count(self) -> int:
         return len(self._peers)
@@ -300,8 +353,11 @@ class Codec(DropCounters):
             return DropReason.NOT_IP, None
         version = buf[HEADROOM] >> 4
         if version == 6:
-            # IPv6 overlays (flannel-v6.<VNI>, BackendV6Data) are not carried yet.
-            return DropReason.NO_ROUTE, None
+            if n < 40:
+                return DropReason.NOT_IP, None
+            # to the peer of the IPv6 subnet: its flannel-v6 VtepMAC, over the IPv6 underlay
+            peer = self._peers6.get(int.from_bytes(buf[HEADROOM + 24 : HEADROOM + 40], "big") & self._mask6)
+            return (DropReason.NO_ROUTE, None) if peer is None else (DropReason.OK, peer)
         if version != 4 or n < 20:
             return DropReason.NOT_IP, None
         peer = self._peers.get(int.from_bytes(buf[HEADROOM + 16 : HEADROOM + 20], "big") & self._mask)
@@ -352,7 +408,8 @@ class Codec(DropCounters):
             return DropReason.WRONG_VNI, 0
         if sender not in self._senders:
             return DropReason.UNKNOWN_SENDER, 0
-        if bytes(buf[8:14]) != self._vtep_mac:
+        # the VTEP the datagram was sent to: flannel-v6.<VNI>'s over the IPv6 underlay
+        if bytes(buf[8:14]) != (self._vtep_mac6 if ":" in sender else self._vtep_mac):
             if buf[8] & 1:  # group bit: broadcast and multicast
                 return DropReason.DST_MAC_BROADCAST, 0
             return DropReason.DST_MAC_MISMATCH, 0
@@ -390,6 +447,10 @@ class Codec(DropCounters):
     def _source_is_senders(self, buf: Any, ethertype: int, sender: str) -> bool:
         """--strict-source: flannel (and the kernel's vxlan) deliver whatever a known VTEP sends;
         this asks that the inner source lie in a subnet whose lease names that VTEP."""
+        if ethertype == ETH_P_IPV6:
+            source = int.from_bytes(buf[HEADROOM + 8 : HEADROOM + 24], "big")
+            owner = self._peers6.get(source & self._mask6) if self._mask6 else None
+            return owner is not None and owner[1][0] == sender
         if ethertype != ETH_P_IP:
             return False
         owner = self._peers.get(int.from_bytes(buf[HEADROOM + 12 : HEADROOM + 16], "big") & self._mask)

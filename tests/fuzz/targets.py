@@ -124,6 +124,29 @@ def vxlan_datagram(data: bytes) -> None:
             raise AssertionError(f"reference {ref} != compiled {compiled}")
 
 
+_DUAL: list = []
+PEER_IP6 = "fd00:c612::2"
+
+
+def vxlan_datagram6(data: bytes) -> None:
+    """A datagram over the IPv6 underlay from a known VTEP to a dual-stack node, then the same
+    bytes as an inner packet read from the TUN: the reference codec (the compiled engine has
+    no IPv6 overlay yet) ends each in a verdict, and a forwarded one lies inside the datagram."""
+    if not _DUAL:
+        for strict in (False, True):
+            codec = wire.Codec(1, OWN_MAC, 24, 1450, 8472, strict, bytes.fromhex("0e0000000601"), 64)
+            codec.set_peer6(int(ipaddress.IPv6Address("fd07:0:0:2::")), bytes.fromhex("0e0000000602"), PEER_IP6)
+            _DUAL.append(codec)
+    for codec in _DUAL:
+        buf = bytearray(data[:65535])
+        out_v, out_len = [0], [0]
+        codec.decap_batch([buf], [len(buf)], [PEER_IP6], 1, out_v, out_len)
+        if out_v[0] == 0 and not wire.HEADROOM + out_len[0] <= len(buf):
+            raise AssertionError(f"inner packet of {out_len[0]} bytes outside a datagram of {len(buf)}")
+        tun = bytearray(wire.HEADROOM) + data[:1500]
+        codec.encap_batch([tun], [len(tun) - wire.HEADROOM], 1, [0], [None])
+
+
 def tso_split(data: bytes) -> None:
     """A TUN super-packet with a hostile virtio_net_hdr: gso_size (and for a scattered read the
     header length and MSS guessed) from the first bytes."""
@@ -169,6 +192,7 @@ def packet_frame(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "registry_file": registry_file, "network_config": network_config, "lease": lease,
-    "capture_filter": capture_filter, "flags": flags, "vxlan_datagram": vxlan_datagram, "tso_split": tso_split,
+    "capture_filter": capture_filter, "flags": flags, "vxlan_datagram": vxlan_datagram,
+    "vxlan_datagram6": vxlan_datagram6, "tso_split": tso_split,
     "gro_train": gro_train, "http_request": http_request, "packet_frame": packet_frame,
 }
