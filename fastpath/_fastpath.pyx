@@ -31,6 +31,12 @@ cdef extern from "netinet/in.h":
         int sin_family
         uint16_t sin_port
         in_addr sin_addr
+    cdef struct in6_addr:
+        pass
+    cdef struct sockaddr_in6:
+        int sin6_family
+        uint16_t sin6_port
+        in6_addr sin6_addr
 
 cdef extern from "sys/uio.h":
     cdef struct iovec:
@@ -74,6 +80,7 @@ cdef extern from "vxengine.h" nogil:
     ctypedef struct vx_core:
         uint8_t strict_source
         uint32_t peer_count
+        uint32_t peer6_count
         uint64_t drops[32]
         uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes
         uint64_t tun_reads, tso_packets, tso_in_place, udp_sends, gso_sends
@@ -119,8 +126,13 @@ cdef extern from "vxengine.h" nogil:
     void vx_core_free(vx_core *c)
     int vx_set_peer(vx_core *c, uint32_t subnet, const uint8_t *mac, uint32_t ip)
     int vx_remove_peer(vx_core *c, uint32_t subnet)
+    int vx_core_enable_v6(vx_core *c, const uint8_t *mac6, int subnet_len6)
+    int vx_set_peer6(vx_core *c, const uint8_t *subnet, const uint8_t *mac, const uint8_t *ip)
+    int vx_remove_peer6(vx_core *c, const uint8_t *subnet)
     int vx_encap(vx_core *c, uint8_t *buf, int len, sockaddr_in *dest)
+    int vx_encap6(vx_core *c, uint8_t *buf, int len, sockaddr_in6 *dest)
     int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_len)
+    int vx_check6(vx_core *c, const uint8_t *p, int n, const uint8_t *sender6, int seg_len, int *inner_len)
     int vx_ecn_verdict(const uint8_t *ip, int len, uint8_t outer_tos)
     void vx_ecn_mark(uint8_t *ip, int len, uint8_t outer_tos)
     uint8_t vx_ecn_outer(const uint8_t *ip)
@@ -158,16 +170,26 @@ cdef uint32_t _ip_net(str ip) except? 0:
     return out
 
 
+cdef bytes _ip6_bytes(str ip):
+    """IPv6 text -> 16 bytes; an address that does not parse gives ::, which no peer has."""
+    try:
+        return socket.inet_pton(socket.AF_INET6, ip)
+    except OSError:
+        return bytes(16)
+
+
 cdef class Codec:
     """The compiled vxlan.wire.Codec (the interface: vxlan.codec.BatchCodec)."""
     cdef vx_core core
     cdef int _ready
     cdef int _n_reasons
     cdef uint32_t _mask
+    cdef object _mask6  # the IPv6 subnet mask (an int), None without an IPv6 VTEP
     cdef public list pending_tun  # always empty: the C paths answer nothing into the TUN
     headroom = wire.HEADROOM
 
-    def __cinit__(self, int vni, vtep_mac, int subnet_len, int tun_mtu, int port, strict_source=False):
+    def __cinit__(self, int vni, vtep_mac, int subnet_len, int tun_mtu, int port, strict_source=False,
+                  vtep_mac6=None, int subnet_len6=0):
         self._ready = 0
         self.pending_tun = []
         wire.vxlan_header(vni)  # range check with the reference's error
@@ -180,6 +202,15 @@ cdef class Codec:
             raise MemoryError()
         self.core.strict_source = 1 if strict_source else 0
         self._ready = 1
+        if vtep_mac6 is not None:
+            mac6 = bytes(vtep_mac6)
+            if len(mac6) != 6:
+                raise ValueError("vtep_mac is 6 bytes")
+            if not 0 < subnet_len6 <= 128:
+                raise ValueError(f"subnet_len6 {subnet_len6} is out of range 1..128")
+            if vx_core_enable_v6(&self.core, <const uint8_t*>PyBytes_AS_STRING(mac6), subnet_len6):
+                raise MemoryError()
+            self._mask6 = int(ipaddress.IPv6Network(f"::/{subnet_len6}").netmask)  # Python ints, not C shifts
         self._n_reasons = wire.N_REASONS
         self._mask = <uint32_t>((0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF)
 
@@ -201,6 +232,25 @@ cdef class Codec:
 
     def remove_peer(self, subnet):
         vx_remove_peer(&self.core, <uint32_t>int(subnet))
+
+    def set_peer6(self, subnet6, vtep_mac, str public_ipv6):
+        if self._mask6 is None:
+            raise ValueError("this node has no IPv6 VTEP (vtep_mac6)")
+        sn = int(subnet6)
+        if sn & ~self._mask6:
+            raise ValueError(f"{ipaddress.IPv6Address(sn)} is not a subnet address for this IPv6SubnetLen")
+        ip = socket.inet_pton(socket.AF_INET6, wire.check_vtep_address6(public_ipv6))
+        mac = bytes(vtep_mac)
+        if len(mac) != 6:
+            raise ValueError("MAC addresses are 6 bytes")
+        key = sn.to_bytes(16, "big")
+        if vx_set_peer6(&self.core, <const uint8_t*>PyBytes_AS_STRING(key), <const uint8_t*>PyBytes_AS_STRING(mac),
+                        <const uint8_t*>PyBytes_AS_STRING(ip)):
+            raise MemoryError()
+
+    def remove_peer6(self, subnet6):
+        key = int(subnet6).to_bytes(16, "big")
+        vx_remove_peer6(&self.core, <const uint8_t*>PyBytes_AS_STRING(key))
 
     def peer_count(self):
         return self.core.peer_count
@@ -229,19 +279,28 @@ cdef class Codec:
         cdef int i, n, v, ok = 0
         cdef bytearray buf
         cdef sockaddr_in dst
+        cdef sockaddr_in6 dst6
+        cdef uint8_t *p
+        cdef int v6
         for i in range(count):
             buf = bufs[i]
             n = lengths[i]
             if n < 0 or VX_HEADROOM + n > PyByteArray_GET_SIZE(buf):
                 raise ValueError(f"length {n} of packet {i} does not fit its buffer")
+            p = <uint8_t*>PyByteArray_AS_STRING(buf)
+            v6 = n >= 1 and (p[VX_HEADROOM] >> 4) == 6
             vx_lock(&self.core)
-            v = vx_encap(&self.core, <uint8_t*>PyByteArray_AS_STRING(buf), n, &dst)
+            v = vx_encap6(&self.core, p, n, &dst6) if v6 else vx_encap(&self.core, p, n, &dst)
             vx_unlock(&self.core)
             verdicts[i] = v
             if v:
                 self.core.drops[v] += 1
             else:
-                dests[i] = (socket.inet_ntoa((<char*>&dst.sin_addr.s_addr)[:4]), ntohs(dst.sin_port))
+                if v6:
+                    dests[i] = (socket.inet_ntop(socket.AF_INET6, (<char*>&dst6.sin6_addr)[:16]),
+                                ntohs(dst6.sin6_port))
+                else:
+                    dests[i] = (socket.inet_ntoa((<char*>&dst.sin_addr.s_addr)[:4]), ntohs(dst.sin_port))
                 ok += 1
         return ok
 
@@ -255,9 +314,17 @@ cdef class Codec:
             if n < 0 or n > PyByteArray_GET_SIZE(buf):
                 raise ValueError(f"length {n} of datagram {i} does not fit its buffer")
             inner = 0
-            vx_lock(&self.core)
-            v = vx_check(&self.core, <uint8_t*>PyByteArray_AS_STRING(buf), n, _ip_net(senders[i]), &inner)
-            vx_unlock(&self.core)
+            sender = senders[i]
+            if ":" in sender:  # over the IPv6 underlay
+                sender6 = _ip6_bytes(sender)
+                vx_lock(&self.core)
+                v = vx_check6(&self.core, <uint8_t*>PyByteArray_AS_STRING(buf), n,
+                              <const uint8_t*>PyBytes_AS_STRING(sender6), 0, &inner)
+                vx_unlock(&self.core)
+            else:
+                vx_lock(&self.core)
+                v = vx_check(&self.core, <uint8_t*>PyByteArray_AS_STRING(buf), n, _ip_net(sender), &inner)
+                vx_unlock(&self.core)
             if tos is not None:
                 outer_tos = tos[i]
             if not v:

@@ -33,6 +33,41 @@
 #define GSO_MAX_DGRAMS 64    /* UDP_MAX_SEGMENTS */
 #define GSO_MAX_BYTES (65535 - 20 - 8)
 
+/* The tables' hash (open addressing, linear probing). */
+static inline uint32_t hash32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+    return x;
+}
+
+/* Deletion from a linear-probing table by backward shift, so that no probe chain breaks:
+ * later entries of the chain move into the hole unless their home slot lies after it.
+ * One definition per table type (C has no generics); OCCUPIED and CLEAR name the slot test,
+ * HOME the hash of an entry's key. */
+#define DEFINE_SHIFT_DELETE(name, type, OCCUPIED, CLEAR, HOME)                                  \
+    static void name(type *t, uint32_t cap, uint32_t i) {                                        \
+        uint32_t j = i;                                                                          \
+        for (;;) {                                                                               \
+            CLEAR(t[i]);                                                                         \
+            for (;;) {                                                                           \
+                j = (j + 1) & (cap - 1);                                                         \
+                if (!OCCUPIED(t[j])) return;                                                     \
+                uint32_t home = HOME(t[j]) & (cap - 1);                                          \
+                if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) break;           \
+            }                                                                                    \
+            t[i] = t[j];                                                                         \
+            i = j;                                                                               \
+        }                                                                                        \
+    }
+
+/* vx_table.c: the checks a received frame gets whatever underlay family it came over, up to
+ * the inner packet's length (VX_OK) or a verdict; *ethertype: the inner frame's type. */
+int vx_check_frame(vx_core *c, const uint8_t *p, int n, int sender_known, const uint8_t own_mac[6], int *total,
+                   int *ethertype);
+/* the last checks: --strict-source (owner_ok: the inner source's subnet is the sender's) and the MTU */
+int vx_check_finish(vx_core *c, int owner_ok, int total, int seg_len, int *inner_len);
+/* vx_table6.c: the IPv6 peer whose subnet holds addr, or NULL */
+const vx_peer6 *vx_peer6_for(const vx_core *c, const uint8_t addr[16]);
+
 /* vx_csum.c */
 void vx_ipv4_header_csum(uint8_t *iph, int ihl);
 /* vx_offload.c: segments a super-packet splits into, and its header length (-1: cannot) */

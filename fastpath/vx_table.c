@@ -14,11 +14,6 @@
 /* ---------------------------------------------------------------------------------------- */
 /* tables                                                                                    */
 
-static uint32_t hash32(uint32_t x) {
-    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
-    return x;
-}
-
 static vx_peer *peer_slot(vx_peer *t, uint32_t cap, uint32_t key) {
     uint32_t i = hash32(key) & (cap - 1);
     while (t[i].used && t[i].key != key) i = (i + 1) & (cap - 1);
@@ -74,35 +69,22 @@ int vx_core_init(vx_core *c, uint32_t vni, const uint8_t mac[6], int subnet_len,
 void vx_core_free(vx_core *c) {
     free(c->peers);
     free(c->senders);
+    free(c->peers6);
+    free(c->senders6);
     c->peers = NULL;
     c->senders = NULL;
+    c->peers6 = NULL;
+    c->senders6 = NULL;
     pthread_mutex_destroy(&c->lock);
 }
 
-/* Deletion from a linear-probing table by backward shift, so that no probe chain breaks:
- * later entries of the chain move into the hole unless their home slot lies after it.
- * One definition per table type (C has no generics); OCCUPIED and CLEAR name the slot test. */
-#define DEFINE_SHIFT_DELETE(name, type, OCCUPIED, CLEAR)                                          \
-    static void name(type *t, uint32_t cap, uint32_t i) {                                        \
-        uint32_t j = i;                                                                          \
-        for (;;) {                                                                               \
-            CLEAR(t[i]);                                                                         \
-            for (;;) {                                                                           \
-                j = (j + 1) & (cap - 1);                                                         \
-                if (!OCCUPIED(t[j])) return;                                                     \
-                uint32_t home = hash32(t[j].key) & (cap - 1);                                    \
-                if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) break;           \
-            }                                                                                    \
-            t[i] = t[j];                                                                         \
-            i = j;                                                                               \
-        }                                                                                        \
-    }
 #define PEER_USED(e) ((e).used)
 #define PEER_CLEAR(e) ((e).used = 0)
 #define SENDER_USED(e) ((e).key)
 #define SENDER_CLEAR(e) ((e).key = 0)
-DEFINE_SHIFT_DELETE(peer_table_delete, vx_peer, PEER_USED, PEER_CLEAR)
-DEFINE_SHIFT_DELETE(sender_table_delete, vx_sender, SENDER_USED, SENDER_CLEAR)
+#define KEY_HOME(e) hash32((e).key)
+DEFINE_SHIFT_DELETE(peer_table_delete, vx_peer, PEER_USED, PEER_CLEAR, KEY_HOME)
+DEFINE_SHIFT_DELETE(sender_table_delete, vx_sender, SENDER_USED, SENDER_CLEAR, KEY_HOME)
 
 static void sender_unref(vx_core *c, uint32_t ip) {
     vx_sender *s = sender_slot(c->senders, c->sender_cap, ip);
@@ -181,40 +163,56 @@ int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender, int *inner_le
     return vx_check_super(c, p, n, sender, 0, inner_len);
 }
 
-int vx_check_super(vx_core *c, const uint8_t *p, int n, uint32_t sender, int seg_len, int *inner_len) {
-    int total;
+int vx_check_frame(vx_core *c, const uint8_t *p, int n, int sender_known, const uint8_t own_mac[6], int *total,
+                   int *ethertype_out) {
     if (n < VX_HEADROOM) return VX_TOO_SHORT;
     if (!(p[0] & 0x08)) return VX_NO_I_FLAG;
     /* reserved bits are ignored on receipt (RFC 7348 §5) */
     if (memcmp(p + 4, c->vni, 3) != 0) return VX_WRONG_VNI;
-    if (!sender_slot(c->senders, c->sender_cap, sender)->key) return VX_UNKNOWN_SENDER;
-    if (memcmp(p + 8, c->mac, 6) != 0) return (p[8] & 1) ? VX_DST_MAC_BROADCAST : VX_DST_MAC_MISMATCH;
+    if (!sender_known) return VX_UNKNOWN_SENDER;
+    if (memcmp(p + 8, own_mac, 6) != 0) return (p[8] & 1) ? VX_DST_MAC_BROADCAST : VX_DST_MAC_MISMATCH;
     int ethertype = (p[20] << 8) | p[21];
     int avail = n - VX_HEADROOM;
     const uint8_t *ip = p + VX_HEADROOM;
     if (ethertype == 0x0800) {
         if (avail < 20 || (ip[0] >> 4) != 4) return VX_BAD_INNER_IP;
         int header_len = (ip[0] & 0x0F) * 4;
-        total = (ip[2] << 8) | ip[3];
-        if (header_len < 20 || total < header_len || total > avail) return VX_BAD_INNER_IP;
+        *total = (ip[2] << 8) | ip[3];
+        if (header_len < 20 || *total < header_len || *total > avail) return VX_BAD_INNER_IP;
     } else if (ethertype == 0x86DD) {
+        /* extension headers and fragments go through as they are, as the kernel's vxlan lets them */
         if (avail < 40 || (ip[0] >> 4) != 6) return VX_BAD_INNER_IP;
-        total = 40 + ((ip[4] << 8) | ip[5]);
-        if (total > avail) return VX_BAD_INNER_IP;
+        *total = 40 + ((ip[4] << 8) | ip[5]);
+        if (*total > avail) return VX_BAD_INNER_IP;
     } else if (ethertype == 0x0806) {
         return VX_ARP;
     } else {
         return VX_BAD_ETHERTYPE;
     }
-    if (c->strict_source) {
-        /* The inner source must be in a subnet whose lease names this sender as its VTEP;
-         * IPv6 inner packets have no such subnet on an IPv4 VTEP. Off: one load, one branch. */
-        if (ethertype != 0x0800) return VX_SPOOFED_SOURCE;
-        uint32_t src = ((uint32_t)ip[12] << 24) | ((uint32_t)ip[13] << 16) | ((uint32_t)ip[14] << 8) | ip[15];
-        const vx_peer *owner = peer_slot(c->peers, c->peer_cap, src & c->mask);
-        if (!owner->used || owner->addr.sin_addr.s_addr != sender) return VX_SPOOFED_SOURCE;
-    }
+    *ethertype_out = ethertype;
+    return VX_OK;
+}
+
+int vx_check_finish(vx_core *c, int owner_ok, int total, int seg_len, int *inner_len) {
+    if (c->strict_source && !owner_ok) return VX_SPOOFED_SOURCE;
     if ((seg_len ? seg_len : total) > c->tun_mtu) return VX_TOO_BIG;
     *inner_len = total;
     return VX_OK;
+}
+
+int vx_check_super(vx_core *c, const uint8_t *p, int n, uint32_t sender, int seg_len, int *inner_len) {
+    int total = 0, ethertype = 0;
+    int v = vx_check_frame(c, p, n, sender_slot(c->senders, c->sender_cap, sender)->key != 0, c->mac, &total,
+                           &ethertype);
+    if (v) return v;
+    int owner_ok = 0;
+    if (c->strict_source && ethertype == 0x0800) {
+        /* The inner source must be in a subnet whose lease names this sender as its VTEP (an
+         * IPv6 source: a flannel-v6 VTEP, never this IPv4 sender). Off: one load, one branch. */
+        const uint8_t *ip = p + VX_HEADROOM;
+        uint32_t src = ((uint32_t)ip[12] << 24) | ((uint32_t)ip[13] << 16) | ((uint32_t)ip[14] << 8) | ip[15];
+        const vx_peer *owner = peer_slot(c->peers, c->peer_cap, src & c->mask);
+        owner_ok = owner->used && owner->addr.sin_addr.s_addr == sender;
+    }
+    return vx_check_finish(c, owner_ok, total, seg_len, inner_len);
 }

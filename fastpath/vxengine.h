@@ -1,6 +1,6 @@
 /* vxengine: the compiled VXLAN data plane of vxland, one C file per job:
  *   vx_table.c    the peer table, encapsulation and the receive checks (same verdicts as
- *                 vxlan/wire.py)
+ *                 vxlan/wire.py); vx_table6.c the IPv6 half of a dual-stack node (flannel-v6)
  *   vx_csum.c     the Internet checksum
  *   vx_offload.c  TCP/UDP segmentation of TUN super-packets (GSO split) and coalescing of
  *                 received segments into super-packets (GRO)
@@ -68,6 +68,21 @@ typedef struct {
     uint32_t count;
 } vx_sender;
 
+/* The IPv6 half of a dual-stack node (EnableIPv6): peers by IPv6 subnet, reached at their
+ * flannel-v6.<VNI> VtepMAC over the IPv6 underlay. */
+typedef struct {
+    uint8_t used;
+    uint8_t key[16];        /* IPv6 subnet network address */
+    uint8_t header[VX_HEADROOM];
+    struct sockaddr_in6 addr;
+} vx_peer6;
+
+typedef struct {
+    uint8_t used;
+    uint8_t key[16];        /* PublicIPv6 */
+    uint32_t count;
+} vx_sender6;
+
 typedef struct {
     uint8_t vni[3];
     uint8_t mac[6];
@@ -83,6 +98,13 @@ typedef struct {
     uint32_t peer_cap, peer_count;
     vx_sender *senders;
     uint32_t sender_cap, sender_count;
+    uint8_t has_v6;         /* a second VTEP for IPv6 (vx_core_enable_v6); the rest is zero without */
+    uint8_t mac6[6];
+    uint8_t mask6[16];
+    vx_peer6 *peers6;
+    uint32_t peer6_cap, peer6_count;
+    vx_sender6 *senders6;
+    uint32_t sender6_cap, sender6_count;
     /* counters (read racily by /metrics: 64-bit loads do not tear on x86-64/arm64) */
     uint64_t drops[VX_N_REASONS];
     uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
@@ -100,13 +122,21 @@ int vx_core_init(vx_core *c, uint32_t vni, const uint8_t mac[6], int subnet_len,
 void vx_core_free(vx_core *c);
 int vx_set_peer(vx_core *c, uint32_t subnet, const uint8_t mac[6], uint32_t ip_net_order);
 int vx_remove_peer(vx_core *c, uint32_t subnet);
+/* vx_table6.c: the second VTEP (flannel-v6.<VNI>'s VtepMAC, IPv6SubnetLen) and its peers */
+int vx_core_enable_v6(vx_core *c, const uint8_t mac6[6], int subnet_len6);
+int vx_set_peer6(vx_core *c, const uint8_t subnet[16], const uint8_t mac[6], const uint8_t ip[16]);
+int vx_remove_peer6(vx_core *c, const uint8_t subnet[16]);
 
 void vx_lock(vx_core *c);
 void vx_unlock(vx_core *c);
 
-/* Callers hold c->lock. */
+/* Callers hold c->lock. vx_encap routes IPv4 (an IPv6 packet: VX_NO_ROUTE, or VX_NOT_IP if
+ * truncated); vx_encap6 routes IPv6 to a vx_peer6 (VX_NOT_IP for anything else). */
 int vx_encap(vx_core *c, uint8_t *buf, int len, struct sockaddr_in *dest);
+int vx_encap6(vx_core *c, uint8_t *buf, int len, struct sockaddr_in6 *dest);
 int vx_check(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int *inner_len);
+/* a datagram that came over the IPv6 underlay from sender6 */
+int vx_check6(vx_core *c, const uint8_t *p, int n, const uint8_t sender6[16], int seg_len, int *inner_len);
 /* vx_check for a super-packet: the MTU is checked against seg_len (its headers and one
  * segment's payload) instead of its whole length. */
 int vx_check_super(vx_core *c, const uint8_t *p, int n, uint32_t sender_net_order, int seg_len, int *inner_len);

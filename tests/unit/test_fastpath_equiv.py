@@ -8,6 +8,7 @@ batches of 1-4 inputs: at least 10,000 inputs in all.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -22,16 +23,24 @@ PEERS = {  # subnet -> (mac, public ip)
     "10.5.2.0": (bytes.fromhex("020000000002"), "198.18.0.2"),
     "10.5.3.0": (bytes.fromhex("020000000003"), "198.18.0.3"),
 }
-SENDERS = ["198.18.0.2", "198.18.0.3", "198.18.0.9"]
+# a dual-stack node: its IPv6 VTEP (flannel-v6) and IPv6 peers, reached over the IPv6 underlay
+OWN_MAC6 = bytes.fromhex("020000000601")
+PEERS6 = {
+    "fd07:0:0:2::": (bytes.fromhex("020000000602"), "fd00:c612::2"),
+    "fd07:0:0:3::": (bytes.fromhex("020000000603"), "fd00:c612::3"),
+}
+SENDERS = ["198.18.0.2", "198.18.0.3", "198.18.0.9", "fd00:c612::2", "fd00:c612::3", "fd00:c612::9"]
 MTU = 1450
 
 
 def codecs(strict_source=False):
     pair = []
     for cls in (wire.Codec, compiled_codec()):
-        codec = cls(7, OWN_MAC, 24, MTU, 8472, strict_source=strict_source)
+        codec = cls(7, OWN_MAC, 24, MTU, 8472, strict_source=strict_source, vtep_mac6=OWN_MAC6, subnet_len6=64)
         for subnet, (mac, ip) in PEERS.items():
             codec.set_peer(wire.ipv4_to_int(subnet), mac, ip)
+        for subnet6, (mac, ip) in PEERS6.items():
+            codec.set_peer6(int(ipaddress.IPv6Address(subnet6)), mac, ip)
         pair.append(codec)
     return pair
 
@@ -51,9 +60,15 @@ def ipv4_packet(draw, dst=None):
     return header + bytes(ihl * 4 - 20) + payload
 
 
-def ipv6_packet(draw):
-    payload = draw(st.binary(max_size=200))
-    return struct.pack("!IHBB16s16s", 0x60000000, len(payload), 17, 64, bytes(16), bytes(16)) + payload
+SOURCES6 = ["fd07:0:0:2::7", "fd07:0:0:3::1", "fd07:0:0:1::9", "2001:db8::1"]
+
+
+def ipv6_packet(draw, dst=None):
+    payload = draw(st.binary(max_size=draw(st.sampled_from([8, 200, 1500]))))
+    dst = dst or draw(st.sampled_from(["fd07:0:0:2::7", "fd07:0:0:3::200", "fd07:0:0:1::2", "fd07:0:9::9"]))
+    src = draw(st.sampled_from(SOURCES6))
+    return struct.pack("!IHBB16s16s", 0x60000000, len(payload), draw(st.sampled_from([17, 6, 44, 0])), 64,
+                       ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed) + payload
 
 
 @st.composite
@@ -84,14 +99,14 @@ def datagrams(draw):
         inner = ipv4_packet(draw, dst="10.5.1.2")
         ethertype = 0x0800
     elif kind == "v6":
-        inner = ipv6_packet(draw)
+        inner = ipv6_packet(draw, dst="fd07:0:0:1::2")
         ethertype = 0x86DD
     else:
         inner = bytes(28)
         ethertype = 0x0806
     flags = draw(st.sampled_from([0x08, 0x08, 0x08, 0x00, 0xFF]))
     vni = draw(st.sampled_from([7, 7, 7, 8]))
-    dst = draw(st.sampled_from([OWN_MAC, OWN_MAC, OWN_MAC, b"\xff" * 6, bytes.fromhex("01005e000001"),
+    dst = draw(st.sampled_from([OWN_MAC, OWN_MAC, OWN_MAC6, OWN_MAC6, b"\xff" * 6, bytes.fromhex("01005e000001"),
                                 bytes.fromhex("020000000099")]))
     src = PEERS["10.5.2.0"][0]
     base = (bytes([flags, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\x00" + dst + src
@@ -105,7 +120,7 @@ def tun_packets(draw):
     if kind == "v4":
         return draw(st.one_of(st.just(ipv4_packet(draw)), mutated(ipv4_packet(draw))))
     if kind == "v6":
-        return ipv6_packet(draw)
+        return draw(st.one_of(st.just(ipv6_packet(draw)), mutated(ipv6_packet(draw))))
     return draw(st.binary(max_size=64))
 
 
@@ -159,4 +174,30 @@ def test_peer_table_churn_equivalent(ops):
                     + bytes([0x45, 0, 0, 20]) + bytes(8) + bytes([10, n >> 8, n & 255, 9]) + bytes(4))
         for host in range(1, 41, 3):
             sender = f"198.18.1.{host}"
+            assert wire.decap_one(pair[0], datagram, sender) == wire.decap_one(pair[1], datagram, sender)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 400), st.integers(1, 40)), max_size=600))
+def test_ipv6_peer_table_churn_equivalent(ops):
+    """The same for the IPv6 tables (16-byte keys): route and accept alike after churn."""
+    pair = [cls(7, OWN_MAC, 24, MTU, 8472, strict_source=True, vtep_mac6=OWN_MAC6, subnet_len6=64)
+            for cls in (wire.Codec, compiled_codec())]
+    for add, n, host in ops:
+        subnet6 = int(ipaddress.IPv6Address(f"fd07:0:{n:x}:1::"))
+        for codec in pair:
+            if add:
+                codec.set_peer6(subnet6, bytes([2, 0, 0, 6, host, 1]), f"fd00:c612::1:{host:x}")
+            else:
+                codec.remove_peer6(subnet6)
+    for n in range(0, 401, 7):
+        packet = struct.pack("!IHBB16s16s", 0x60000000, 0, 17, 64, bytes(16),
+                             ipaddress.IPv6Address(f"fd07:0:{n:x}:1::9").packed)
+        assert wire.encap_one(pair[0], packet) == wire.encap_one(pair[1], packet)
+    for n in range(0, 401, 13):
+        inner = struct.pack("!IHBB16s16s", 0x60000000, 0, 17, 64, ipaddress.IPv6Address(f"fd07:0:{n:x}:1::9").packed,
+                            bytes(16))
+        datagram = bytes([8, 0, 0, 0, 0, 0, 7, 0]) + OWN_MAC6 + bytes(6) + b"\x86\xdd" + inner
+        for host in range(1, 41, 3):
+            sender = f"fd00:c612::1:{host:x}"
             assert wire.decap_one(pair[0], datagram, sender) == wire.decap_one(pair[1], datagram, sender)
