@@ -99,7 +99,7 @@ cdef extern from "vxengine.h" nogil:
         uint64_t lost
     ctypedef struct vx_io:
         vx_core *core
-        int tun_fd, udp_fd, stop_fd, pkt_fd
+        int tun_fd, udp_fd, stop_fd, pkt_fd, udp6_fd
         int n_tx_socks
         int tx_socks[32]
         uint16_t tx_ports[32]
@@ -350,6 +350,7 @@ cdef class Engine(Codec):
 
     def __cinit__(self, *args, **kwargs):
         self.io.tun_fd = self.io.udp_fd = self.io.stop_fd = self.io.pkt_fd = self.io.tap_fd = -1  # nothing attached
+        self.io.udp6_fd = -1
 
     def __dealloc__(self):
         if self.rings_ready:
@@ -358,10 +359,11 @@ cdef class Engine(Codec):
 
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
                bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=(),
-               int tap_fd=-1, bytes tap_mac=b"\0" * 6, bint sched_auto=False):
+               int tap_fd=-1, bytes tap_mac=b"\0" * 6, bint sched_auto=False, int udp6_fd=-1):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
+        self.io.udp6_fd = udp6_fd  # >= 0: a dual-stack node's IPv6 underlay socket (both loops use it)
         self.io.pkt_fd = pkt_fd  # >= 0: receive frames with their checksum state (vx_rx_packet.c)
         self.io.tap_fd = tap_fd  # >= 0: send super-packets whole as UDP tunnel GSO frames (vx_tunnel.c)
         if len(tap_mac) != 6:
@@ -540,7 +542,7 @@ def gso_split(packet, int gso_size):
         n = vx_gso_headers(<const uint8_t*>PyBytes_AS_STRING(pkt), len(pkt), gso_size, hdrs, cap, lens,
                            VX_MAX_SEGS, &stride, &hlen)
         if n < 0:
-            raise ValueError("not a splittable IPv4 TCP or UDP packet")
+            raise ValueError("not a splittable IPv4 or IPv6 TCP or UDP packet")
         return [PyBytes_FromStringAndSize(<char*>hdrs + <size_t>k * stride + VX_HEADROOM, hlen)
                 + pkt[hlen + k * gso_size: hlen + k * gso_size + lens[k] - hlen]
                 for k in range(n)]
@@ -609,7 +611,7 @@ def gso_split_read(packet, int gso_size, int hlen, int mss):
         _read_into(buf, pkt, hlen, mss, &niov)
         n = vx_split_read(buf, len(pkt), gso_size, hlen, mss, hdrs, cap, lens, &stride, &hdr, &inplace)
         if n < 0:
-            raise ValueError("not a splittable IPv4 TCP or UDP packet")
+            raise ValueError("not a splittable IPv4 or IPv6 TCP or UDP packet")
         out = []
         for k in range(n):
             if inplace:

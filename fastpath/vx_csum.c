@@ -101,6 +101,12 @@ uint64_t vx_pseudo_v4(const uint8_t *iph, uint8_t proto, uint16_t l4_len) {
     return vx_csum_add(ph, 12, 0);
 }
 
+/* RFC 8200 section 8.1: source, destination, the upper-layer length (32 bits), zeros, next header. */
+uint64_t vx_pseudo_v6(const uint8_t *ip6h, uint8_t proto, uint32_t l4_len) {
+    uint8_t ph[8] = {l4_len >> 24, l4_len >> 16, l4_len >> 8, l4_len, 0, 0, 0, proto};
+    return vx_csum_add(ph, 8, vx_csum_add(ip6h + 8, 32, 0));
+}
+
 void vx_ipv4_header_csum(uint8_t *iph, int ihl) {
     iph[10] = iph[11] = 0;
     uint16_t s = (uint16_t)~vx_csum_fold(vx_csum_add(iph, ihl, 0));

@@ -111,6 +111,26 @@ typedef struct {
 } vx_sched;
 void vx_sched_woken(vx_sched *s);
 
+/* A datagram's destination: an IPv4 or (a dual-stack node's IPv6 peers) an IPv6 address. */
+typedef union {
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+} vx_dest;
+
+/* The RX loop: which of fd and fd6 (if >= 0) are readable (bits 1 and 2), 0 when stop_fd is, -1 on error. */
+static inline int vx_wait_readable2(int fd, int fd6, int stop_fd) {
+    struct pollfd pf[3] = {{stop_fd, POLLIN, 0}, {fd, POLLIN, 0}, {fd6, POLLIN, 0}};
+    for (;;) {
+        int r = poll(pf, fd6 >= 0 ? 3 : 2, -1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (pf[0].revents) return 0;
+        int ready = (pf[1].revents & (POLLIN | POLLERR | POLLHUP) ? 1 : 0) |
+                    (fd6 >= 0 && (pf[2].revents & (POLLIN | POLLERR | POLLHUP)) ? 2 : 0);
+        if (ready) return ready;
+    }
+}
+
 /* Both loops: 1 when fd is readable, 0 when stop_fd is, -1 on error. */
 static inline int vx_wait_readable(int fd, int stop_fd) {
     struct pollfd pf[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};

@@ -15,11 +15,15 @@
 /* ---------------------------------------------------------------------------------------- */
 /* GSO split (kernel tcp_gso_segment semantics)                                              */
 
-/* Checks a super-packet and plans its split: header length, segment count; -1 if it cannot be split. */
+/* Checks a super-packet and plans its split: header length, segment count; -1 if it cannot be
+ * split. IPv4, or IPv6 whose next header is TCP or UDP itself (the host's TCP sends no
+ * extension headers; the kernel's ipv6_gso_segment would walk them, vxland refuses them). */
 int vx_gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hdr_len) {
-    if (len < 28 || (pkt[0] >> 4) != 4 || gso_size <= 0) return -1;
-    int proto = pkt[9];
-    int ihl = (pkt[0] & 0x0F) * 4;
+    int version = len > 0 ? pkt[0] >> 4 : 0;
+    if (gso_size <= 0 || (version == 4 && len < 28) || (version == 6 && len < 48) || (version != 4 && version != 6))
+        return -1;
+    int proto = version == 6 ? pkt[6] : pkt[9];
+    int ihl = version == 6 ? 40 : (pkt[0] & 0x0F) * 4;
     if (ihl < 20 || (proto != 6 && proto != 17)) return -1;
     int l4 = proto == 6 ? (ihl + 20 <= len ? (pkt[ihl + 12] >> 4) * 4 : 0) : 8;
     int hdr = ihl + l4;
@@ -36,8 +40,9 @@ int vx_gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hd
  * the super-packet's headers: with the in-place layout, segment 0's header is the original. */
 static void gso_write(const uint8_t *tmpl, int hdr, int len, int gso_size, int nseg, const uint8_t *pay0,
                       size_t pay_stride, uint8_t *hdrs, size_t hdr_stride, int *lens) {
-    int proto = tmpl[9];
-    int ihl = (tmpl[0] & 0x0F) * 4;
+    int v6 = (tmpl[0] >> 4) == 6;
+    int proto = v6 ? tmpl[6] : tmpl[9];
+    int ihl = v6 ? 40 : (tmpl[0] & 0x0F) * 4;
     int l4 = hdr - ihl;
     int payload = len - hdr;
     uint16_t id0 = (tmpl[4] << 8) | tmpl[5];
@@ -51,10 +56,14 @@ static void gso_write(const uint8_t *tmpl, int hdr, int len, int gso_size, int n
         uint8_t *s = hdrs + (size_t)k * hdr_stride + VX_HEADROOM;
         memcpy(s, tmpl, hdr);
         int total = hdr + chunk;
-        s[2] = total >> 8; s[3] = total & 0xFF;
-        uint16_t id = id0 + k;
-        s[4] = id >> 8; s[5] = id & 0xFF;
-        vx_ipv4_header_csum(s, ihl);
+        if (v6) {  /* ipv6_gso_segment: the payload length; no ID, no header checksum */
+            s[4] = (total - 40) >> 8; s[5] = (total - 40) & 0xFF;
+        } else {
+            s[2] = total >> 8; s[3] = total & 0xFF;
+            uint16_t id = id0 + k;
+            s[4] = id >> 8; s[5] = id & 0xFF;
+            vx_ipv4_header_csum(s, ihl);
+        }
         uint8_t *th = s + ihl;
         int csum_at;
         if (proto == 6) {  /* kernel tcp_gso_segment */
@@ -71,7 +80,8 @@ static void gso_write(const uint8_t *tmpl, int hdr, int len, int gso_size, int n
         }
         th[csum_at] = th[csum_at + 1] = 0;
         /* one pass over the payload, read where it lies */
-        uint64_t acc = vx_pseudo_v4(s, (uint8_t)proto, (uint16_t)(l4 + chunk));
+        uint64_t acc = v6 ? vx_pseudo_v6(s, (uint8_t)proto, (uint32_t)(l4 + chunk))
+                          : vx_pseudo_v4(s, (uint8_t)proto, (uint16_t)(l4 + chunk));
         acc = vx_csum_add(th, l4, acc);
         acc = vx_csum_add(pay0 + (size_t)k * pay_stride, chunk, acc);
         uint16_t csum = (uint16_t)~vx_csum_fold(acc);

@@ -70,7 +70,7 @@ typedef struct {
     uint8_t *bufs;
     struct mmsghdr *msgs;
     struct iovec *iov;
-    struct sockaddr_in *from;
+    vx_dest *from;              /* the UDP sockets' senders: IPv4, or IPv6 on the IPv6 underlay's socket */
     struct sockaddr_ll *ll;     /* the packet socket's senders (its frames carry their IP header) */
     char (*ctl)[64];
     pkt_ref *out;               /* the forwarded inner packets of a batch, in order */
@@ -116,6 +116,10 @@ static int rx_segment_size(struct msghdr *h, int len, uint8_t *tos) {
             if (g > 0) seg = g;
         } else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TOS) {  /* IP_RECVTOS: the outer TOS */
             *tos = *CMSG_DATA(cm);
+        } else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_TCLASS) {  /* IPV6_RECVTCLASS */
+            int tclass;
+            memcpy(&tclass, CMSG_DATA(cm), sizeof tclass);
+            *tos = (uint8_t)tclass;
         }
     }
     return seg;
@@ -132,7 +136,8 @@ static int rx_segment_size(struct msghdr *h, int len, uint8_t *tos) {
  * 1 if it was one (forwarded or dropped and counted). */
 static int rx_udp_super(rx_loop *l, rx_ctx *rc, int i, int len, int seg, uint8_t tos, int *nout) {
     const uint8_t *d = l->bufs + (size_t)i * RX_BUF, *ip = d + VX_HEADROOM;
-    if (len <= rc->io->core->tun_mtu + VX_HEADROOM || (ip[0] >> 4) != 4 || ((ip[2] << 8) | ip[3]) != len - VX_HEADROOM)
+    if (len <= rc->io->core->tun_mtu + VX_HEADROOM || (ip[0] >> 4) != 4 || ((ip[2] << 8) | ip[3]) != len - VX_HEADROOM ||
+        l->from[i].in.sin_family != AF_INET)
         return 0;
     int ihl = (ip[0] & 0x0F) * 4, proto = ip[9];
     int l4 = proto == 6 && len >= VX_HEADROOM + ihl + 20 ? (ip[ihl + 12] >> 4) * 4 : proto == 17 ? 8 : 0;
@@ -143,11 +148,11 @@ static int rx_udp_super(rx_loop *l, rx_ctx *rc, int i, int len, int seg, uint8_t
     int inner = 0, segs = (len - VX_HEADROOM - hdr + gso_size - 1) / gso_size;
     if (segs < 1) segs = 1;
     c->udp_received += (uint64_t)segs;
-    int v = vx_check_super(c, d, len, l->from[i].sin_addr.s_addr, hdr + gso_size, &inner);
+    int v = vx_check_super(c, d, len, l->from[i].in.sin_addr.s_addr, hdr + gso_size, &inner);
     if (!v) v = vx_ecn_verdict(ip, inner, tos);
     if (rc->cap) {
         struct iovec one = {(void *)d, (size_t)len};
-        vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, l->from[i].sin_addr.s_addr, ntohs(l->from[i].sin_port),
+        vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, l->from[i].in.sin_addr.s_addr, ntohs(l->from[i].in.sin_port),
                    rc->io->local_ip, rc->io->local_port, &one, 1, (uint32_t)len);
     }
     if (v) { c->drops[v] += (uint64_t)segs; return 1; }
@@ -174,7 +179,9 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
     int seg = rx_segment_size(&l->msgs[i].msg_hdr, len, &tos);
     if (rx_udp_super(l, rc, i, len, seg, tos, nout)) return;
     if (seg < len) c->gro_trains++;
-    uint32_t sender = l->from[i].sin_addr.s_addr;
+    const vx_dest *from = &l->from[i];
+    int v6 = from->in.sin_family == AF_INET6;  /* from the IPv6 underlay's socket: vx_check6 */
+    uint32_t sender = v6 ? 0 : from->in.sin_addr.s_addr;
     const uint8_t *base = l->bufs + (size_t)i * RX_BUF;
     int empty = len == 0;  /* a zero-length datagram gets its verdict (too_short) like any other */
     for (int off = 0; off < len || empty; off += seg) {
@@ -182,12 +189,13 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
         c->udp_received++;
         int dlen = len - off < seg ? len - off : seg;
         int inner = 0;
-        int v = vx_check(c, base + off, dlen, sender, &inner);
+        int v = v6 ? vx_check6(c, base + off, dlen, from->in6.sin6_addr.s6_addr, 0, &inner)
+                   : vx_check(c, base + off, dlen, sender, &inner);
         uint8_t *ip = (uint8_t *)base + off + VX_HEADROOM;
         if (!v) v = vx_ecn_verdict(ip, inner, tos);
-        if (rc->cap) {
+        if (rc->cap && !v6) {  /* capture records carry IPv4 outer addresses */
             struct iovec one = {(void *)(base + off), (size_t)dlen};
-            vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(l->from[i].sin_port), io->local_ip,
+            vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(from->in.sin_port), io->local_ip,
                        io->local_port, &one, 1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
@@ -333,8 +341,39 @@ static void rx_emit_super(rx_loop *l, rx_ctx *rc, pkt_ref *r) {
     if (n < r->segs) c->drops[VX_BAD_OUTER] += (uint64_t)(r->segs - n);  /* counted received as segs */
 }
 
-int vx_run_rx(vx_io *io) {
+/* One recvmmsg on fd (the packet socket's frames, or a UDP socket's datagrams) and what it
+ * brought: verdicts under the peer lock, then the TUN writes. */
+static void rx_batch(rx_loop *l, vx_io *io, int fd, int packet) {
     vx_core *c = io->core;
+    rx_arm(l, packet);
+    int n = recvmmsg(fd, l->msgs, RX_MSGS, MSG_DONTWAIT, NULL);
+    if (n <= 0) return;
+    rx_ctx rc = {io, CAPTURE_RING(io, cap_rx)};  /* the one capture check of a batch */
+    c->udp_recvs++;
+    int nout = 0;
+    pthread_mutex_lock(&c->lock);  /* once per batch */
+    for (int i = 0; i < n; i++) {
+        if (packet)
+            rx_check_frame(l, &rc, i, &nout);
+        else
+            rx_check_message(l, &rc, i, &nout);
+    }
+    pthread_mutex_unlock(&c->lock);
+    for (int i = 0; i < nout; i++) {
+        if (l->out[i].super) {
+            vx_gro_flush(l->gro, tun_emit, &rc);  /* in order */
+            rx_emit_super(l, &rc, &l->out[i]);
+        } else if (io->vnet) {
+            vx_gro_push(l->gro, l->out[i].p, l->out[i].len, tun_emit, &rc);
+        } else {
+            struct iovec one = {l->out[i].p, (size_t)l->out[i].len};
+            tun_emit(&rc, &one, 1, 0, 1, (uint64_t)l->out[i].len);
+        }
+    }
+    vx_gro_flush(l->gro, tun_emit, &rc);
+}
+
+int vx_run_rx(vx_io *io) {
     int packet = io->pkt_fd >= 0, fd = packet ? io->pkt_fd : io->udp_fd;
     rx_loop l = {malloc((size_t)RX_MSGS * RX_BUF), calloc(RX_MSGS, sizeof *l.msgs), calloc(RX_MSGS, sizeof *l.iov),
                  calloc(RX_MSGS, sizeof *l.from), calloc(RX_MSGS, sizeof *l.ll), calloc(RX_MSGS, 64),
@@ -349,34 +388,12 @@ int vx_run_rx(vx_io *io) {
      * receiving application's socket). The code stays, tested, behind gro->udp. */
     l.gro->udp = 0;
     vx_sched sched = {.on = io->sched_auto, .switches = &io->sched_switches};
-    while (vx_wait_readable(fd, io->stop_fd) > 0) {
+    int ready;
+    /* a dual-stack node's IPv6 underlay socket is read by this same thread, beside the IPv4 one */
+    while ((ready = vx_wait_readable2(fd, io->udp6_fd, io->stop_fd)) > 0) {
         vx_sched_woken(&sched);
-        rx_arm(&l, packet);
-        int n = recvmmsg(fd, l.msgs, RX_MSGS, MSG_DONTWAIT, NULL);
-        if (n <= 0) continue;
-        rx_ctx rc = {io, CAPTURE_RING(io, cap_rx)};  /* the one capture check of a batch */
-        c->udp_recvs++;
-        int nout = 0;
-        pthread_mutex_lock(&c->lock);  /* once per batch */
-        for (int i = 0; i < n; i++) {
-            if (packet)
-                rx_check_frame(&l, &rc, i, &nout);
-            else
-                rx_check_message(&l, &rc, i, &nout);
-        }
-        pthread_mutex_unlock(&c->lock);
-        for (int i = 0; i < nout; i++) {
-            if (l.out[i].super) {
-                vx_gro_flush(l.gro, tun_emit, &rc);  /* in order */
-                rx_emit_super(&l, &rc, &l.out[i]);
-            } else if (io->vnet) {
-                vx_gro_push(l.gro, l.out[i].p, l.out[i].len, tun_emit, &rc);
-            } else {
-                struct iovec one = {l.out[i].p, (size_t)l.out[i].len};
-                tun_emit(&rc, &one, 1, 0, 1, (uint64_t)l.out[i].len);
-            }
-        }
-        vx_gro_flush(l.gro, tun_emit, &rc);
+        if (ready & 1) rx_batch(&l, io, fd, packet);
+        if (ready & 2) rx_batch(&l, io, io->udp6_fd, 0);
     }
     rx_free(&l);
     return 0;

@@ -16,10 +16,10 @@ typedef struct {
     int n, niov;
     struct iovec iov[2 * TXQ];
     int iov_at[TXQ], iov_cnt[TXQ], len[TXQ], inner[TXQ];
-    uint8_t sock[TXQ];              /* which of the source-port sockets sends it (its flow's) */
+    uint8_t sock[TXQ];              /* which of the source-port sockets sends it (its flow's), or SOCK6 */
     uint8_t ecn[TXQ];               /* its outer ECN field (vx_ecn_outer); a run has one */
-    uint32_t socks_used;            /* bit s: some datagram goes by socket s */
-    struct sockaddr_in addr[TXQ];
+    uint64_t socks_used;            /* bit s: some datagram goes by socket s */
+    vx_dest addr[TXQ];
     int ord[TXQ];                   /* the send order: grouped by socket, queue order within one */
     /* one sendmmsg entry per run of equal-size datagrams to one peer (UDP GSO) */
     struct mmsghdr runs[TXQ];
@@ -28,8 +28,19 @@ typedef struct {
     char run_ctl[TXQ][CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))];
 } tx_queue;
 
-static int same_dst(const struct sockaddr_in *a, const struct sockaddr_in *b) {
-    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
+/* The queue's socket index of the IPv6 underlay socket (io->udp6_fd), past the source-port ones. */
+#define SOCK6 VX_TX_SOCKS_MAX
+
+static int sock_fd(const vx_io *io, int s) {
+    if (s == SOCK6) return io->udp6_fd;
+    return io->n_tx_socks > 1 ? io->tx_socks[s] : io->udp_fd;
+}
+
+static int same_dst(const vx_dest *a, const vx_dest *b) {
+    if (a->in.sin_family != b->in.sin_family) return 0;
+    if (a->in.sin_family == AF_INET6)
+        return a->in6.sin6_port == b->in6.sin6_port && !memcmp(&a->in6.sin6_addr, &b->in6.sin6_addr, 16);
+    return a->in.sin_addr.s_addr == b->in.sin_addr.s_addr && a->in.sin_port == b->in.sin_port;
 }
 
 /* Messages for positions [from, end) of q->ord: with ``gso``, runs of up to 64 equal-size
@@ -49,8 +60,9 @@ static int tx_build_runs(tx_queue *q, int from, int end, int gso) {
         }
         struct msghdr *m = &q->runs[nr].msg_hdr;
         memset(m, 0, sizeof *m);
+        int v6 = q->addr[o[first]].in.sin_family == AF_INET6;
         m->msg_name = &q->addr[o[first]];
-        m->msg_namelen = sizeof q->addr[o[first]];
+        m->msg_namelen = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
         /* datagrams split in place lie back to back: one iovec for the whole run */
         struct iovec *mi = &q->merged[nm];
         int cnt = 0;
@@ -67,8 +79,9 @@ static int tx_build_runs(tx_queue *q, int from, int end, int gso) {
         m->msg_iovlen = (size_t)cnt;
         int ecn = q->ecn[o[first]];
         if (p - first > 1 || ecn) {
-            /* UDP_SEGMENT for a run; IP_TOS for an ECN-capable one (ip_cmsg_send: the outer
-             * header's TOS for this message; without it the socket's, 0) */
+            /* UDP_SEGMENT for a run; IP_TOS (IPV6_TCLASS over IPv6) for an ECN-capable one
+             * (ip_cmsg_send, ip6_datagram_send_ctl: the outer header's field for this message;
+             * without it the socket's, 0) */
             m->msg_control = q->run_ctl[nr];
             m->msg_controllen = (p - first > 1 ? CMSG_SPACE(sizeof(uint16_t)) : 0) + (ecn ? CMSG_SPACE(sizeof(int)) : 0);
             struct cmsghdr *cm = CMSG_FIRSTHDR(m);
@@ -81,8 +94,8 @@ static int tx_build_runs(tx_queue *q, int from, int end, int gso) {
                 cm = CMSG_NXTHDR(m, cm);
             }
             if (ecn) {
-                cm->cmsg_level = IPPROTO_IP;
-                cm->cmsg_type = IP_TOS;
+                cm->cmsg_level = v6 ? IPPROTO_IPV6 : IPPROTO_IP;
+                cm->cmsg_type = v6 ? IPV6_TCLASS : IP_TOS;
                 cm->cmsg_len = CMSG_LEN(sizeof(int));
                 memcpy(CMSG_DATA(cm), &ecn, sizeof ecn);
             }
@@ -131,21 +144,20 @@ static void tx_send_group(vx_io *io, tx_queue *q, int from, int end, int fd) {
     }
 }
 
-/* Send everything queued: one group per source-port socket (a flow's datagrams stay in order
- * on its socket), each in one sendmmsg where it can. */
+/* Send everything queued: one group per socket (a flow's datagrams stay in order on its
+ * source-port socket; IPv6 peers' go by the IPv6 one), each in one sendmmsg where it can. */
 static void tx_flush(vx_io *io, tx_queue *q) {
-    if (io->n_tx_socks <= 1 || !(q->socks_used & (q->socks_used - 1))) {  /* one socket in use */
+    if (!(q->socks_used & (q->socks_used - 1))) {  /* one socket in use */
         for (int i = 0; i < q->n; i++) q->ord[i] = i;
-        int s = io->n_tx_socks > 1 && q->socks_used ? __builtin_ctz(q->socks_used) : 0;
-        tx_send_group(io, q, 0, q->n, io->n_tx_socks > 1 ? io->tx_socks[s] : io->udp_fd);
+        if (q->n) tx_send_group(io, q, 0, q->n, sock_fd(io, __builtin_ctzll(q->socks_used)));
     } else {
         int at = 0;
-        for (int s = 0; s < io->n_tx_socks; s++) {
-            if (!(q->socks_used & (1u << s))) continue;
+        for (int s = 0; s <= SOCK6; s++) {
+            if (!(q->socks_used & (1ull << s))) continue;
             int from = at;
             for (int i = 0; i < q->n; i++)
                 if (q->sock[i] == s) q->ord[at++] = i;
-            tx_send_group(io, q, from, at, io->tx_socks[s]);
+            tx_send_group(io, q, from, at, sock_fd(io, s));
         }
     }
     q->n = 0;
@@ -154,7 +166,7 @@ static void tx_flush(vx_io *io, tx_queue *q) {
 }
 
 static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, int blen,
-                         const struct sockaddr_in *dst, int inner, int sock, uint8_t ecn) {
+                         const vx_dest *dst, int inner, int sock, uint8_t ecn) {
     int i = q->n++;
     q->iov_at[i] = q->niov;
     q->iov_cnt[i] = blen ? 2 : 1;
@@ -169,7 +181,7 @@ static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, in
     q->addr[i] = *dst;
     q->sock[i] = (uint8_t)sock;
     q->ecn[i] = ecn;
-    q->socks_used |= 1u << sock;
+    q->socks_used |= 1ull << sock;
 }
 
 /* Which source-port socket carries this inner packet: a hash of its flow (addresses,
@@ -274,9 +286,10 @@ static int tx_plain(tx_loop *t, tx_read *rd) {
         c->drops[VX_BAD_OFFLOAD]++;
         return 0;
     }
-    struct sockaddr_in dst;
+    vx_dest dst;
+    int v6 = (pkt[0] >> 4) == 6;  /* to an IPv6 peer over the IPv6 underlay (vx_table6.c) */
     pthread_mutex_lock(&c->lock);
-    int v = vx_encap(c, buf, len, &dst);
+    int v = v6 ? vx_encap6(c, buf, len, &dst.in6) : vx_encap(c, buf, len, &dst.in);
     pthread_mutex_unlock(&c->lock);
     if (t->cap) {
         struct iovec one = {pkt, (size_t)len};
@@ -284,25 +297,26 @@ static int tx_plain(tx_loop *t, tx_read *rd) {
     }
     if (v) { c->drops[v]++; return 0; }
     if (t->q->n == TXQ) tx_flush(io, t->q), t->hdr_used = 0;
-    int sock = flow_socket(io, pkt, len);
+    int sock = v6 ? SOCK6 : flow_socket(io, pkt, len);
     tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len, sock, vx_ecn_outer(pkt));
-    if (t->cap) {
+    if (t->cap && !v6) {  /* capture records carry IPv4 outer addresses: the IPv6 underlay is not recorded */
         struct iovec one = {buf, (size_t)(VX_HEADROOM + len)};
         vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip,
-                   io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port, dst.sin_addr.s_addr,
-                   ntohs(dst.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
+                   io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port, dst.in.sin_addr.s_addr,
+                   ntohs(dst.in.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
     }
     return 1;
 }
 
 /* Queue a split super-packet's nseg segments: each datagram is its outer headers (a copy of
  * segment 0's) and its piece of payload, one piece of memory when split in place. */
-static void tx_queue_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in *dst, int nseg, int stride, int hdr,
+static void tx_queue_segments(tx_loop *t, tx_read *rd, const vx_dest *dst, int nseg, int stride, int hdr,
                               int inplace) {
     vx_io *io = t->io;
     uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
-    int sock = flow_socket(io, pkt, rd->len);  /* every segment is of one flow */
-    uint16_t sport = io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
+    int v6 = dst->in.sin_family == AF_INET6;
+    int sock = v6 ? SOCK6 : flow_socket(io, pkt, rd->len);  /* every segment is of one flow */
+    uint16_t sport = v6 ? io->local_port : io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
     uint8_t ecn = vx_ecn_outer(pkt);  /* every segment has the super-packet's IP header */
     if (!inplace) memcpy(t->hdrs + t->hdr_used, buf, VX_HEADROOM);
     uint8_t *h0 = inplace ? buf : t->hdrs + t->hdr_used;
@@ -315,11 +329,11 @@ static void tx_queue_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in 
             tx_queue_add(t->q, h, VX_HEADROOM + seg, NULL, 0, dst, seg, sock, ecn);
         else
             tx_queue_add(t->q, h, VX_HEADROOM + hdr, body, chunk, dst, seg, sock, ecn);
-        if (t->cap) {
+        if (t->cap && !v6) {
             struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)}, {(void *)body, (size_t)chunk}};
             if (inplace) two[1].iov_base = h + VX_HEADROOM + hdr;
-            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, sport, dst->sin_addr.s_addr,
-                       ntohs(dst->sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg));
+            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, sport, dst->in.sin_addr.s_addr,
+                       ntohs(dst->in.sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg));
         }
     }
     if (!inplace) t->hdr_used += (size_t)nseg * stride;
@@ -400,18 +414,15 @@ static int tx_super(tx_loop *t, tx_read *rd) {
     uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
     int len = rd->len;
     c->tso_packets++;
-    if ((pkt[0] >> 4) == 6) {  /* no IPv6 overlay yet */
-        c->tun_received++;
-        c->drops[VX_NO_ROUTE]++;
-        return 0;
-    }
     if (t->q->n + VX_MAX_SEGS > TXQ || t->hdr_used + (size_t)VX_MAX_SEGS * 128 > HDR_ARENA) {
         tx_flush(io, t->q);
         t->hdr_used = 0;
     }
-    struct sockaddr_in dst;
+    vx_dest dst;
+    int v6 = (pkt[0] >> 4) == 6;
     pthread_mutex_lock(&c->lock);
-    int v = vx_encap(c, buf, len, &dst);  /* segment 0's outer header; every segment's is the same */
+    /* segment 0's outer header; every segment's is the same */
+    int v = v6 ? vx_encap6(c, buf, len, &dst.in6) : vx_encap(c, buf, len, &dst.in);
     pthread_mutex_unlock(&c->lock);
     if (t->cap) capture_super_out(t, rd, v);
     if (v) {
@@ -421,9 +432,11 @@ static int tx_super(tx_loop *t, tx_read *rd) {
         c->drops[v] += segs;
         return 0;
     }
-    if (io->tap_fd >= 0 && !io->tunnel_errno && !rd->scattered && tx_tunnel(t, rd, &dst)) return 0;
-    int split_gso = (rd->vh.gso_type == VX_VNET_GSO_TCPV4 && pkt[9] == 6) ||
-                    (rd->vh.gso_type == VX_VNET_GSO_UDP_L4 && pkt[9] == 17);
+    /* the TAP's frames have an IPv4 outer header: an IPv6 peer's super-packets are split */
+    if (!v6 && io->tap_fd >= 0 && !io->tunnel_errno && !rd->scattered && tx_tunnel(t, rd, &dst.in)) return 0;
+    int proto = v6 ? pkt[6] : pkt[9];  /* (IPv6: no extension header, or vx_gso_plan refuses it) */
+    int split_gso = (rd->vh.gso_type == (v6 ? VX_VNET_GSO_TCPV6 : VX_VNET_GSO_TCPV4) && proto == 6) ||
+                    (rd->vh.gso_type == VX_VNET_GSO_UDP_L4 && proto == 17);
     int stride = 0, hdr = 0, inplace = 0;
     int nseg = split_gso ? vx_split_read(buf, len, rd->vh.gso_size, rd->scattered ? rd->hlen : 0,
                                          rd->scattered ? rd->mss : 0, t->hdrs + t->hdr_used, HDR_ARENA - t->hdr_used,

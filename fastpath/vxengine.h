@@ -159,9 +159,10 @@ uint64_t vx_csum_add(const uint8_t *p, size_t n, uint64_t acc);  /* AVX2 where t
 uint64_t vx_csum_add_portable(const uint8_t *p, size_t n, uint64_t acc);
 uint16_t vx_csum_fold(uint64_t acc);  /* folded, not inverted, in memory order */
 uint64_t vx_pseudo_v4(const uint8_t *iph, uint8_t proto, uint16_t l4_len);
+uint64_t vx_pseudo_v6(const uint8_t *ip6h, uint8_t proto, uint32_t l4_len);
 int vx_finish_csum(uint8_t *pkt, int len, int csum_start, int csum_offset);
 
-/* GSO split of an IPv4 TCP or UDP super-packet into segments of gso_size payload bytes, headers only:
+/* GSO split of an IPv4 or IPv6 TCP or UDP super-packet into segments of gso_size payload bytes, headers only:
  * segment k's VX_HEADROOM + IP + TCP headers are written at hdrs + k * hdr_stride (checksums
  * complete), its payload stays in pkt at hdr_len + k * gso_size; lens[k] = its IP length.
  * Returns the number of segments, or -1 if the packet cannot be split. */
@@ -236,6 +237,8 @@ void vx_cap_release(vx_cap_ring *r, uint64_t n);
 typedef struct {
     vx_core *core;
     int tun_fd, udp_fd, stop_fd;
+    int udp6_fd;                /* >= 0: the IPv6 underlay's socket (a dual-stack node): IPv6 peers' datagrams
+                                 * leave and arrive by it; the RX loop reads it beside udp_fd or pkt_fd */
     int pkt_fd;                 /* >= 0: receive from this packet socket (PACKET_VNET_HDR) instead of udp_fd */
     int n_tx_socks;             /* > 1: send each flow by one of these sockets, bound to source ports of their own */
     int tx_socks[VX_TX_SOCKS_MAX];
