@@ -58,6 +58,8 @@ cdef extern from "vxengine.h" nogil:
 
 cdef extern from "vx_internal.h" nogil:
     ctypedef struct vx_frame:
+        int v6
+        uint8_t saddr6[16]
         uint32_t saddr, daddr
         uint16_t sport, dport
         int udp_off, vx_off, vx_len
@@ -99,7 +101,8 @@ cdef extern from "vxengine.h" nogil:
         uint64_t lost
     ctypedef struct vx_io:
         vx_core *core
-        int tun_fd, udp_fd, stop_fd, pkt_fd, udp6_fd
+        int tun_fd, udp_fd, stop_fd, pkt_fd, udp6_fd, pkt6_fd
+        uint8_t local_ip6[16]
         int n_tx_socks
         int tx_socks[32]
         uint16_t tx_ports[32]
@@ -350,7 +353,7 @@ cdef class Engine(Codec):
 
     def __cinit__(self, *args, **kwargs):
         self.io.tun_fd = self.io.udp_fd = self.io.stop_fd = self.io.pkt_fd = self.io.tap_fd = -1  # nothing attached
-        self.io.udp6_fd = -1
+        self.io.udp6_fd = self.io.pkt6_fd = -1
 
     def __dealloc__(self):
         if self.rings_ready:
@@ -359,11 +362,15 @@ cdef class Engine(Codec):
 
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
                bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=(),
-               int tap_fd=-1, bytes tap_mac=b"\0" * 6, bint sched_auto=False, int udp6_fd=-1):
+               int tap_fd=-1, bytes tap_mac=b"\0" * 6, bint sched_auto=False, int udp6_fd=-1, int pkt6_fd=-1,
+               str local_ip6="::"):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
         self.io.udp6_fd = udp6_fd  # >= 0: a dual-stack node's IPv6 underlay socket (both loops use it)
+        self.io.pkt6_fd = pkt6_fd  # >= 0: its frames from a packet socket instead (the RX loop)
+        ip6 = _ip6_bytes(local_ip6)
+        memcpy(self.io.local_ip6, <const char*>ip6, 16)
         self.io.pkt_fd = pkt_fd  # >= 0: receive frames with their checksum state (vx_rx_packet.c)
         self.io.tap_fd = tap_fd  # >= 0: send super-packets whole as UDP tunnel GSO frames (vx_tunnel.c)
         if len(tap_mac) != 6:
@@ -483,8 +490,11 @@ def frame_outer(bytes frame, int flags=0, int gso_type=0, int link_len=14):
     vh.gso_type = gso_type
     vh.hdr_len = vh.gso_size = vh.csum_start = vh.csum_offset = 0
     f.saddr = 0
+    f.v6 = 0
     f.vx_off = f.vx_len = 0
     v = vx_frame_outer(<const uint8_t*>PyBytes_AS_STRING(frame), len(frame), link_len, &vh, &f)
+    if f.v6:
+        return v, socket.inet_ntop(socket.AF_INET6, (<char*>f.saddr6)[:16]), f.vx_off, f.vx_len
     return v, socket.inet_ntoa((<char*>&f.saddr)[:4]), f.vx_off, f.vx_len
 
 

@@ -82,11 +82,13 @@ int vx_tunnel_header(uint8_t *out, const uint8_t *pkt, int len, const struct vx_
 
 /* vx_rx_packet.c: a frame read from the packet socket, after its virtio-net header */
 typedef struct {
+    int v6;                     /* the outer header is IPv6 (a dual-stack node's IPv6 packet socket) */
+    uint8_t saddr6[16], daddr6[16];  /* ... its addresses; saddr and daddr are then 0 */
     uint32_t saddr, daddr;      /* outer source and destination, network order */
     uint16_t sport, dport;      /* outer ports, host order */
     int udp_off;                /* the outer UDP header: frame + udp_off */
     int vx_off, vx_len;         /* the VXLAN datagram (or a UDP GSO train of them): frame + vx_off, vx_len bytes */
-    uint8_t tos;                /* the outer IPv4 TOS byte (its ECN field: vx_ecn_verdict, vx_ecn_mark) */
+    uint8_t tos;                /* the outer IPv4 TOS byte or IPv6 traffic class (its ECN field: vx_ecn_verdict) */
 } vx_frame;
 int vx_frame_outer(const uint8_t *frame, int flen, int link_len, const struct vx_vnet_hdr *vh, vx_frame *f);
 int vx_frame_inner_hdr_len(const uint8_t *frame, const vx_frame *f);

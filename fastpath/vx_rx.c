@@ -223,15 +223,18 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr
     if (gso != VX_VNET_GSO_NONE) {
         hdr = vx_frame_inner_hdr_len(frame, &f);
         /* whole into a TUN that takes it, else split here (a TUN without offloads: --no-offload) */
-        int whole = io->vnet && (gso == VX_VNET_GSO_TCPV4 || (gso == VX_VNET_GSO_UDP_L4 && io->tun_uso));
-        int split = !io->vnet && (gso == VX_VNET_GSO_TCPV4 || gso == VX_VNET_GSO_UDP_L4);
+        int tcp = gso == VX_VNET_GSO_TCPV4 || gso == VX_VNET_GSO_TCPV6;
+        int whole = io->vnet && (tcp || (gso == VX_VNET_GSO_UDP_L4 && io->tun_uso));
+        int split = !io->vnet && (tcp || gso == VX_VNET_GSO_UDP_L4);
         if (!hdr || !vh.gso_size || !(vh.flags & VX_VNET_F_NEEDS_CSUM) || !(whole || split)) return VX_BAD_OUTER;
         out->segs = (f.vx_len - VX_HEADROOM - hdr + vh.gso_size - 1) / vh.gso_size;
         if (out->segs < 1) out->segs = 1;
     }
-    int v = vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, gso ? hdr + vh.gso_size : 0, &inner);
+    int seg_len = gso ? hdr + vh.gso_size : 0;
+    int v = f.v6 ? vx_check6(c, frame + f.vx_off, f.vx_len, f.saddr6, seg_len, &inner)
+                 : vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, seg_len, &inner);
     if (!v) v = vx_ecn_verdict(frame + f.vx_off + VX_HEADROOM, inner, f.tos);
-    if (rc->cap) {
+    if (rc->cap && !f.v6) {  /* capture records carry IPv4 outer addresses */
         struct iovec one = {frame + f.vx_off, (size_t)f.vx_len};
         vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f.saddr, f.sport, io->local_ip, io->local_port, &one, 1,
                    (uint32_t)f.vx_len);
@@ -242,11 +245,12 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr
     int cs = (int)vh.csum_start - inner_off;
     out->p = frame + inner_off;
     out->len = inner;
+    int ip_hdr_min = (out->p[0] >> 4) == 6 ? 40 : 20;  /* the checksum lies past the inner IP header */
     if (gso != VX_VNET_GSO_NONE) {
-        if (cs < 20 || cs + (int)vh.csum_offset + 2 > hdr) return VX_BAD_OUTER;
+        if (cs < ip_hdr_min || cs + (int)vh.csum_offset + 2 > hdr) return VX_BAD_OUTER;
         out->vh = (struct vx_vnet_hdr){VX_VNET_F_NEEDS_CSUM, vh.gso_type, (uint16_t)hdr, vh.gso_size, (uint16_t)cs,
                                        vh.csum_offset};
-    } else if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && cs >= 20) {  /* (below 20: the outer UDP one) */
+    } else if ((vh.flags & VX_VNET_F_NEEDS_CSUM) && cs >= ip_hdr_min) {  /* (below: the outer UDP one) */
         if (vx_finish_csum(out->p, inner, cs, vh.csum_offset)) return VX_BAD_OUTER;
     }
     return VX_OK;
@@ -267,9 +271,9 @@ static void rx_check_train(rx_loop *l, rx_ctx *rc, uint8_t *frame, const vx_fram
         int dlen = f->vx_len - off < seg ? f->vx_len - off : seg, inner = 0;
         uint8_t *d = frame + f->vx_off + off;
         c->udp_received++;
-        int v = vx_check(c, d, dlen, f->saddr, &inner);
+        int v = f->v6 ? vx_check6(c, d, dlen, f->saddr6, 0, &inner) : vx_check(c, d, dlen, f->saddr, &inner);
         if (!v) v = vx_ecn_verdict(d + VX_HEADROOM, inner, f->tos);
-        if (rc->cap) {
+        if (rc->cap && !f->v6) {
             struct iovec one = {d, (size_t)dlen};
             vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f->saddr, f->sport, io->local_ip, io->local_port, &one,
                        1, (uint32_t)dlen);
@@ -303,7 +307,9 @@ static void rx_check_frame(rx_loop *l, rx_ctx *rc, int i, int *nout) {
         memcpy(&vh, base, VX_VNET_HDR_LEN);
         v = vx_frame_outer(frame, len - VX_VNET_HDR_LEN, link_len, &vh, &f);
         /* the filter's job; only frames queued before it was attached get here */
-        if (v == VX_OK && (f.dport != io->local_port || f.daddr != io->local_ip)) return;
+        if (v == VX_OK && (f.dport != io->local_port ||
+                           (f.v6 ? memcmp(f.daddr6, io->local_ip6, 16) != 0 : f.daddr != io->local_ip)))
+            return;
         if (v == VX_OK && (vh.gso_type & ~VX_VNET_GSO_ECN) == VX_VNET_GSO_UDP_L4 && vh.csum_start == f.udp_off &&
             vh.gso_size) {
             rx_check_train(l, rc, frame, &f, vh.gso_size, nout);
@@ -389,11 +395,13 @@ int vx_run_rx(vx_io *io) {
     l.gro->udp = 0;
     vx_sched sched = {.on = io->sched_auto, .switches = &io->sched_switches};
     int ready;
-    /* a dual-stack node's IPv6 underlay socket is read by this same thread, beside the IPv4 one */
-    while ((ready = vx_wait_readable2(fd, io->udp6_fd, io->stop_fd)) > 0) {
+    /* a dual-stack node's IPv6 underlay (its packet socket, or its UDP socket) is read by this
+     * same thread, beside the IPv4 one */
+    int packet6 = io->pkt6_fd >= 0, fd6 = packet6 ? io->pkt6_fd : io->udp6_fd;
+    while ((ready = vx_wait_readable2(fd, fd6, io->stop_fd)) > 0) {
         vx_sched_woken(&sched);
         if (ready & 1) rx_batch(&l, io, fd, packet);
-        if (ready & 2) rx_batch(&l, io, io->udp6_fd, 0);
+        if (ready & 2) rx_batch(&l, io, fd6, packet6);
     }
     rx_free(&l);
     return 0;

@@ -239,6 +239,8 @@ typedef struct {
     int tun_fd, udp_fd, stop_fd;
     int udp6_fd;                /* >= 0: the IPv6 underlay's socket (a dual-stack node): IPv6 peers' datagrams
                                  * leave and arrive by it; the RX loop reads it beside udp_fd or pkt_fd */
+    int pkt6_fd;                /* >= 0: receive the IPv6 underlay from this packet socket instead of udp6_fd */
+    uint8_t local_ip6[16];      /* the IPv6 underlay address (the IPv6 packet socket's frames must be for it) */
     int pkt_fd;                 /* >= 0: receive from this packet socket (PACKET_VNET_HDR) instead of udp_fd */
     int n_tx_socks;             /* > 1: send each flow by one of these sockets, bound to source ports of their own */
     int tx_socks[VX_TX_SOCKS_MAX];

@@ -40,6 +40,15 @@ def _ipv4(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
 
 
+def _ipv6_vtep(text: str) -> str:
+    from vxlan.wire import check_vtep_address6
+
+    try:
+        return check_vtep_address6(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -197,8 +206,9 @@ def _add_node_flags(node) -> None:
                       help="use the interface the kernel would route this IPv4 address through")
     node.add_argument("--public-ip", type=_ipv4, default=_env("public-ip"),
                       help="IP other nodes reach this one at; goes into our lease (default: the interface's address)")
-    node.add_argument("--public-ipv6", default=_env("public-ipv6"),
-                      help="IPv6 public address (accepted; vxland carries IPv4 overlays only)")
+    node.add_argument("--public-ipv6", type=_ipv6_vtep, default=_env("public-ipv6"),
+                      help="IPv6 address other nodes reach this one at with EnableIPv6; goes into our lease "
+                           "(default: the interface's first global IPv6 address)")
     node.add_argument("--subnet-file", type=Path, default=Path(_env("subnet-file", "/run/flannel/subnet.env")),
                       help="where to write the subnet.env (default /run/flannel/subnet.env)")
     node.add_argument("--subnet-lease-renew-margin", type=_minutes,
@@ -368,8 +378,6 @@ def _refuse_flags(args: argparse.Namespace, log: logging.Logger) -> int | None:
                   "config and leases from etcd (--etcd-endpoints) as flanneld without --kube-subnet-mgr does, "
                   "or from --registry-file", ", --".join(kube))
         return 2
-    if args.public_ipv6:
-        log.warning("--public-ipv6 %s ignored: vxland carries IPv4 overlays only", args.public_ipv6)
     for flag in KLOG_FLAGS:
         if getattr(args, flag) is not None:
             log.info("-%s accepted for flanneld compatibility and ignored (use -v)", flag)
@@ -413,7 +421,7 @@ def daemon_options(args: argparse.Namespace):
     from vxlan.options import Options
 
     return Options(subnet_file=args.subnet_file, iface=tuple(args.iface), iface_regex=tuple(args.iface_regex),
-                   iface_can_reach=args.iface_can_reach, public_ip=args.public_ip,
+                   iface_can_reach=args.iface_can_reach, public_ip=args.public_ip, public_ipv6=args.public_ipv6,
                    ip_masq=args.ip_masq, masq_random_fully=not args.ip_masq_fully_random_disable,
                    iptables_resync_s=args.iptables_resync, iptables_forward_rules=args.iptables_forward_rules,
                    blackhole_route=args.ip_blackhole_route,

@@ -242,12 +242,13 @@ def parse_config(raw: Any) -> NetworkConfig:
 
 
 def check_supported(config: NetworkConfig) -> None:
-    """ConfigError (naming the field) for a valid config that vxland's data plane cannot carry
-    yet. The registries, the lease code and the lab read such configs (kernel nodes carry them);
-    the daemon and ``vxlanctl doctor`` ask this before running one."""
-    if config.ipv6 is not None:
-        raise ConfigError("EnableIPv6", "IPv6 overlays are not supported by vxland's data plane yet (the IPv6 "
-                                        "keys are valid as flannel reads them)")
+    """ConfigError (naming the field) for a valid config that vxland cannot run: the registries,
+    the lease code and the lab read such configs (kernel nodes carry them); the daemon,
+    ``vxlanctl doctor`` and ``vxlanctl plan`` ask this before running one. EnableIPv6 is carried
+    by the vxlan backend only (a second VTEP over the IPv6 underlay)."""
+    if config.ipv6 is not None and config.backend.type != "vxlan":
+        raise ConfigError("EnableIPv6", f"IPv6 overlays are carried by vxland's vxlan backend only, not by "
+                                        f"{config.backend.type}")
 
 
 def _subnet_len(raw: dict, network: ipaddress.IPv4Network) -> int:

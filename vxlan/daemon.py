@@ -96,9 +96,11 @@ class Daemon:
             self._underlay = (iface, iface.address)
         self.backend = backend = backend_for(config.backend.type)
         backend.precheck(self.opts, iface, public_ip)
-        own, others = await self._acquire(config, public_ip)
+        v6 = (await self._public_ipv6(iface), wire.random_vtep_mac()) if config.ipv6 is not None else None
+        own, others = await self._acquire(config, public_ip, v6)
         mtu = config.tun_mtu(iface.mtu)
-        self.peers = PeerTable(own.subnet, config.subnet_len, backend.peer_type)
+        self.peers = PeerTable(own.subnet, config.subnet_len, backend.peer_type,
+                               own.v6.subnet if own.v6 is not None else None)
         await backend.start(Context(self.opts, config, own, iface, public_ip, mtu, loop, self._cleanups,
                                     self._data_plane_failed, self.metrics_source))
         gc.disable()  # see _acquire
@@ -131,13 +133,24 @@ class Daemon:
                         '{"Type": "vxlan"} to every node\'s config for VXLAN', config.backend.port)
         return config
 
-    async def _acquire(self, config, public_ip: str) -> tuple[Lease, list[Lease]]:
+    async def _public_ipv6(self, iface) -> str:
+        """A dual-stack node's IPv6 underlay address: --public-ipv6, else the interface's first
+        global IPv6 address (flannel's LookupExtIface)."""
+        if self.opts.public_ipv6:
+            return self.opts.public_ipv6
+        address = await asyncio.to_thread(netconf.iface_ipv6, iface.index)
+        if address is None:  # flannel's text (pkg/ipmatch/match.go), then what to do
+            raise StartupError(f"failed to find IPv6 address for interface {iface.name}: EnableIPv6 needs one "
+                               "(give it a global IPv6 address, or pass --public-ipv6)")
+        return address
+
+    async def _acquire(self, config, public_ip: str, v6=None) -> tuple[Lease, list[Lease]]:
         # A /8 of leases is ~400,000 objects made at once, all long-lived: no collection passes
         # over them while they load (0.15 s of 2 s), and once loaded they leave the collector's
         # sight for good (gc.freeze, at the end of start-up).
         gc.disable()
         try:
-            own, others = await self.registry.acquire(config, public_ip, wire.random_vtep_mac())
+            own, others = await self.registry.acquire(config, public_ip, wire.random_vtep_mac(), v6)
         except RegistryError as exc:
             raise StartupError(str(exc)) from None
         finally:
@@ -155,8 +168,14 @@ class Daemon:
         # --ip-masq and the forward rules (vxlan.hostrules); their resync loops run supervised
         for name, resync in await hostrules.install(self.opts, config.network, own.subnet, config.enable_nftables):
             self.tasks.start(f"{name} rules resync", resync)
+        if config.ipv6 is not None and (self.opts.ip_masq or self.opts.iptables_forward_rules):
+            # flanneld adds IPv6 ones too (ip6tables, or its flannel-ipv6 nftables table); not built yet
+            log.warning("EnableIPv6: the IPv6 masquerade and forward rules flanneld adds for %s are not installed "
+                        "by vxland yet: add them by hand if this host masquerades or filters forwarded IPv6",
+                        config.ipv6.network)
         try:
-            subnetenv.write(self.opts.subnet_file, config.network, own.subnet, mtu, self.opts.ip_masq)
+            ipv6 = (config.ipv6.network, own.v6.subnet) if config.ipv6 is not None and own.v6 is not None else None
+            subnetenv.write(self.opts.subnet_file, config.network, own.subnet, mtu, self.opts.ip_masq, ipv6)
         except OSError as exc:
             raise StartupError(f"cannot write --subnet-file {self.opts.subnet_file}: {exc.strerror}") from None
 
@@ -170,8 +189,12 @@ class Daemon:
                                              "vni": str(config.backend.vni), "port": str(config.backend.port),
                                              "vtep_mac": mac, "strict_source": "1" if strict else "0"})
         head, detail = self.backend.started()
-        log.info("vxland started: %s, MTU %d, subnet %s, VtepMAC %s, %d peers (underlay %s %s, public IP %s, %s%s, "
-                 "registry %s%s)", head, mtu, own.subnet, mac, len(self.peers), iface.name,
+        v6 = ""
+        if own.v6 is not None:
+            v6 = (f", IPv6 subnet {own.v6.subnet} VtepMAC {wire.mac_to_str(own.v6.vtep_mac or b'') or 'none'} "
+                  f"public IPv6 {own.v6.public_ip}")
+        log.info("vxland started: %s, MTU %d, subnet %s, VtepMAC %s%s, %d peers (underlay %s %s, public IP %s, %s%s, "
+                 "registry %s%s)", head, mtu, own.subnet, mac, v6, len(self.peers), iface.name,
                  iface.address or public_ip, public_ip, self.backend.device, detail, self.registry.name, strict)
 
     async def _start_health(self) -> None:

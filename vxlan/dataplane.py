@@ -34,7 +34,8 @@ BATCH = 64
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DONT = 0
 IP_RECVTOS = 13
-TOS_CMSG_SPACE = socket.CMSG_SPACE(1)  # room for the IP_TOS cmsg IP_RECVTOS adds to a datagram
+TOS_CMSG_SPACE = socket.CMSG_SPACE(4)  # room for the IP_TOS (1 byte) or IPV6_TCLASS (int) cmsg with a datagram
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT = 23, 0
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -45,6 +46,7 @@ SO_ATTACH_FILTER = 26
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 SOCKET_BUFFER_BYTES = 7 << 20  # wireguard-go f26efb6: 7 MB ended its retransmits
 BUF_SIZE = HEADROOM + 65536  # room for any datagram or TUN packet
 
@@ -63,10 +65,12 @@ class _Pool:
 
 
 class DataPlane:
-    def __init__(self, codec: BatchCodec, tun_fd: int, sock: socket.socket, batch: int = BATCH) -> None:
+    def __init__(self, codec: BatchCodec, tun_fd: int, sock: socket.socket, batch: int = BATCH,
+                 sock6: socket.socket | None = None) -> None:
         self.codec = codec
         self.tun_fd = tun_fd
         self.sock = sock
+        self.sock6 = sock6  # a dual-stack node's IPv6 underlay socket: IPv6 peers' datagrams go and come by it
         self.batch = batch
         # bytes in front of the inner packet: VXLAN + Ethernet, or none for flannel's udp backend
         self.headroom = codec.headroom
@@ -85,6 +89,8 @@ class DataPlane:
         self._loop = loop
         loop.add_reader(self.tun_fd, self._on_tun_readable)
         loop.add_reader(self.sock.fileno(), self._on_udp_readable)
+        if self.sock6 is not None:
+            loop.add_reader(self.sock6.fileno(), self._on_udp_readable, self.sock6)
 
     def io_stats(self) -> dict[str, int]:
         return {}
@@ -93,6 +99,8 @@ class DataPlane:
         if self._loop is not None:
             self._loop.remove_reader(self.tun_fd)
             self._loop.remove_reader(self.sock.fileno())
+            if self.sock6 is not None:
+                self._loop.remove_reader(self.sock6.fileno())
             self._loop = None
 
     def _on_tun_readable(self) -> None:
@@ -136,7 +144,6 @@ class DataPlane:
         """The batch's forwarded packets to their peers."""
         pool = self._tx
         hr = self.headroom
-        sendto, sendmsg = self.sock.sendto, self.sock.sendmsg
         ecn_outer = wire.ecn_outer if self.headroom else None  # VXLAN: RFC 6040; udp backend: none
         sent = sent_bytes = failed = 0
         for i in range(n):
@@ -144,12 +151,17 @@ class DataPlane:
                 continue
             length = pool.lengths[i]
             ecn = ecn_outer(pool.views[i][hr : hr + 2]) if ecn_outer is not None and length >= 2 else 0
+            v6 = ":" in pool.aux[i][0]  # an IPv6 peer: by the IPv6 underlay socket
+            sock = self.sock6 if v6 else self.sock
             try:
-                if ecn:  # the outer header's TOS for this datagram (ip_cmsg_send), as the engine does
-                    tos_cmsg = (socket.IPPROTO_IP, socket.IP_TOS, ecn.to_bytes(4, sys.byteorder))
-                    sendmsg([pool.views[i][: hr + length]], [tos_cmsg], 0, pool.aux[i])
+                if sock is None:
+                    raise OSError("no IPv6 underlay socket")
+                if ecn:  # the outer header's TOS (traffic class) for this datagram, as the engine does
+                    cmsg = ((socket.IPPROTO_IPV6, socket.IPV6_TCLASS) if v6 else (socket.IPPROTO_IP, socket.IP_TOS))
+                    sock.sendmsg([pool.views[i][: hr + length]], [(*cmsg, ecn.to_bytes(4, sys.byteorder))], 0,
+                                 pool.aux[i])
                 else:
-                    sendto(pool.views[i][: hr + length], pool.aux[i])
+                    sock.sendto(pool.views[i][: hr + length], pool.aux[i])
             except OSError:
                 failed += 1
                 continue
@@ -160,9 +172,9 @@ class DataPlane:
         if failed:
             self.codec.count_drop(DropReason.SEND_FAILED, failed)
 
-    def _on_udp_readable(self) -> None:
+    def _on_udp_readable(self, sock: socket.socket | None = None) -> None:
         pool = self._rx
-        recv = self.sock.recvmsg_into
+        recv = (sock or self.sock).recvmsg_into
         tos = self._tos
         n = 0
         for _ in range(self.batch):
@@ -175,9 +187,11 @@ class DataPlane:
             pool.lengths[n] = nbytes
             pool.aux[n] = addr[0]
             tos[n] = 0
-            for level, kind, data in ancdata:  # IP_RECVTOS: the outer TOS, for its ECN field
+            for level, kind, data in ancdata:  # IP_RECVTOS, IPV6_RECVTCLASS: the outer ECN field
                 if level == socket.IPPROTO_IP and kind == socket.IP_TOS and data:
                     tos[n] = data[0]
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_TCLASS and len(data) >= 4:
+                    tos[n] = int.from_bytes(data[:4], sys.byteorder) & 0xFF
             n += 1
         if not n:
             return
@@ -226,6 +240,29 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
+def open_udp6_socket(address: str, port: int) -> socket.socket:
+    """A dual-stack node's second tunnel socket: IPv6 only, bound to the PublicIPv6 and the
+    VXLAN port, as a kernel flannel-v6.<VNI> device listens beside flannel.<VNI>. Its datagrams
+    always carry a UDP checksum (RFC 8200; RFC 6935 allows zero only toward receivers that
+    accept it, and a kernel device does not: noudp6zerocsumrx). The host may fragment a
+    datagram above the path MTU (IPV6_PMTUDISC_DONT), as the IPv4 socket goes out without DF."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)  # the outer traffic class (ECN)
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
     """A classic BPF program (code, jt, jf, k) on ``sock`` (SO_ATTACH_FILTER copies it)."""
     insns = (ctypes.c_ubyte * (8 * len(program)))()
@@ -236,6 +273,20 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
 
 
 SKF_NET_OFF = -0x100000  # <linux/filter.h>: offsets from the network header, whatever the link layer
+
+
+def vxlan6_frame_filter(address: str, port: int) -> list[tuple[int, int, int, int]]:
+    """IPv6 UDP (the next header itself, as a kernel vxlan device sends it) to ``address``:``port``."""
+    ldb, ld, ldh, jeq, ret = 0x30, 0x20, 0x28, 0x15, 0x06
+
+    def net(offset: int) -> int:
+        return (SKF_NET_OFF + offset) & 0xFFFFFFFF
+    words = struct.unpack("!4I", ipaddress.IPv6Address(address).packed)
+    program = [(ldb, 0, 0, net(6)), (jeq, 0, 11, 17)]                       # next header UDP
+    for i, word in enumerate(words):                                         # destination, word by word
+        program += [(ld, 0, 0, net(24 + 4 * i)), (jeq, 0, 9 - 2 * i, word)]
+    return program + [(ldh, 0, 0, net(42)), (jeq, 0, 1, port),               # UDP destination port
+                      (ret, 0, 0, 0xFFFFFFFF), (ret, 0, 0, 0)]
 
 
 def vxlan_frame_filter(address: str, port: int) -> list[tuple[int, int, int, int]]:
@@ -257,11 +308,13 @@ def open_packet_socket(address: str, port: int) -> socket.socket:
     another one than its --iface), each with a virtio-net header: what the kernel knows of
     their checksums (a kernel peer across a virtual link leaves inner checksums unfinished, a
     UDP socket cannot tell) and its tunnel super-packets whole. What was queued before the
-    header and the filter were set is read away."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+    header and the filter were set is read away. An IPv6 ``address``: the IPv6 underlay's
+    frames (a dual-stack node)."""
+    v6 = ":" in address
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6 if v6 else ETH_P_IP))
     try:
         sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-        _attach_filter(sock, vxlan_frame_filter(address, port))
+        _attach_filter(sock, (vxlan6_frame_filter if v6 else vxlan_frame_filter)(address, port))
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
         except OSError:
@@ -349,7 +402,8 @@ class ThreadedDataPlane:
     def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
                  udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE, engine_sched: str = ENGINE_SCHED,
                  packet_sock: socket.socket | None = None, tx_socks: list[socket.socket] = (),
-                 tunnel_tx=None) -> None:
+                 tunnel_tx=None, sock6: socket.socket | None = None,
+                 packet_sock6: socket.socket | None = None) -> None:
         self.engine = engine
         self.sock = sock
         self.engine_nice = engine_nice
@@ -360,7 +414,9 @@ class ThreadedDataPlane:
                       packet_sock.fileno() if packet_sock is not None else -1,
                       [(s.fileno(), s.getsockname()[1]) for s in tx_socks],
                       *((tunnel_tx.fd, tunnel_tx.mac) if tunnel_tx is not None else (-1, bytes(6))),
-                      engine_sched == "auto")
+                      engine_sched == "auto", sock6.fileno() if sock6 is not None else -1,
+                      packet_sock6.fileno() if packet_sock6 is not None else -1,
+                      sock6.getsockname()[0] if sock6 is not None else "::")
         self._threads: list[threading.Thread] = []
         self._stopping = False
         # called (on the event loop) with the reason when an engine loop ends by itself

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,21 @@ def iface_addresses(index: int) -> list[str] | None:
         except NetlinkError:
             return None
         return _ipv4_addresses(ipr, index)
+
+
+IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x20, 0x40
+
+
+def iface_ipv6(index: int) -> str | None:
+    """The interface's first global IPv6 address that is neither deprecated nor tentative, as
+    flannel's GetInterfaceIP6Addrs picks (it would also take a link-local one, which no peer
+    could send to without knowing our link: not here); None without one."""
+    with IPRoute() as ipr:
+        for a in ipr.get_addr(family=socket.AF_INET6, index=index):
+            flags = a.get_attr("IFA_FLAGS") or a["flags"]
+            if a["scope"] == 0 and not flags & (IFA_F_DEPRECATED | IFA_F_TENTATIVE):  # RT_SCOPE_UNIVERSE
+                return str(ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS")))
+    return None
 
 
 def _iface_of(ipr: IPRoute, index: int, public_ip: str | None, preferred: str | None = None) -> Iface:
@@ -228,6 +244,32 @@ def configure_tun(name: str, address: ipaddress.IPv4Address, mtu: int, network: 
             ipr.route("replace", dst=str(network), oif=index)
         except NetlinkError as exc:
             raise NetconfError(f"configuring {name} (mtu {mtu}, {address}/32, route {network}): {exc}") from None
+
+
+def configure_tun6(name: str, address: ipaddress.IPv6Address, network: ipaddress.IPv6Network, route_mtu: int) -> None:
+    """The IPv6 side of the TUN for a dual-stack node: IPv6 on (no link-local address, no router
+    solicitations: addr_gen_mode none, accept_ra 0), ``address/128`` as flannel-v6.<VNI> gets
+    (configureDeviceIPv4IPv6), and one route for the IPv6Network via the device with
+    ``route_mtu``: what a kernel flannel-v6 device over the IPv6 underlay has as its MTU (the
+    underlay's minus 70), so that an oversize IPv6 packet gets its Packet Too Big here."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise NetconfError(f"TUN {name} vanished before it could be configured")
+        index = found[0]
+        # (the kernel still sends two multicast-listener reports, to ff02::16, into it as IPv6
+        # comes on: no peer routes them, two no_route drops at start, as a kernel flannel-v6
+        # device drops them for want of an fdb entry; IFF_MULTICAST off does not stop them)
+        for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"), ("disable_ipv6", "0")):
+            try:
+                Path(f"/proc/sys/net/ipv6/conf/{name}/{key}").write_text(value)
+            except OSError as exc:
+                raise NetconfError(f"switching IPv6 on for {name} ({key}): {exc.strerror}") from None
+        try:
+            ipr.addr("replace", index=index, address=str(address), prefixlen=128, flags=0x02)  # IFA_F_NODAD
+            ipr.route("replace", dst=str(network), oif=index, family=socket.AF_INET6, metrics={"RTAX_MTU": route_mtu})
+        except NetlinkError as exc:
+            raise NetconfError(f"configuring {name} ({address}/128, route {network} mtu {route_mtu}): {exc}") from None
 
 
 def remove_route(name: str, network: ipaddress.IPv4Network) -> None:

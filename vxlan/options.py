@@ -17,6 +17,7 @@ class Options:
     iface_regex: tuple[str, ...] = ()
     iface_can_reach: str | None = None
     public_ip: str | None = None
+    public_ipv6: str | None = None  # --public-ipv6: the IPv6 underlay address (EnableIPv6), else the interface's
     tun_name: str | None = None
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0

@@ -1,8 +1,7 @@
 """Dual-stack clusters (flannel >= 0.15, EnableIPv6) on a real etcd: the lease keys and JSON
-that flanneld writes, and kernel nodes programmed as flanneld programs flannel.<VNI> and
-flannel-v6.<VNI> (the lab's emulator, on vxland's registry code) reaching each other's pods
-over IPv4 and over IPv6 through the IPv6 underlay. vxland's own IPv6 data plane is not built
-yet: a vxland node refuses such a config by name."""
+that flanneld writes, kernel nodes programmed as flanneld programs flannel.<VNI> and
+flannel-v6.<VNI> (the lab's emulator, on vxland's registry code), and vxland nodes beside them,
+all reaching each other's pods over IPv4 and over IPv6 through the IPv6 underlay."""
 
 from __future__ import annotations
 
@@ -56,9 +55,58 @@ def test_kernel_nodes_join_a_dual_stack_cluster(kernel_vxlan, api):
             assert sent == received
 
 
-def test_vxland_refuses_a_dual_stack_config_by_name():
+def all_pairs_ping_both_families(lab: Lab) -> None:
+    """56-byte and full-size DF pings between every pair of pods, over IPv4 and IPv6: 1450 bytes
+    of IPv4 (FLANNEL_MTU), 1430 of IPv6 (flannel-v6's MTU, the IPv6 route's on a vxland node)."""
+    for src in lab.hosts:
+        for dst in lab.hosts:
+            if src is dst:
+                continue
+            for ipv6, full in ((False, 1450 - 28), (True, 1430 - 48)):
+                for size, df in ((56, False), (full, True)):
+                    ok = lab.ping(src, dst, count=1, size=size, dont_fragment=df, ipv6=ipv6).returncode == 0
+                    assert ok, f"h{src.index}->h{dst.index} IPv{6 if ipv6 else 4} {size} bytes\n{lab.log(src)[-1500:]}"
+
+
+@pytest.mark.parametrize("mode", ["offloads-on", "offloads-off", "pure-python"])
+def test_mixed_dual_stack_cluster(kernel_vxlan, mode):
+    """2 vxland + 1 kernel node (flannel.1 and flannel-v6.1) on etcd: every pair reaches every
+    other over IPv4 and IPv6, 50 MB of TCP over IPv6 arrive intact vxland <-> vxland and
+    vxland <-> kernel, with the kernel node's offloads on (its partial checksums and
+    super-packets through vxland's IPv6 packet socket) and off; the pure-Python data plane
+    too (5 MB: it is the reference, not the fast path)."""
+    with Lab(["vxland", "vxland", "kernel"], registry="etcd", ipv6=True, kernel_tx_off=mode != "offloads-on",
+             pure_python=mode == "pure-python") as lab:
+        h1, h2, h3 = lab.hosts
+        started = next(ln for ln in lab.log(h1).splitlines() if "vxland started" in ln)
+        assert f"IPv6 subnet {h1.subnet6}" in started and f"public IPv6 {h1.public_ipv6}" in started
+        value = leases(lab)[f"/coreos.com/network/subnets/{h1.subnet.network_address}-24&"
+                            f"{h1.subnet6.network_address}-64"]
+        assert list(value) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"]
+        assert "FLANNEL_IPV6_SUBNET" in h1.subnet_file.read_text()
+        # one TUN; the IPv6 Network routed into it with flannel-v6's MTU
+        route = sh(["ip", "-6", "route", "show", "fd07::/48"], ns=h1.ns).stdout
+        assert "dev flannel.1" in route and "mtu 1430" in route, route
+        all_pairs_ping_both_families(lab)
+        for src, dst in ((h1, h2), (h2, h1), (h1, h3), (h3, h1)):
+            sent, received = transfer(lab, src, dst, (5 if mode == "pure-python" else 50) * MB, ipv6=True)
+            assert sent == received, f"h{src.index} -> h{dst.index}"
+        metrics = lab.metrics(h1)
+        for reason in ("bad_inner_ip", "bad_outer", "bad_offload", "unknown_sender", "dst_mac_mismatch", "too_big"):
+            assert metrics[f'vxland_drops_total{{reason="{reason}"}}'] == 0, reason
+
+
+def test_vxland_checks_the_ipv6_underlay_address():
+    """EnableIPv6 needs an IPv6 underlay address: none on the interface and no --public-ipv6 is
+    flannel's error, named, exit 1; a host-gw dual-stack config is refused by name."""
     with Lab(["vxland"], registry="etcd", ipv6=True, defer=(1,)) as lab:
+        host = lab.hosts[0]
+        sh(["ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global"], ns=host.ns)
         with pytest.raises(LabError, match="did not start"):
-            lab.start_node(lab.hosts[0], wait_s=10)
-        assert "EnableIPv6: IPv6 overlays are not supported by vxland's data plane yet" in lab.log(lab.hosts[0])
-        assert lab.hosts[0].proc.wait(5) == 1
+            lab.start_node(host, wait_s=10)
+        assert "failed to find IPv6 address for interface eth0" in lab.log(host)
+        assert host.proc.wait(5) == 1
+        lab.put_config({**lab.default_config(), "Backend": {"Type": "host-gw"}})
+        with pytest.raises(LabError, match="did not start"):
+            lab.start_node(host, wait_s=10)
+        assert "EnableIPv6: IPv6 overlays are carried by vxland's vxlan backend only, not by host-gw" in lab.log(host)

@@ -27,14 +27,20 @@ def test_invalid_registry_names_field_and_exits_1(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_a_dual_stack_config_is_refused_by_name_until_the_data_plane_carries_ipv6(tmp_path):
+def test_a_dual_stack_config_on_another_backend_is_refused_by_name(tmp_path):
     path = tmp_path / "registry.json"
-    path.write_text(json.dumps({"config": {"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"},
+    path.write_text(json.dumps({"config": {"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"},
                                            "EnableIPv6": True, "IPv6Network": "fc00::/48"}, "subnets": {}}))
     proc = vxland("--registry-file", str(path))
     assert proc.returncode == 1, proc.stderr
-    assert "EnableIPv6: IPv6 overlays are not supported by vxland's data plane yet" in proc.stderr
+    assert "EnableIPv6: IPv6 overlays are carried by vxland's vxlan backend only, not by host-gw" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_public_ipv6_is_refused_by_name():
+    for bad, text in (("fd00::zz", "is not an IPv6 address"), ("ff02::1", "is not a VTEP address")):
+        proc = vxland("--public-ipv6", bad, "--registry-file", "/nonexistent")
+        assert proc.returncode == 2 and "--public-ipv6" in proc.stderr and text in proc.stderr, proc.stderr
 
 
 def test_missing_registry_file(tmp_path):

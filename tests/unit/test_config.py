@@ -105,15 +105,16 @@ def test_ipv6_config_errors_name_the_field_with_flannels_text(extra, field, text
     assert err.value.field == field and text in str(err.value)
 
 
-def test_a_valid_ipv6_config_is_read_but_not_run_yet():
+def test_a_valid_ipv6_config_runs_on_the_vxlan_backend_only():
     from vxlan.config import check_supported
 
     cfg = parse_config({**V6, "IPv6Network": "fc00::/48"})
     assert cfg.ipv6 is not None and cfg.ipv6.contains_subnet(ipaddress.IPv6Network("fc00:0:0:7::/64"))
     assert not cfg.ipv6.contains_subnet(ipaddress.IPv6Network("fc00::/64"))  # the first subnet is not handed out
+    check_supported(cfg)
     with pytest.raises(ConfigError) as err:
-        check_supported(cfg)
-    assert err.value.field == "EnableIPv6" and "not supported by vxland's data plane yet" in str(err.value)
+        check_supported(parse_config({**V6, "IPv6Network": "fc00::/48", "Backend": {"Type": "host-gw"}}))
+    assert err.value.field == "EnableIPv6" and "vxlan backend only, not by host-gw" in str(err.value)
     check_supported(parse_config({"Network": "10.5.0.0/16"}))
 
 

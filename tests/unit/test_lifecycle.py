@@ -35,7 +35,7 @@ class FakeRegistry:
     async def get_config(self):
         return parse_config({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
 
-    async def acquire(self, config, public_ip, new_vtep_mac):
+    async def acquire(self, config, public_ip, new_vtep_mac, v6=None):
         self.acquired = True
         own = Lease(NET("10.5.1.0/24"), public_ip, "vxlan", new_vtep_mac, 1)
         return own, [lease("10.5.2.0/24", "192.0.2.2"), lease("10.5.3.0/24", "192.0.2.3", "host-gw")]

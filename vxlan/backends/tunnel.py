@@ -16,6 +16,8 @@ from vxlan.routes import PeerRoutes, check_forever
 from vxlan.tun import Tun
 
 log = logging.getLogger("vxland")
+# an outer IPv6 header is 40 bytes, an IPv4 one 20: flannel-v6 gets MTU 1430 where flannel gets 1450
+IPV6_EXTRA_OVERHEAD = 20
 
 
 class TunnelBackend:
@@ -57,6 +59,11 @@ class TunnelBackend:
         try:
             await asyncio.to_thread(netconf.configure_tun, tun.name, ctx.own.subnet.network_address, ctx.mtu, network)
             self.leftover_routes = await asyncio.to_thread(netconf.gateway_routes, network)
+            if ctx.config.ipv6 is not None and ctx.own.v6 is not None:
+                # one TUN for both families (docs/ipv6.md); the IPv6 route has the MTU a kernel
+                # flannel-v6 device over the IPv6 underlay gets: the underlay's minus 70
+                await asyncio.to_thread(netconf.configure_tun6, tun.name, ctx.own.v6.subnet.network_address,
+                                        ctx.config.ipv6.network, ctx.mtu - IPV6_EXTRA_OVERHEAD)
         except (netconf.NetconfError, OSError) as exc:
             raise StartupError(str(exc)) from None
         self.device = f"TUN {tun.name}"

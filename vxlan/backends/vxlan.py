@@ -19,6 +19,7 @@ from vxlan.dataplane import (
     DataPlane,
     ThreadedDataPlane,
     open_packet_socket,
+    open_udp6_socket,
     open_udp_socket,
     probe_udp_offloads,
     stop_receiving,
@@ -51,27 +52,46 @@ class VxlanBackend(TunnelBackend):
             log.warning("our lease says VNI %d but the config says %d; using the config's", own.vni, backend.vni)
         threaded = fastpath.Engine is not None
         codec_cls = fastpath.Engine if threaded else fastpath.Codec
+        v6 = own.v6 if ctx.config.ipv6 is not None and own.v6 is not None and own.v6.vtep_mac else None
         self.codec = codec_cls(backend.vni, own.vtep_mac, ctx.config.subnet_len, ctx.mtu, backend.port,
-                               strict_source=opts.strict_source)
+                               strict_source=opts.strict_source, vtep_mac6=v6.vtep_mac if v6 else None,
+                               subnet_len6=ctx.config.ipv6.subnet_len if v6 else 0)
         sock = self.open_socket(ctx, backend.port, "a kernel vxlan device or another vxland on this port?")
+        sock6 = self._open_socket6(ctx, v6.public_ip, backend.port) if v6 is not None and v6.public_ip else None
         tun = await self.open_tun(ctx, opts.tun_name or f"flannel.{backend.vni}", threaded and opts.offload)
         self.offloads = self._probe_offloads(threaded, tun, sock)
+        if sock6 is not None and "udp-gro" in self.offloads:
+            probe_udp_offloads(sock6)  # UDP_GRO on it too (what the IPv4 socket has, it has)
         if threaded:
             packet_sock = self._open_packet_socket(ctx, sock, backend.port)
+            # the IPv6 underlay's frames too, for the same reason (a kernel flannel-v6 peer's partial checksums)
+            packet_sock6 = self._open_packet_socket(ctx, sock6, backend.port) if packet_sock and sock6 else None
             tunnel = await self._open_tunnel_tx(ctx, tun)
             self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
                                             "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
                                             opts.engine_sched, packet_sock, self._open_source_port_sockets(ctx, sock),
-                                            tunnel))
+                                            tunnel, sock6, packet_sock6))
             if packet_sock is not None:
                 stop_receiving(sock)  # the packet socket reads what it would
+            if packet_sock6 is not None:
+                stop_receiving(sock6)
             self.hub = CaptureHub(self.codec, opts.capture_snaplen)
             ctx.cleanups.append(self.hub.close)
         else:
-            self.run(ctx, DataPlane(self.codec, tun.fd, sock))
+            self.run(ctx, DataPlane(self.codec, tun.fd, sock, sock6=sock6))
         if backend.direct_routing:
             self.routes = PeerRoutes()
         self._start_capture(ctx)
+
+    def _open_socket6(self, ctx: Context, public_ipv6: str, port: int):
+        """The IPv6 underlay's socket of a dual-stack node (flannel-v6.<VNI>'s port)."""
+        try:
+            sock6 = open_udp6_socket(public_ipv6, port)
+        except OSError as exc:
+            raise StartupError(f"cannot bind UDP [{public_ipv6}]:{port}: {exc.strerror} (a kernel flannel-v6 "
+                               "device or another vxland on this port?)") from None
+        ctx.cleanups.append(sock6.close)
+        return sock6
 
     def _open_source_port_sockets(self, ctx: Context, sock) -> list:
         """--outer-source-ports N > 1: N sending sockets on ports of the kernel's ephemeral range
@@ -132,7 +152,8 @@ class VxlanBackend(TunnelBackend):
                         "links then need 'ethtool -K flannel.<VNI> tx off'", exc.strerror)
             return None
         ctx.cleanups.append(packet_sock.close)
-        self.offloads.append("packet-rx")
+        if "packet-rx" not in self.offloads:  # (a dual-stack node has one per underlay family)
+            self.offloads.append("packet-rx")
         return packet_sock
 
     def _start_capture(self, ctx: Context) -> None:
@@ -168,13 +189,34 @@ class VxlanBackend(TunnelBackend):
         return names + (["udp-gso"] if gso else []) + (["udp-gro"] if gro else [])
 
     async def add_peer(self, lease: Lease) -> str:
+        self._set_peer6(lease)  # (DirectRouting of the IPv6 half is not done: it goes through the tunnel)
         # DirectRouting is decided per event, as vxlan_network.go does
         if self.routes is not None and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
             return await self.route_to(lease)
         await self.tunnel_to(lease)
-        assert lease.vtep_mac is not None
-        self.codec.set_peer(lease.network_address, lease.vtep_mac, lease.public_ip)
+        if lease.vtep_mac is not None:  # (an IPv6-only lease has no IPv4 half)
+            self.codec.set_peer(lease.network_address, lease.vtep_mac, lease.public_ip)
         return TUNNEL
+
+    def _set_peer6(self, lease: Lease) -> None:
+        """The IPv6 half of a dual-stack lease: its subnet through the IPv6 underlay, to its
+        flannel-v6 VtepMAC at its PublicIPv6 (vxlan_network.go programs it when the lease has
+        BackendV6Data and this node has a flannel-v6 device)."""
+        v6 = lease.v6
+        if self.ctx is None or self.ctx.config.ipv6 is None or v6 is None:
+            return
+        if v6.vtep_mac is None or v6.public_ip is None:
+            self.codec.remove_peer6(int(v6.subnet.network_address))
+            return
+        try:
+            self.codec.set_peer6(int(v6.subnet.network_address), v6.vtep_mac, v6.public_ip)
+        except ValueError as exc:  # another IPv6SubnetLen, a PublicIPv6 no VTEP has
+            log.warning("peer %s: its IPv6 half %s is not carried: %s", lease.subnet, v6.subnet, exc)
+
+    async def remove_peer(self, lease: Lease) -> None:
+        if lease.v6 is not None and self.ctx is not None and self.ctx.config.ipv6 is not None:
+            self.codec.remove_peer6(int(lease.v6.subnet.network_address))
+        await super().remove_peer(lease)
 
     def describe(self, lease: Lease, how: str) -> str:
         if how == TUNNEL:
