@@ -183,42 +183,54 @@ static int ipv4_plain(const uint8_t *p, int len) {
     return vx_csum_fold(vx_csum_add(p, 20, 0)) == 0xFFFF;
 }
 
+/* IPv6 with TCP right behind its header (no extension header), the payload length agreeing
+ * (ipv6_gro_receive; TCP only: UDP trains are not coalesced, see vx_rx.c) */
+static int ipv6_tcp_plain(const uint8_t *p, int len) {
+    return len >= 60 && (p[0] >> 4) == 6 && p[6] == 6 && ((p[4] << 8) | p[5]) == len - 40;
+}
+
 int vx_gro_candidate(const uint8_t *p, int len, int udp_ok) {
-    if (!ipv4_plain(p, len)) return 0;
-    if (p[9] == 6) {
-        if (len < 40) return 0;
-        int thl = (p[32] >> 4) * 4;
-        if (thl < 20 || 20 + thl >= len) return 0;                 /* needs payload */
-        uint8_t f = p[33];
+    int v6 = ipv6_tcp_plain(p, len);
+    if (!v6 && !ipv4_plain(p, len)) return 0;
+    int ihl = v6 ? 40 : 20, proto = v6 ? 6 : p[9];
+    if (proto == 6) {
+        if (len < ihl + 20) return 0;
+        int thl = (p[ihl + 12] >> 4) * 4;
+        if (thl < 20 || ihl + thl >= len) return 0;                /* needs payload */
+        uint8_t f = p[ihl + 13];
         if (!(f & 0x10) || (f & ~(0x10 | 0x08))) return 0;         /* ACK, maybe PSH, nothing else */
-    } else if (p[9] == 17 && udp_ok) {
+    } else if (proto == 17 && udp_ok) {
         if (((p[24] << 8) | p[25]) != len - 20 || len == 28) return 0;  /* UDP length, some payload */
         if (!p[26] && !p[27]) return 1;  /* sent without a checksum: nothing to verify */
     } else {
         return 0;
     }
     /* the packet's own checksum: the kernel trusts what we hand it after coalescing */
-    uint64_t acc = vx_pseudo_v4(p, p[9], (uint16_t)(len - 20));
-    return vx_csum_fold(vx_csum_add(p + 20, len - 20, acc)) == 0xFFFF;
+    uint64_t acc = v6 ? vx_pseudo_v6(p, 6, (uint32_t)(len - 40))
+                      : vx_pseudo_v4(p, (uint8_t)proto, (uint16_t)(len - 20));
+    return vx_csum_fold(vx_csum_add(p + ihl, len - ihl, acc)) == 0xFFFF;
 }
 
 int vx_gro_start(vx_gro *g, const uint8_t *p, int len) {
-    int l4 = p[9] == 6 ? (p[32] >> 4) * 4 : 8;
+    int v6 = (p[0] >> 4) == 6, ihl = v6 ? 40 : 20;
+    g->v6 = v6;
+    g->proto = v6 ? p[6] : p[9];
+    int l4 = g->proto == 6 ? (p[ihl + 12] >> 4) * 4 : 8;
     g->active = 1;
-    g->proto = p[9];
     g->len = len;
-    g->hdr_len = 20 + l4;
+    g->hdr_len = ihl + l4;
     g->gso_size = len - g->hdr_len;
     g->count = 1;
-    g->closed = p[9] == 6 && (p[33] & 0x08);  /* PSH ends a train */
-    g->flags_or = p[9] == 6 ? p[33] : 0;
+    g->closed = g->proto == 6 && (p[ihl + 13] & 0x08);  /* PSH ends a train */
+    g->flags_or = g->proto == 6 ? p[ihl + 13] : 0;
     memcpy(g->head + VX_VNET_HDR_LEN, p, g->hdr_len);
     g->iov[0].iov_base = g->head;
     g->iov[0].iov_len = VX_VNET_HDR_LEN + g->hdr_len;
     g->iov[1].iov_base = (void *)(p + g->hdr_len);
     g->iov[1].iov_len = g->gso_size;
     if (g->proto == 6) {
-        uint32_t seq = ((uint32_t)p[24] << 24) | ((uint32_t)p[25] << 16) | ((uint32_t)p[26] << 8) | p[27];
+        const uint8_t *t = p + ihl;
+        uint32_t seq = ((uint32_t)t[4] << 24) | ((uint32_t)t[5] << 16) | ((uint32_t)t[6] << 8) | t[7];
         g->next_seq = seq + (uint32_t)g->gso_size;
     }
     return 1;
@@ -226,25 +238,33 @@ int vx_gro_start(vx_gro *g, const uint8_t *p, int len) {
 
 int vx_gro_append(vx_gro *g, const uint8_t *p, int len) {
     const uint8_t *h = g->head + VX_VNET_HDR_LEN;
-    if (!g->active || g->closed || g->count + 1 >= VX_GRO_MAX_IOV || p[9] != g->proto) return 0;
-    int l4 = p[9] == 6 ? (p[32] >> 4) * 4 : 8;
-    int payload = len - 20 - l4;
-    if (20 + l4 != g->hdr_len || payload > g->gso_size || g->len + payload > VX_MAX_PACKET) return 0;
-    if (memcmp(p + 12, h + 12, 8) || memcmp(p + 20, h + 20, 4)) return 0;   /* addresses, ports */
-    if (p[1] != h[1] || p[8] != h[8] || (p[6] & 0x40) != (h[6] & 0x40)) return 0;  /* TOS, TTL, DF */
+    int v6 = (p[0] >> 4) == 6, ihl = v6 ? 40 : 20;
+    if (!g->active || g->closed || g->count + 1 >= VX_GRO_MAX_IOV || v6 != g->v6 || (v6 ? p[6] : p[9]) != g->proto)
+        return 0;
+    int l4 = g->proto == 6 ? (p[ihl + 12] >> 4) * 4 : 8;
+    int payload = len - ihl - l4;
+    if (ihl + l4 != g->hdr_len || payload > g->gso_size || g->len + payload > VX_MAX_PACKET) return 0;
+    if (v6) {
+        /* addresses, ports; version, traffic class and flow label; hop limit (ipv6_gro_receive) */
+        if (memcmp(p + 8, h + 8, 32) || memcmp(p + 40, h + 40, 4) || memcmp(p, h, 4) || p[7] != h[7]) return 0;
+    } else {
+        if (memcmp(p + 12, h + 12, 8) || memcmp(p + 20, h + 20, 4)) return 0;   /* addresses, ports */
+        if (p[1] != h[1] || p[8] != h[8] || (p[6] & 0x40) != (h[6] & 0x40)) return 0;  /* TOS, TTL, DF */
+    }
     if (g->proto == 6) {
-        uint32_t seq = ((uint32_t)p[24] << 24) | ((uint32_t)p[25] << 16) | ((uint32_t)p[26] << 8) | p[27];
+        const uint8_t *t = p + ihl, *ht = h + ihl;
+        uint32_t seq = ((uint32_t)t[4] << 24) | ((uint32_t)t[5] << 16) | ((uint32_t)t[6] << 8) | t[7];
         if (seq != g->next_seq) return 0;
         /* ack, window, urgent pointer and options must be equal (timestamps included) */
-        if (memcmp(p + 28, h + 28, 4) || memcmp(p + 34, h + 34, 2) || memcmp(p + 38, h + 38, l4 - 18)) return 0;
+        if (memcmp(t + 8, ht + 8, 4) || memcmp(t + 14, ht + 14, 2) || memcmp(t + 18, ht + 18, l4 - 18)) return 0;
         g->next_seq += (uint32_t)payload;
-        g->flags_or |= p[33];
-        if (p[33] & 0x08) g->closed = 1;  /* PSH ends it */
+        g->flags_or |= t[13];
+        if (t[13] & 0x08) g->closed = 1;  /* PSH ends it */
     } else if ((!p[26] && !p[27]) != (!h[26] && !h[27])) {
         return 0;  /* with and without checksums do not mix */
     }
     g->count++;
-    g->iov[g->count].iov_base = (void *)(p + 20 + l4);
+    g->iov[g->count].iov_base = (void *)(p + ihl + l4);
     g->iov[g->count].iov_len = (size_t)payload;
     g->len += payload;
     if (payload < g->gso_size) g->closed = 1;  /* a short segment ends it */
@@ -255,25 +275,31 @@ int vx_gro_finish(vx_gro *g) {
     struct vx_vnet_hdr vh;
     memset(&vh, 0, sizeof vh);
     uint8_t *p = g->head + VX_VNET_HDR_LEN;
+    int ihl = g->v6 ? 40 : 20;
     if (g->count > 1) {
-        p[2] = g->len >> 8; p[3] = g->len & 0xFF;
-        vx_ipv4_header_csum(p, 20);
+        if (g->v6) {
+            p[4] = (g->len - 40) >> 8; p[5] = (g->len - 40) & 0xFF;  /* payload length; no header checksum */
+        } else {
+            p[2] = g->len >> 8; p[3] = g->len & 0xFF;
+            vx_ipv4_header_csum(p, 20);
+        }
         int csum_at = 16;
         if (g->proto == 6) {
-            p[33] = g->flags_or;
-            vh.gso_type = VX_VNET_GSO_TCPV4;
+            p[ihl + 13] = g->flags_or;
+            vh.gso_type = g->v6 ? VX_VNET_GSO_TCPV6 : VX_VNET_GSO_TCPV4;
         } else {
             p[24] = (g->len - 20) >> 8; p[25] = (g->len - 20) & 0xFF;
             csum_at = 6;
             vh.gso_type = VX_VNET_GSO_UDP_L4;
         }
         /* CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum (not inverted) */
-        uint16_t ps = vx_csum_fold(vx_pseudo_v4(p, g->proto, (uint16_t)(g->len - 20)));
-        memcpy(p + 20 + csum_at, &ps, 2);
+        uint16_t ps = vx_csum_fold(g->v6 ? vx_pseudo_v6(p, g->proto, (uint32_t)(g->len - 40))
+                                         : vx_pseudo_v4(p, g->proto, (uint16_t)(g->len - 20)));
+        memcpy(p + ihl + csum_at, &ps, 2);
         vh.flags = VX_VNET_F_NEEDS_CSUM;
         vh.hdr_len = (uint16_t)g->hdr_len;
         vh.gso_size = (uint16_t)g->gso_size;
-        vh.csum_start = 20;
+        vh.csum_start = (uint16_t)ihl;
         vh.csum_offset = (uint16_t)csum_at;
     }
     memcpy(g->head, &vh, VX_VNET_HDR_LEN);

@@ -181,8 +181,8 @@ int vx_gso_inplace(uint8_t *buf, int len, int gso_size, int hlen, int *lens, int
 int vx_split_read(uint8_t *buf, int len, int gso_size, int hlen, int mss, uint8_t *hdrs, size_t hdrs_cap,
                   int *lens, int *stride, int *hdr, int *inplace);
 
-/* GRO: coalesce in-order TCP segments of one flow into a super-packet with a virtio_net_hdr.
- * Nothing is copied but the first segment's headers: the payloads are gathered by iovecs
+/* GRO: coalesce in-order TCP segments (IPv4 or IPv6) of one flow into a super-packet with a
+ * virtio_net_hdr. Nothing is copied but the first segment's headers: the payloads are gathered by iovecs
  * pointing where they were received, so they must stay put until the train is flushed. */
 #define VX_GRO_MAX_IOV (VX_MAX_SEGS + 2)
 typedef struct {
@@ -190,6 +190,7 @@ typedef struct {
     struct iovec iov[VX_GRO_MAX_IOV];      /* iov[0] = head; then one payload per segment */
     int active, len, hdr_len, gso_size, count, closed;
     int udp;                               /* UDP trains too (the TUN takes USO writes) */
+    int v6;                                /* a train of IPv6 TCP segments (TSO6 when written) */
     uint8_t proto, flags_or;
     uint32_t next_seq;
 } vx_gro;

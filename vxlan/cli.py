@@ -448,6 +448,9 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     demo.add_argument("--etcd-api", choices=("v3", "v2"), default="v3",
                       help="the etcd store the lab's cluster uses: v3 (flanneld >= 0.18) or v2 (flanneld <= 0.17, "
                            "etcd --enable-v2; the kernel node then speaks v2 only) (default v3)")
+    demo.add_argument("--ipv6", action="store_true",
+                      help="a dual-stack cluster (EnableIPv6): pings and iperf3 over IPv6 too, through the IPv6 "
+                           "underlay")
     check = sub.add_parser("check", help="validate a registry file and print what it holds")
     check.add_argument("file", type=Path)
     decode = sub.add_parser("decode", help="print a capture (pcapng from vxland --capture) as a table")
@@ -571,7 +574,7 @@ def _demo(args: argparse.Namespace) -> int:
     from vxlan.lab import demo  # the lab is imported by these two commands only, lazily
 
     return demo.run(vni=args.vni, port=args.port, seconds=args.seconds,
-                    registry="file" if args.static else "etcd", etcd_api=args.etcd_api)
+                    registry="file" if args.static else "etcd", etcd_api=args.etcd_api, ipv6=args.ipv6)
 
 
 VXLANCTL_COMMANDS = {"check": _check, "decode": _decode, "doctor": _doctor, "plan": _plan, "lab": _lab,

@@ -295,3 +295,53 @@ def test_ipv6_splits_as_ipv6_gso_segment(mss, size, flags, options, label, udp):
             f = f & ~0x80 if k else f
             want = ip / TCP(sport=40000, dport=5201, seq=7 + k * mss, ack=9, flags=f, options=opts) / piece
         assert segments[k] == bytes(want)
+
+
+def _ipv6_train(mss: int, sizes: list[int], seq: int = 1000, label: int = 0x12345, hlim: int = 63,
+                psh_last: bool = True) -> list[bytes]:
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import IPv6
+
+    out = []
+    for i, size in enumerate(sizes):
+        flags = 0x10 | (0x08 if psh_last and i == len(sizes) - 1 else 0)
+        out.append(bytes(IPv6(src="fd07:0:0:2::2", dst="fd07:0:0:1::2", fl=label, hlim=hlim)
+                         / TCP(sport=5201, dport=40000, seq=seq, ack=77, flags=flags, window=500)
+                         / bytes((seq + j) & 0xFF for j in range(size))))
+        seq += size
+    return out
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(st.integers(200, 1400), st.integers(1, 40), st.integers(0, 1399))
+def test_ipv6_gro_coalesces_a_train_that_splits_back(mss, count, last):
+    """In-order IPv6 TCP segments of one flow become one TSO6 super-packet (vnet header
+    NEEDS_CSUM, gso_type TCPV6, csum_start 40), whose split gives the segments back byte for byte."""
+    sizes = [mss] * count + ([min(last, mss)] if last else [])
+    train = _ipv6_train(mss, sizes)
+    out = fp.gro_coalesce(train)
+    if len(train) == 1:
+        assert out == [(bytes(10), train[0], 1)]
+        return
+    assert len(out) == 1
+    vh, packet, segs = out[0]
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack("=BBHHHH", vh)
+    assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (1, 4, 60, mss, 40, 16)
+    assert segs == len(train) and struct.unpack_from("!H", packet, 4)[0] == len(packet) - 40
+    # finish the partial checksum as the kernel would, then split: the train again
+    whole = bytearray(packet)
+    struct.pack_into("!H", whole, 56, ~ref.checksum(bytes(whole[40:])) & 0xFFFF)  # the field holds the pseudo sum
+    assert fp.gso_split(bytes(whole), mss) == train
+
+
+def test_ipv6_gro_keeps_flows_and_labels_apart():
+    a = _ipv6_train(1000, [1000, 1000])
+    other_label = _ipv6_train(1000, [1000], seq=3000, label=7)
+    other_hlim = _ipv6_train(1000, [1000], seq=3000, hlim=62)
+    a_open = _ipv6_train(1000, [1000, 1000], psh_last=False)  # no PSH: the train stays open
+    for tail in (other_label, other_hlim):
+        out = fp.gro_coalesce(a_open + tail)
+        assert [segs for _, _, segs in out] == [2, 1]  # the third segment is of another flow label / hop limit
+    with_ext = bytearray(a[0])
+    with_ext[6] = 0  # a hop-by-hop header claimed: not coalesced, passed on as it came
+    assert fp.gro_coalesce([bytes(with_ext), a[1]]) == [(bytes(10), bytes(with_ext), 1), (bytes(10), a[1], 1)]

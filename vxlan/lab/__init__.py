@@ -487,12 +487,14 @@ class Lab(EtcdLabMixin):
         target = ["-6", dst.pod_ip6] if ipv6 else [dst.pod_ip]
         return sh([*cmd, *target], ns=src.pod_ns, check=False, timeout=count * interval + timeout_s + 10)
 
-    def iperf3(self, client: Host, server: Host, seconds: float, *args: str) -> dict:
-        """iperf3 from ``client``'s pod to ``server``'s (``args``: more client flags): its JSON
-        report. The one-shot server is started here and retried until it listens."""
-        srv = self.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", server.pod_ip],
+    def iperf3(self, client: Host, server: Host, seconds: float, *args: str, ipv6: bool = False) -> dict:
+        """iperf3 from ``client``'s pod to ``server``'s (``args``: more client flags; ``ipv6``:
+        to its IPv6 address, in a dual-stack lab): its JSON report. The one-shot server is
+        started here and retried until it listens."""
+        address = server.pod_ip6 if ipv6 else server.pod_ip
+        srv = self.popen(server.pod_ns, ["iperf3", "-s", "-1", "-B", address],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cmd = ["iperf3", "-c", server.pod_ip, "-t", str(seconds), "-J", *args]
+        cmd = ["iperf3", "-c", address, "-t", str(seconds), "-J", *args]
         try:
             error = ""
             for _ in range(50):  # until the server listens

@@ -1,6 +1,7 @@
 """``vxlanctl demo``: a 3-host lab (two vxland hosts, one kernel vxlan node) joining one etcd
 (or, with ``--static``, one registry file), pod-to-pod ping between every pair, iperf3 between
-pods, a table of results, teardown."""
+pods, a table of results, teardown. ``--ipv6``: a dual-stack cluster (EnableIPv6), pings and
+iperf3 over IPv6 too."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from vxlan import wire
 from vxlan.lab import Host, Lab
 
 
-def iperf3(lab: Lab, client: Host, server: Host, seconds: int, streams: int = 1) -> float:
+def iperf3(lab: Lab, client: Host, server: Host, seconds: int, streams: int = 1, ipv6: bool = False) -> float:
     """TCP throughput pod to pod in bit/s, as the receiver counted it."""
-    report = lab.iperf3(client, server, seconds, "-P", str(streams))
+    report = lab.iperf3(client, server, seconds, "-P", str(streams), ipv6=ipv6)
     try:
         return float(report["end"]["sum_received"]["bits_per_second"])
     except (KeyError, TypeError):
@@ -30,11 +31,16 @@ def _ping_cell(proc) -> tuple[bool, str]:
     return ok, (f"ok {float(rtt.group(1)):.2f} ms" if ok and rtt else "FAIL")
 
 
-def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd", etcd_api: str = "v3") -> int:
+def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd", etcd_api: str = "v3",
+        ipv6: bool = False) -> int:
     reason = labmod.can_run()
     if reason:
         print(f"vxlanctl demo: cannot build the lab: {reason}", file=sys.stderr)
         return 1
+    if ipv6 and registry != "etcd":
+        print("vxlanctl demo: --ipv6 runs on etcd (its nodes take their IPv6 subnets there), not with --static",
+              file=sys.stderr)
+        return 2
     kinds = ["vxland", "vxland", "kernel"]
     missing = labmod.kernel_vxlan_missing()
     if missing:
@@ -46,10 +52,14 @@ def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd"
         how = "etcdctl put (v3)" if etcd_api == "v3" else "etcdctl set (v2 API, etcd --enable-v2)"
         print(f"starting etcd (empty), writing the network config with {how}, then the nodes join and take "
               "leases ...")
-    with Lab(kinds, vni=vni, port=port, registry=registry, etcd_api=etcd_api) as lab:
+    with Lab(kinds, vni=vni, port=port, registry=registry, etcd_api=etcd_api, ipv6=ipv6) as lab:
         _show_lab(lab, vni, port, registry, etcd_api)
         all_ok = _pings(lab)
+        if ipv6:
+            all_ok &= _pings(lab, ipv6=True)
         all_ok &= _iperf3s(lab, seconds)
+        if ipv6:
+            all_ok &= _iperf3s(lab, seconds, ipv6=True)
         print("\nall pairs reachable" if all_ok else "\nSOME PAIRS FAILED (daemon logs follow)")
         if not all_ok:
             for h in lab.hosts:
@@ -64,6 +74,9 @@ def _show_lab(lab: Lab, vni: int, port: int, registry: str, etcd_api: str) -> No
     print(f"\nvxland demo: VNI {vni}, UDP port {port}, overlay {lab.network}, underlay {labmod.UNDERLAY}, "
           f"MTU {lab.mtu - wire.ENCAP_OVERHEAD} inside, registry: "
           + (f"etcd {etcd_api} at {lab.etcd_endpoints}" if registry == "etcd" else "static file") + "\n")
+    if lab.network6 is not None:
+        print(f"dual-stack: IPv6 overlay {lab.network6} over the IPv6 underlay {labmod.UNDERLAY6}, MTU "
+              f"{lab.mtu - wire.ENCAP_OVERHEAD - 20} inside (flannel-v6's)\n")
     if registry == "etcd":
         print(f"etcd's {etcd_api} store now holds (as flanneld"
               f" {'>= 0.18' if etcd_api == 'v3' else '0.15-0.17'} writes them):")
@@ -74,28 +87,32 @@ def _show_lab(lab: Lab, vni: int, port: int, registry: str, etcd_api: str) -> No
     # kernel: a Linux vxlan device, driven by the flanneld emulator in etcd mode (v2 only on v2)
     for h in lab.hosts:
         print(f"h{h.index:<4} {h.kind:<7} {h.public_ip:<13} {str(h.subnet):<15} "
-              f"{wire.mac_to_str(h.vtep_mac):<18} {h.pod_ip}")
+              f"{wire.mac_to_str(h.vtep_mac):<18} {h.pod_ip}" + (f"  IPv6 {h.subnet6} pod {h.pod_ip6}"
+                                                                  if h.subnet6 is not None else ""))
 
 
-def _pings(lab: Lab) -> bool:
+def _pings(lab: Lab, ipv6: bool = False) -> bool:
     """Every ordered pair, small and full-size with DF; True if all answered."""
-    print("\nping pod to pod (3 packets; full 1450-byte packets with DF in the last column)")
-    print(f"{'from':<12} {'to':<12} {'56 bytes':<14} 1450 DF")
+    full = lab.mtu - wire.ENCAP_OVERHEAD - (20 if ipv6 else 0)  # IPv6: flannel-v6's MTU, 1430
+    family = "IPv6 " if ipv6 else ""
+    print(f"\nping pod to pod over {family or 'IPv4 '}(3 packets; full {full}-byte packets with DF in the last column)")
+    print(f"{'from':<12} {'to':<12} {'56 bytes':<14} {full} DF")
     all_ok = True
     for src in lab.hosts:
         for dst in lab.hosts:
             if src is dst:
                 continue
-            ok_small, small = _ping_cell(lab.ping(src, dst, count=3, interval=0.05))
-            ok_big, big = _ping_cell(lab.ping(src, dst, count=3, interval=0.05, size=1422, dont_fragment=True))
+            ok_small, small = _ping_cell(lab.ping(src, dst, count=3, interval=0.05, ipv6=ipv6))
+            ok_big, big = _ping_cell(lab.ping(src, dst, count=3, interval=0.05, size=full - (48 if ipv6 else 28),
+                                              dont_fragment=True, ipv6=ipv6))
             all_ok &= ok_small and ok_big
             print(f"h{src.index} {src.kind:<9} h{dst.index} {dst.kind:<9} {small:<14} {big}")
     return all_ok
 
 
-def _iperf3s(lab: Lab, seconds: int) -> bool:
+def _iperf3s(lab: Lab, seconds: int, ipv6: bool = False) -> bool:
     """h1 <-> h2, and h1 <-> the kernel node when there is one; True if all ran."""
-    print(f"\niperf3 TCP pod to pod, {seconds} s, 1 stream")
+    print(f"\niperf3 TCP pod to pod{' over IPv6' if ipv6 else ''}, {seconds} s, 1 stream")
     h1, h2 = lab.hosts[0], lab.hosts[1]
     pairs = [(h1, h2), (h2, h1)]
     if len(lab.hosts) > 2:
@@ -103,7 +120,7 @@ def _iperf3s(lab: Lab, seconds: int) -> bool:
     all_ok = True
     for client, server in pairs:
         try:
-            bps = iperf3(lab, client, server, seconds)
+            bps = iperf3(lab, client, server, seconds, ipv6=ipv6)
             cell = f"{bps / 1e9:.2f} Gbit/s"
         except labmod.LabError as exc:
             all_ok = False
