@@ -25,6 +25,9 @@ Scenarios (one namespace lab each, built once, measured in interleaved rounds):
   when capture is off: compare with ``vxland``)
 - ``strict``: vxland <-> vxland with ``--strict-source`` on both (what the check costs; off, it
   is one load and one branch per datagram: compare with ``vxland``)
+- ``kernel6``, ``vxland6``, ``vxland-kernel6``, ``kernel-vxland6``: the same pairs in dual-stack
+  clusters (EnableIPv6, on etcd), TCP over IPv6 only (1 and 4 streams): ``kernel6`` is the
+  anchor of those figures
 
 ``--soak S``: after the rounds, S seconds of 4-stream load on ``vxland`` with one registry
 change a second: RSS growth and open fds (``--rounds 0 --scenarios vxland --soak 600``: the soak
@@ -77,7 +80,13 @@ SCENARIOS = {
     "capture": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both capturing everything
     "nohook": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland built without the capture hook
     "strict": (["vxland", "vxland"], 0, 1, False),  # vxland <-> vxland, both with --strict-source
+    # dual-stack clusters: TCP over IPv6 (IPV6_SCENARIOS)
+    "kernel6": (["kernel", "kernel"], 0, 1, False),
+    "vxland6": (["vxland", "vxland"], 0, 1, False),
+    "vxland-kernel6": (["vxland", "kernel"], 0, 1, False),
+    "kernel-vxland6": (["vxland", "kernel"], 1, 0, False),
 }
+IPV6_SCENARIOS = {"kernel6", "vxland6", "vxland-kernel6", "kernel-vxland6"}
 # what a scenario's lab differs in (vxlan.lab.Lab keyword arguments)
 LAB_OPTIONS: dict[str, dict] = {
     "kernel-vxland-txoff": {"kernel_tx_off": True},
@@ -89,8 +98,10 @@ LAB_OPTIONS: dict[str, dict] = {
     "vxland-batch": {"env": {"FLANNELD_ENGINE_SCHED": "batch"}},
     "vxland-other": {"env": {"FLANNELD_ENGINE_SCHED": "other"}},
     "vxland-kernel-trains": {"env": {"FLANNELD_TUNNEL_GSO": "off"}},
+    **{name: {"ipv6": True, "registry": "etcd"} for name in IPV6_SCENARIOS},
 }
-METRICS = ["tcp1_gbps", "tcp4_gbps", "udp64_flood_pps", "udp64_lossless_pps", "rtt_p50_ms", "rtt_p99_ms",
+METRICS = ["tcp1_gbps", "tcp4_gbps", "tcp1_v6_gbps", "tcp4_v6_gbps", "udp64_flood_pps", "udp64_lossless_pps",
+           "rtt_p50_ms", "rtt_p99_ms",
            "rtt_busy_p50_ms", "rtt_busy_p99_ms",
            "daemon_cpu_s_per_gb", "machine_cpu_s_per_gb", "udp64_daemon_cpu_us_per_pkt"]
 FIXED_PPS = 50_000  # offered rate for the CPU-per-packet figure: well below every scenario's limit
@@ -99,6 +110,11 @@ FIXED_PPS = 50_000  # offered rate for the CPU-per-packet figure: well below eve
 def measure_once(lab: Lab, client_i: int, server_i: int, seconds: float, search_steps: int) -> dict[str, float]:
     client, server = lab.hosts[client_i], lab.hosts[server_i]
     out: dict[str, float] = {}
+    if lab.ipv6:  # a dual-stack scenario: TCP over IPv6
+        out["tcp1_v6_gbps"] = measure.iperf3(lab, client, server, seconds, ipv6=True)[0].bits_per_second / 1e9
+        out["tcp4_v6_gbps"] = measure.iperf3(lab, client, server, seconds, streams=4,
+                                             ipv6=True)[0].bits_per_second / 1e9
+        return out
     with measure.CpuMeter(lab) as cpu:
         tcp1, _ = measure.iperf3(lab, client, server, seconds, streams=1)
     gb = tcp1.bytes / 1e9
@@ -232,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.monotonic()
                 result = measure_once(labs[name], ci, si, args.seconds, search_steps=4 if args.quick else 7)
                 samples[name].append(result)
+                if name in IPV6_SCENARIOS:
+                    print(f"round {rnd}/{args.rounds} {name:<14} IPv6: tcp1 {result['tcp1_v6_gbps']:.2f} Gbit/s, "
+                          f"tcp4 {result['tcp4_v6_gbps']:.2f} [{time.monotonic() - t0:.0f} s]", flush=True)
+                    continue
                 print(f"round {rnd}/{args.rounds} {name:<14} tcp1 {result['tcp1_gbps']:.2f} Gbit/s, "
                       f"tcp4 {result['tcp4_gbps']:.2f}, udp64 {result['udp64_flood_pps']:,.0f} pps "
                       f"(loss-free {result['udp64_lossless_pps']:,.0f}), rtt p50 {result['rtt_p50_ms']:.3f} ms "

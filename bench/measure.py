@@ -26,14 +26,15 @@ class Iperf:
 
 
 def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 1, udp_rate: str | None = None,
-           length: int | None = None) -> tuple[Iperf, dict]:
-    """Run iperf3 pod to pod; the receiver's view and the raw JSON."""
+           length: int | None = None, ipv6: bool = False) -> tuple[Iperf, dict]:
+    """Run iperf3 pod to pod (over IPv6 with ``ipv6``, in a dual-stack lab); the receiver's view
+    and the raw JSON."""
     args = ["-P", str(streams)]
     if udp_rate is not None:
         args += ["-u", "-b", udp_rate]
     if length is not None:
         args += ["-l", str(length)]
-    data = lab.iperf3(client, server, seconds, *args)
+    data = lab.iperf3(client, server, seconds, *args, ipv6=ipv6)
     end = data["end"]
     if udp_rate is not None:
         s = end["sum"]

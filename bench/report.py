@@ -7,6 +7,8 @@ from pathlib import Path
 LABELS = {
     "tcp1_gbps": ("TCP 1 stream", "Gbit/s"),
     "tcp4_gbps": ("TCP 4 streams", "Gbit/s"),
+    "tcp1_v6_gbps": ("TCP over IPv6, 1 stream", "Gbit/s"),
+    "tcp4_v6_gbps": ("TCP over IPv6, 4 streams", "Gbit/s"),
     "udp64_flood_pps": ("UDP 64 B rx under flood", "pps"),
     "udp64_lossless_pps": ("UDP 64 B loss-free", "pps"),
     "rtt_p50_ms": ("RTT p50", "ms"),
@@ -29,7 +31,9 @@ def _fmt(value: float, unit: str) -> str:
 
 def markdown(results: dict) -> str:
     scen = results["scenarios"]
-    kernel = scen.get("kernel", {}).get("summary", {})
+    # the anchor of each figure: the kernel pair that has it (kernel6 for the IPv6 ones)
+    kernel = {**scen.get("kernel6", {}).get("summary", {}), **scen.get("kernel", {}).get("summary", {})}
+    anchors = {"kernel", "kernel6"}
     m = results["machine"]
     lines = [f"Bench {results['date']} on {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
              f"Python {m['python']}; {results['rounds']} round(s), TCP {results['seconds']:.0f} s; "
@@ -45,7 +49,7 @@ def markdown(results: dict) -> str:
                 continue
             cell = f"{_fmt(s['median'], unit)} ({_fmt(s['min'], unit)}–{_fmt(s['max'], unit)})"
             k = kernel.get(metric)
-            if k and k["median"] and name != "kernel":
+            if k and k["median"] and name not in anchors:
                 cell += f" ×{s['median'] / k['median']:.2f}"
             cells.append(cell)
         lines.append(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
