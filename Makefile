@@ -1,7 +1,7 @@
 # vxland: the two commands a user needs are `make demo` and `make test`.
 PYTHON ?= python3
 # command -> Debian package, to install only what is missing
-NEEDED_COMMANDS := ip:iproute2 nft:nftables bridge:iproute2 iperf3:iperf3 ethtool:ethtool ping:iputils-ping tshark:tshark tcpdump:tcpdump etcd:etcd-server etcdctl:etcd-client iptables:iptables iptables-legacy:iptables systemd-analyze:systemd openssl:openssl strace:strace setpriv:util-linux findmnt:util-linux unshare:util-linux
+NEEDED_COMMANDS := ip:iproute2 nft:nftables bridge:iproute2 iperf3:iperf3 ethtool:ethtool ping:iputils-ping tshark:tshark tcpdump:tcpdump etcd:etcd-server etcdctl:etcd-client iptables:iptables ip6tables:iptables iptables-legacy:iptables systemd-analyze:systemd openssl:openssl strace:strace setpriv:util-linux findmnt:util-linux unshare:util-linux
 
 .PHONY: install system-deps python-deps test unit integration demo lint clean fuzz
 

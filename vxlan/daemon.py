@@ -166,15 +166,11 @@ class Daemon:
             except netconf.NetconfError as exc:
                 raise StartupError(str(exc)) from None
         # --ip-masq and the forward rules (vxlan.hostrules); their resync loops run supervised
-        for name, resync in await hostrules.install(self.opts, config.network, own.subnet, config.enable_nftables):
+        ipv6 = (config.ipv6.network, own.v6.subnet) if config.ipv6 is not None and own.v6 is not None else None
+        for name, resync in await hostrules.install(self.opts, config.network, own.subnet, config.enable_nftables,
+                                                    ipv6):
             self.tasks.start(f"{name} rules resync", resync)
-        if config.ipv6 is not None and (self.opts.ip_masq or self.opts.iptables_forward_rules):
-            # flanneld adds IPv6 ones too (ip6tables, or its flannel-ipv6 nftables table); not built yet
-            log.warning("EnableIPv6: the IPv6 masquerade and forward rules flanneld adds for %s are not installed "
-                        "by vxland yet: add them by hand if this host masquerades or filters forwarded IPv6",
-                        config.ipv6.network)
         try:
-            ipv6 = (config.ipv6.network, own.v6.subnet) if config.ipv6 is not None and own.v6 is not None else None
             subnetenv.write(self.opts.subnet_file, config.network, own.subnet, mtu, self.opts.ip_masq, ipv6)
         except OSError as exc:
             raise StartupError(f"cannot write --subnet-file {self.opts.subnet_file}: {exc.strerror}") from None

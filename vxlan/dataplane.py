@@ -218,6 +218,16 @@ class DataPlane:
             self.codec.count_drop(DropReason.TUN_WRITE_FAILED, failed)
 
 
+def _set_buffers(sock: socket.socket) -> None:
+    """Send and receive buffers of SOCKET_BUFFER_BYTES; beyond net.core.[rw]mem_max needs
+    CAP_NET_ADMIN (the FORCE options), else as much as the limit allows."""
+    for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
+
+
 def open_udp_socket(address: str, port: int) -> socket.socket:
     """The tunnel socket, bound to the underlay address and the VXLAN port.
 
@@ -228,11 +238,7 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)  # the outer TOS with each datagram (ECN)
-        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
-            try:  # beyond net.core.[rw]mem_max needs CAP_NET_ADMIN
-                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
+        _set_buffers(sock)
         sock.bind((address, port))
     except OSError:
         sock.close()
@@ -251,11 +257,7 @@ def open_udp6_socket(address: str, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)  # the outer traffic class (ECN)
-        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
+        _set_buffers(sock)
         sock.bind((address, port))
     except OSError:
         sock.close()

@@ -19,15 +19,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("vxland")
 
 
-async def install(opts: Options, network, subnet,
-                  use_nftables: bool = False) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+async def install(opts: Options, network, subnet, use_nftables: bool = False,
+                  ipv6: tuple | None = None) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
     """--ip-masq and the forward rules, as flanneld's main.go sets them up (pkg/trafficmngr/iptables).
 
     Hosts without iptables (or without netfilter, as under gVisor) are among vxland's
     users: there the default forward rules are skipped with an error in the log, as
     flanneld does; an explicit --ip-masq that cannot be honoured stops start-up instead,
-    so pods do not come up without the masquerading they were promised. Returns each rule
-    set's resync loop, for the caller to run."""
+    so pods do not come up without the masquerading they were promised. ``ipv6`` (IPv6Network,
+    our IPv6 subnet; EnableIPv6): the same rules for IPv6 too, with ip6tables (masqIP6Rules)
+    or in the flannel-ipv6 nftables table. Returns each rule set's resync loop, for the caller
+    to run."""
     if not (opts.ip_masq or opts.iptables_forward_rules):
         return []
 
@@ -38,7 +40,7 @@ async def install(opts: Options, network, subnet,
                   "host has no iptables", what, exc)
 
     if use_nftables:
-        return await _install_nftables(opts, network, subnet, failed)
+        return await _install_nftables(opts, network, subnet, failed, ipv6)
     await asyncio.to_thread(_remove_nftables)
     try:
         ipt = await asyncio.to_thread(iptables.IPTables)
@@ -48,13 +50,31 @@ async def install(opts: Options, network, subnet,
     old = subnetenv.read_values(opts.subnet_file)
     prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(opts.subnet_file)
     await _remove_legacy_rules(opts, ipt, network, subnet, prev_net, prev_subnet)
+    resyncs = await _install_rule_sets(opts, ipt, "", network, subnet, prev_net, prev_subnet, failed)
+    if ipv6 is not None:
+        # SetupAndEnsureMasqRules' and SetupAndEnsureForwardRules' IPv6 halves (iptables.go): the
+        # same chains and rules with ip6tables for the IPv6Network
+        try:
+            ipt6 = await asyncio.to_thread(iptables.IPTables, "ip6tables")
+        except iptables.IPTablesError as exc:
+            failed("ip6tables", exc)
+            return resyncs
+        resyncs += await _install_rule_sets(opts, ipt6, "IPv6 ", *ipv6, old.get("FLANNEL_IPV6_NETWORK"),
+                                            subnetenv.previous_subnet6(opts.subnet_file), failed)
+    return resyncs
+
+
+async def _install_rule_sets(opts: Options, ipt, label: str, network, subnet, prev_net: str | None, prev_subnet,
+                             failed) -> list:
+    """The masquerade (--ip-masq; the previous Network's and subnet's first removed, when they
+    changed) and forward rules of one family, each with its resync loop."""
     rule_sets = []
     if opts.ip_masq:
         random_fully = opts.masq_random_fully and ipt.random_fully
         await _remove_previous_masq(ipt, network, subnet, prev_net, prev_subnet, random_fully)
-        rule_sets.append(("masquerade", iptables.masq_rules(network, subnet, random_fully)))
+        rule_sets.append((f"{label}masquerade", iptables.masq_rules(network, subnet, random_fully)))
     if opts.iptables_forward_rules:
-        rule_sets.append(("forward", iptables.forward_rules(network)))
+        rule_sets.append((f"{label}forward", iptables.forward_rules(network)))
     resyncs = []
     for name, rules in rule_sets:
         try:
@@ -62,7 +82,8 @@ async def install(opts: Options, network, subnet,
         except iptables.IPTablesError as exc:
             failed(f"installing the {name} rules", exc)
             continue
-        log.info("%s rules installed (%s)", name, iptables.flavour(ipt.version))
+        via = "ip6tables, " if ipt.binary == "ip6tables" else ""
+        log.info("%s rules installed (%s%s)", name, via, iptables.flavour(ipt.version))
         resyncs.append((name, lambda ipt=ipt, name=name, rules=rules: _resync(opts, ipt, name, rules)))
     return resyncs
 
@@ -74,7 +95,7 @@ async def _remove_previous_masq(ipt, network, subnet, prev_net: str | None, prev
     log.info("network or subnet (%s, %s) differ from the previous ones (%s, %s): removing the old "
              "masquerade rules", network, subnet, prev_net, prev_subnet)
     try:
-        old_rules = iptables.masq_rules(ipaddress.IPv4Network(prev_net, strict=False), prev_subnet, random_fully)
+        old_rules = iptables.masq_rules(ipaddress.ip_network(prev_net, strict=False), prev_subnet, random_fully)
         await asyncio.to_thread(ipt.delete, old_rules)
     except (ValueError, iptables.IPTablesError) as exc:
         log.warning("could not remove the old masquerade rules: %s", exc)
@@ -129,34 +150,37 @@ def _remove_nftables() -> None:
         pass  # no nft here: nothing of it to clean
 
 
-def _remove_iptables(network, subnet) -> None:
-    """... and with nftables, the iptables rules vxland (or flanneld) put there for this Network."""
-    try:
-        ipt = iptables.IPTables()
-        rules = [*iptables.masq_rules(network, subnet, True), *iptables.masq_rules(network, subnet, False),
-                 *iptables.forward_rules(network)]
-        found = [r for r in dict.fromkeys(rules) if ipt.exists(r)]
-        if found:
-            ipt.delete(found)
-            log.info("removed %d iptables rules: the config enables nftables", len(found))
-    except iptables.IPTablesError:
-        pass  # no iptables here: nothing of it to clean
+def _remove_iptables(network, subnet, ipv6: tuple | None = None) -> None:
+    """... and with nftables, the iptables (and ip6tables) rules vxland or flanneld put there
+    for this Network (and IPv6Network)."""
+    for binary, (net, sub) in [("iptables", (network, subnet))] + ([("ip6tables", ipv6)] if ipv6 else []):
+        try:
+            ipt = iptables.IPTables(binary)
+            rules = [*iptables.masq_rules(net, sub, True), *iptables.masq_rules(net, sub, False),
+                     *iptables.forward_rules(net)]
+            found = [r for r in dict.fromkeys(rules) if ipt.exists(r)]
+            if found:
+                ipt.delete(found)
+                log.info("removed %d %s rules: the config enables nftables", len(found), binary)
+        except iptables.IPTablesError:
+            pass  # no iptables here: nothing of it to clean
 
 
-async def _install_nftables(opts: Options, network, subnet, failed) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+async def _install_nftables(opts: Options, network, subnet, failed,
+                            ipv6: tuple | None = None) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
     """SetupAndEnsureMasqRules and SetupAndEnsureForwardRules of flannel's nftables manager, in
     one transaction; and a resync, which flanneld's nftables mode has not: a rule someone
     deleted is put back within --iptables-resync seconds, as the iptables rules are."""
-    await asyncio.to_thread(_remove_iptables, network, subnet)
+    await asyncio.to_thread(_remove_iptables, network, subnet, ipv6)
     try:
         nft = await asyncio.to_thread(nftables.NFTables)
         random_fully = opts.masq_random_fully and await asyncio.to_thread(nft.random_fully)
-        text = nftables.script(network, subnet, opts.ip_masq, opts.iptables_forward_rules, random_fully)
+        text = nftables.script(network, subnet, opts.ip_masq, opts.iptables_forward_rules, random_fully, ipv6)
         await asyncio.to_thread(nft.apply, text)
     except nftables.NFTablesError as exc:
         failed("nftables", exc)
         return []
-    want = nftables.expected_rules(network, subnet, opts.ip_masq, opts.iptables_forward_rules, random_fully)
+    want = nftables.expected_rules(network, subnet, opts.ip_masq, opts.iptables_forward_rules, random_fully, ipv6)
     what = " and ".join(n for n, on in (("masquerade", opts.ip_masq), ("forward", opts.iptables_forward_rules)) if on)
     log.info("%s rules installed (nftables, tables %s and %s)", what, nftables.IPV4_TABLE, nftables.IPV6_TABLE)
 

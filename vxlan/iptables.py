@@ -40,9 +40,11 @@ def _c(comment: str) -> tuple[str, ...]:
     return ("-m", "comment", "--comment", comment)
 
 
-def masq_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, random_fully: bool) -> list[Rule]:
+def masq_rules(network, subnet, random_fully: bool) -> list[Rule]:
+    """masqRules, or for an IPv6Network masqIP6Rules (ip6tables; multicast ff00::/8)."""
     n, s = str(network), str(subnet)
     rf = ("--random-fully",) if random_fully else ()
+    multicast = "ff00::/8" if network.version == 6 else "224.0.0.0/4"
     return [
         Rule("nat", "POSTROUTING", (*_c(MASQ_COMMENT), "-j", POSTRTG)),
         # traffic kube-proxy marked is its to masquerade (double NAT on some kernels otherwise)
@@ -50,12 +52,12 @@ def masq_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, ra
         Rule("nat", POSTRTG, ("-s", s, "-d", n, *_c(MASQ_COMMENT), "-j", "RETURN")),
         Rule("nat", POSTRTG, ("-s", n, "-d", s, *_c(MASQ_COMMENT), "-j", "RETURN")),
         Rule("nat", POSTRTG, ("!", "-s", n, "-d", s, *_c(MASQ_COMMENT), "-j", "RETURN")),
-        Rule("nat", POSTRTG, ("-s", n, "!", "-d", "224.0.0.0/4", *_c(MASQ_COMMENT), "-j", "MASQUERADE", *rf)),
+        Rule("nat", POSTRTG, ("-s", n, "!", "-d", multicast, *_c(MASQ_COMMENT), "-j", "MASQUERADE", *rf)),
         Rule("nat", POSTRTG, ("!", "-s", n, "-d", n, *_c(MASQ_COMMENT), "-j", "MASQUERADE", *rf)),
     ]
 
 
-def forward_rules(network: ipaddress.IPv4Network) -> list[Rule]:
+def forward_rules(network) -> list[Rule]:
     n = str(network)
     return [
         Rule("filter", "FORWARD", (*_c(FORWARD_COMMENT), "-j", FWD)),
@@ -121,6 +123,7 @@ class IPTables:
     """Runs iptables / iptables-restore. Blocking: the daemon calls it from a thread."""
 
     def __init__(self, binary: str = "iptables") -> None:
+        """``binary``: iptables, or ip6tables for the IPv6 rules."""
         self.binary = binary
         self.restore = binary + "-restore"
         self.version = self._run([binary, "--version"]).stdout.strip()

@@ -1,8 +1,8 @@
 """flanneld's nftables traffic manager (``EnableNFTables: true`` in the network config, flannel
 >= 0.25): the masquerade and forward rules of ``pkg/trafficmngr/nftables/nftables.go`` (v0.28.9),
 in flannel's own tables ``flannel-ipv4`` and ``flannel-ipv6``, written as one ``nft -f``
-transaction (atomic, as knftables runs them). Only the IPv4 rules exist until vxland carries
-IPv6 overlays; the ``flannel-ipv6`` table is created empty, as flanneld's Init does."""
+transaction (atomic, as knftables runs them). The ``flannel-ipv6`` table is created empty, as
+flanneld's Init does, and gets the same chains for the IPv6Network with EnableIPv6."""
 
 from __future__ import annotations
 
@@ -23,42 +23,53 @@ def _table(family: str, name: str) -> str:
     return f'add table {family} {name} {{ comment "rules for {name}" ; }}'
 
 
-def masq_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, random_fully: bool) -> list[str]:
-    """addMasqRules for IPv4: the rules of the postrtg chain, in order."""
-    n, s = str(network), str(subnet)
+def _family(network) -> str:
+    return "ip6" if network.version == 6 else "ip"
+
+
+def masq_rules(network, subnet, random_fully: bool) -> list[str]:
+    """addMasqRules: the rules of the postrtg chain, in order (``ip`` or, for an IPv6Network,
+    ``ip6`` matches, and ff00::/8 for multicast)."""
+    n, s, f = str(network), str(subnet), _family(network)
     masquerade = "masquerade fully-random" if random_fully else "masquerade"
+    multicast = "ff00::/8" if network.version == 6 else "224.0.0.0/4"
     return [
         f"meta mark {KUBE_PROXY_MARK} return",  # kube-proxy's: no double NAT
-        f"ip saddr {s} ip daddr {n} return",  # within the overlay: no NAT
-        f"ip saddr {n} ip daddr {s} return",
-        f"ip saddr != {s} ip daddr {n} return",  # from a node that owns the pod IP
-        f"ip saddr {n} ip daddr != 224.0.0.0/4 {masquerade}",  # out of the overlay, not multicast
-        f"ip saddr != {n} ip daddr {n} {masquerade}",  # from the host into the overlay
+        f"{f} saddr {s} {f} daddr {n} return",  # within the overlay: no NAT
+        f"{f} saddr {n} {f} daddr {s} return",
+        f"{f} saddr != {s} {f} daddr {n} return",  # from a node that owns the pod IP
+        f"{f} saddr {n} {f} daddr != {multicast} {masquerade}",  # out of the overlay, not multicast
+        f"{f} saddr != {n} {f} daddr {n} {masquerade}",  # from the host into the overlay
     ]
 
 
-def forward_rules(network: ipaddress.IPv4Network) -> list[str]:
-    """SetupAndEnsureForwardRules for IPv4: accept the overlay's traffic both ways."""
-    return [f"ip saddr {network} accept", f"ip daddr {network} accept"]
+def forward_rules(network) -> list[str]:
+    """SetupAndEnsureForwardRules: accept the overlay's traffic both ways."""
+    f = _family(network)
+    return [f"{f} saddr {network} accept", f"{f} daddr {network} accept"]
 
 
-def _chain(name: str, spec: str, comment: str, rules: list[str]) -> list[str]:
-    """A chain of flannel's IPv4 table, flushed, then its rules (knftables' Add, Flush, Add...)."""
-    t = f"ip {IPV4_TABLE} {name}"
+def _chain(family: str, name: str, spec: str, comment: str, rules: list[str]) -> list[str]:
+    """A chain of flannel's table of that family, flushed, then its rules (knftables' Add, Flush, Add...)."""
+    t = f"{family} {IPV6_TABLE if family == 'ip6' else IPV4_TABLE} {name}"
     return [f'add chain {t} {{ {spec} ; comment "{comment}" ; }}', f"flush chain {t}",
             *(f"add rule {t} {rule}" for rule in rules)]
 
 
 def script(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masq: bool, forward: bool,
-           random_fully: bool) -> str:
-    """The whole transaction: both tables (Init), then each wanted chain, masquerade first as main.go."""
+           random_fully: bool, ipv6: tuple | None = None) -> str:
+    """The whole transaction: both tables (Init), then each wanted chain, masquerade first as
+    main.go, each for IPv4 and then, with ``ipv6`` (IPv6Network, our IPv6 subnet), for IPv6."""
     lines = [_table("ip", IPV4_TABLE), _table("ip6", IPV6_TABLE)]
+    pairs = [(network, subnet)] + ([ipv6] if ipv6 is not None else [])
     if masq:
-        lines += _chain(POSTRTG_CHAIN, "type nat hook postrouting priority srcnat",
-                        "chain to manage traffic masquerading by flannel", masq_rules(network, subnet, random_fully))
+        for n, s in pairs:
+            lines += _chain(_family(n), POSTRTG_CHAIN, "type nat hook postrouting priority srcnat",
+                            "chain to manage traffic masquerading by flannel", masq_rules(n, s, random_fully))
     if forward:
-        lines += _chain(FORWARD_CHAIN, "type filter hook forward priority filter", "chain to accept flannel traffic",
-                        forward_rules(network))
+        for n, _ in pairs:
+            lines += _chain(_family(n), FORWARD_CHAIN, "type filter hook forward priority filter",
+                            "chain to accept flannel traffic", forward_rules(n))
     return "\n".join(lines) + "\n"
 
 
@@ -115,11 +126,14 @@ class NFTables:
             return False
 
     def listed_rules(self) -> list[str]:
-        """The rules now in flannel's IPv4 table; [] if it is missing."""
-        try:
-            return rules_of_listing(self._run(["list", "table", "ip", IPV4_TABLE]))
-        except NFTablesError:
-            return []
+        """The rules now in flannel's tables, IPv4's first; a missing table lists none."""
+        out = []
+        for family, name in (("ip", IPV4_TABLE), ("ip6", IPV6_TABLE)):
+            try:
+                out += rules_of_listing(self._run(["list", "table", family, name]))
+            except NFTablesError:
+                continue
+        return out
 
     def has_tables(self) -> bool:
         """Whether either of flannel's tables is there."""
@@ -136,9 +150,12 @@ class NFTables:
 
 
 def expected_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masq: bool, forward: bool,
-                   random_fully: bool) -> list[str]:
-    """The rule lines ``nft list`` prints for ``script``'s rules, in order (nft writes the
-    mark in full width)."""
-    rules = masq_rules(network, subnet, random_fully) if masq else []
-    rules = [r.replace(f"mark {KUBE_PROXY_MARK}", "mark 0x00004000") for r in rules]
-    return rules + (forward_rules(network) if forward else [])
+                   random_fully: bool, ipv6: tuple | None = None) -> list[str]:
+    """The rule lines ``nft list`` prints for ``script``'s rules, table by table, chain by
+    chain as listed (postrtg before forward; nft writes the mark in full width)."""
+    out = []
+    for n, s in [(network, subnet)] + ([ipv6] if ipv6 is not None else []):
+        rules = masq_rules(n, s, random_fully) if masq else []
+        rules = [r.replace(f"mark {KUBE_PROXY_MARK}", "mark 0x00004000") for r in rules]
+        out += rules + (forward_rules(n) if forward else [])
+    return out

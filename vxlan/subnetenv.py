@@ -66,22 +66,20 @@ def read_values(path: Path) -> dict[str, str]:
 def previous_subnet(path: Path) -> ipaddress.IPv4Network | None:
     """FLANNEL_SUBNET of a previous run as a network (10.5.72.1/24 -> 10.5.72.0/24), as
     flannel's ReadCIDRFromSubnetFile with net.ParseCIDR; None if absent or unparsable."""
-    value = read_values(path).get("FLANNEL_SUBNET")
-    if not value:
-        return None
-    try:
-        return ipaddress.IPv4Network(value, strict=False)
-    except ValueError:
-        return None
+    return _previous(path, "FLANNEL_SUBNET", ipaddress.IPv4Network)
 
 
 def previous_subnet6(path: Path) -> ipaddress.IPv6Network | None:
     """FLANNEL_IPV6_SUBNET of a previous run as a network (fc00:0:0:7::1/64 -> fc00:0:0:7::/64),
     as flannel's ReadIP6CIDRFromSubnetFile; None if absent or unparsable."""
-    value = read_values(path).get("FLANNEL_IPV6_SUBNET")
+    return _previous(path, "FLANNEL_IPV6_SUBNET", ipaddress.IPv6Network)
+
+
+def _previous(path: Path, key: str, kind: type):
+    value = read_values(path).get(key)
     if not value:
         return None
     try:
-        return ipaddress.IPv6Network(value, strict=False)
+        return kind(value, strict=False)
     except ValueError:
         return None

@@ -134,3 +134,32 @@ class LocalEtcd:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+PEER_ADDR_SERVER = """
+import socket, sys
+family = socket.AF_INET6 if sys.argv[2] == "6" else socket.AF_INET
+srv = socket.create_server(("::" if sys.argv[2] == "6" else "0.0.0.0", int(sys.argv[1])), family=family)
+print("listening", flush=True)
+conn, addr = srv.accept()
+conn.sendall(addr[0].encode())
+conn.close()
+"""
+PEER_ADDR_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    print(s.recv(64).decode())
+"""
+
+
+def seen_source(lab, client_ns: str, server_ns: str, server_ip: str, port: int = 9000) -> str:
+    """The source address a TCP server in ``server_ns`` sees for a client in ``client_ns``
+    (over IPv6 when ``server_ip`` is an IPv6 address)."""
+    family = "6" if ":" in server_ip else "4"
+    srv = lab.popen(server_ns, [sys.executable, "-c", PEER_ADDR_SERVER, str(port), family], stdout=subprocess.PIPE,
+                    text=True)
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "listening"
+        return sh([sys.executable, "-c", PEER_ADDR_CLIENT, server_ip, str(port)], ns=client_ns).stdout.strip()
+    finally:
+        stop_process(srv)

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from tests.integration.helpers import MB, transfer
-from vxlan.lab import Lab, LabError, sh
+from tests.integration.helpers import MB, seen_source, transfer, wait_for
+from vxlan.lab import UNDERLAY6, Lab, LabError, sh
 
 KEY = re.compile(r"^/coreos\.com/network/subnets/172\.7\.\d+\.0-24&fd07:0:0:[0-9a-f]{1,4}::-64$")
 
@@ -110,3 +110,41 @@ def test_vxland_checks_the_ipv6_underlay_address():
         with pytest.raises(LabError, match="did not start"):
             lab.start_node(host, wait_s=10)
         assert "EnableIPv6: IPv6 overlays are carried by vxland's vxlan backend only, not by host-gw" in lab.log(host)
+
+
+@pytest.mark.parametrize("nftables", [False, True], ids=["iptables", "nftables"])
+def test_ipv6_masquerade_and_forward_rules(nftables):
+    """--ip-masq and the forward rules for the IPv6Network too, as flanneld adds them: ip6tables
+    FLANNEL-POSTRTG/FLANNEL-FWD (masqIP6Rules), or the flannel-ipv6 nftables table; a pod's IPv6
+    traffic leaving the overlay is masqueraded to the node's IPv6 address, pod to pod is not;
+    a deleted rule is put back by the resync."""
+    with Lab(["vxland", "vxland"], registry="etcd", ipv6=True, seed_config=False, defer=(1, 2)) as lab:
+        lab.put_config({**lab.default_config(), "EnableNFTables": nftables})
+        h1, h2 = lab.hosts
+        for h in lab.hosts:
+            h.extra_args = ["--ip-masq", "--iptables-resync=1", "--iptables-forward-rules=true"]
+            lab.start_node(h)
+        if nftables:
+            ruleset = sh(["nft", "list", "table", "ip6", "flannel-ipv6"], ns=h1.ns).stdout
+            assert f"ip6 saddr {lab.network6} ip6 daddr != ff00::/8 masquerade" in ruleset, ruleset
+            assert f"ip6 daddr {lab.network6} accept" in ruleset
+        else:
+            saved = sh(["ip6tables-save"], ns=h1.ns).stdout
+            assert f"-A FLANNEL-POSTRTG -s {lab.network6} ! -d ff00::/8" in saved, saved
+            assert f"-A FLANNEL-FWD -d {lab.network6}" in saved
+            assert "IPv6 masquerade rules installed (ip6tables" in lab.log(h1)
+        out_ns, _ = lab.add_outside()
+        out_ip6 = str(UNDERLAY6.network_address + 200)
+        assert seen_source(lab, h1.pod_ns, out_ns, out_ip6) == h1.public_ipv6  # masqueraded
+        assert seen_source(lab, h1.pod_ns, h2.pod_ns, h2.pod_ip6, port=9001) == h1.pod_ip6  # pod to pod: not
+        # the resync puts a deleted rule back
+        if nftables:
+            listing = sh(["nft", "-a", "list", "chain", "ip6", "flannel-ipv6", "postrtg"], ns=h1.ns).stdout
+            handle = next(ln.rsplit("# handle ", 1)[1] for ln in listing.splitlines() if "ff00::/8" in ln)
+            sh(["nft", "delete", "rule", "ip6", "flannel-ipv6", "postrtg", "handle", handle], ns=h1.ns)
+            assert wait_for(lambda: "ff00::/8" in sh(["nft", "list", "table", "ip6", "flannel-ipv6"], ns=h1.ns).stdout,
+                            timeout=5)
+        else:
+            sh(["ip6tables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "-s", str(lab.network6), "!", "-d", "ff00::/8",
+                "-m", "comment", "--comment", "flanneld masq", "-j", "MASQUERADE", "--random-fully"], ns=h1.ns)
+            assert wait_for(lambda: "ff00::/8" in sh(["ip6tables-save"], ns=h1.ns).stdout, timeout=5)

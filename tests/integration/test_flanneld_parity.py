@@ -18,35 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import MB, transfer, wait_for
+from tests.integration.helpers import MB, seen_source, transfer, wait_for
 from vxlan import iptables as ipt
 from vxlan.lab import Lab, LabError, sh, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PEER_ADDR_SERVER = """
-import socket, sys
-srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
-print("listening", flush=True)
-conn, addr = srv.accept()
-conn.sendall(addr[0].encode())
-conn.close()
-"""
-PEER_ADDR_CLIENT = """
-import socket, sys
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
-    print(s.recv(64).decode())
-"""
-
-
-def seen_source(lab: Lab, client_ns: str, server_ns: str, server_ip: str, port: int = 9000) -> str:
-    """The source address a TCP server in ``server_ns`` sees for a client in ``client_ns``."""
-    srv = lab.popen(server_ns, [sys.executable, "-c", PEER_ADDR_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "listening"
-        return sh([sys.executable, "-c", PEER_ADDR_CLIENT, server_ip, str(port)], ns=client_ns).stdout.strip()
-    finally:
-        stop_process(srv)
 
 
 def http_status(lab: Lab, host, path: str) -> int | None:

@@ -463,12 +463,16 @@ class Lab(EtcdLabMixin):
 
     def add_outside(self, index: int = 200) -> tuple[str, str]:
         """A namespace on the underlay bridge that is no flannel node (the Internet, for
-        --ip-masq tests): it has no route to the overlay. Returns (namespace, address)."""
+        --ip-masq tests): it has no route to the overlay. Returns (namespace, address); in a
+        dual-stack lab it has the IPv6 underlay address UNDERLAY6 + ``index`` too."""
         ns, ip = f"{self.prefix}-out", str(UNDERLAY.network_address + index)
         self._add_ns(ns)
         sh(["ip", "-n", self.underlay_ns, "link", "add", "out", "type", "veth", "peer", "name", "eth0", "netns", ns])
         sh(["ip", "-n", self.underlay_ns, "link", "set", "out", "master", "br0", "up"])
         sh(["ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", "eth0"])
+        if self.ipv6:  # and an IPv6 address on the underlay (for IPv6 masquerade tests)
+            sh(["ip", "-n", ns, "addr", "add", f"{UNDERLAY6.network_address + index}/{UNDERLAY6.prefixlen}", "dev",
+                "eth0", "nodad"])
         sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
         return ns, ip
 
