@@ -95,8 +95,10 @@ cdef extern from "vxengine.h" nogil:
         uint64_t ts_ns
         uint32_t saddr, daddr
         uint16_t sport, dport
-        uint8_t iface, dir, reason
+        uint8_t iface, dir, reason, v6
         uint32_t orig_len, cap_len
+        uint8_t saddr6[16]
+        uint8_t daddr6[16]
     ctypedef struct vx_cap_ring:
         uint64_t lost
     ctypedef struct vx_io:
@@ -455,8 +457,8 @@ cdef class Engine(Codec):
 
     def capture_drain(self, int limit=100000):
         """Records from both rings: (ts_ns, iface, direction, reason, saddr, sport, daddr, dport,
-        orig_len, data) with addresses as dotted quads; iface 0 underlay, 1 overlay;
-        direction 1 in, 2 out."""
+        orig_len, data) with addresses as text (dotted quads; IPv6 for the IPv6 underlay's
+        records); iface 0 underlay, 1 overlay; direction 1 in, 2 out."""
         cdef list out = []
         cdef uint64_t n, i
         cdef const vx_cap_hdr *h
@@ -469,9 +471,13 @@ cdef class Engine(Codec):
                 n = limit
             for i in range(n):
                 h = vx_cap_peek(&self.rings[r], i)
-                out.append((h.ts_ns, h.iface, h.dir, h.reason,
-                            socket.inet_ntoa((<char*>&h.saddr)[:4]), h.sport,
-                            socket.inet_ntoa((<char*>&h.daddr)[:4]), h.dport, h.orig_len,
+                if h.v6:
+                    saddr = socket.inet_ntop(socket.AF_INET6, (<char*>h.saddr6)[:16])
+                    daddr = socket.inet_ntop(socket.AF_INET6, (<char*>h.daddr6)[:16])
+                else:
+                    saddr = socket.inet_ntoa((<char*>&h.saddr)[:4])
+                    daddr = socket.inet_ntoa((<char*>&h.daddr)[:4])
+                out.append((h.ts_ns, h.iface, h.dir, h.reason, saddr, h.sport, daddr, h.dport, h.orig_len,
                             PyBytes_FromStringAndSize(<const char*>h + sizeof(vx_cap_hdr), h.cap_len)))
             vx_cap_release(&self.rings[r], n)
         out.sort(key=lambda rec: rec[0])

@@ -193,10 +193,14 @@ static void rx_check_message(rx_loop *l, rx_ctx *rc, int i, int *nout) {
                    : vx_check(c, base + off, dlen, sender, &inner);
         uint8_t *ip = (uint8_t *)base + off + VX_HEADROOM;
         if (!v) v = vx_ecn_verdict(ip, inner, tos);
-        if (rc->cap && !v6) {  /* capture records carry IPv4 outer addresses */
+        if (rc->cap) {
             struct iovec one = {(void *)(base + off), (size_t)dlen};
-            vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(from->in.sin_port), io->local_ip,
-                       io->local_port, &one, 1, (uint32_t)dlen);
+            if (v6)
+                vx_cap_put6(rc->cap, VX_CAP_IN, v, from->in6.sin6_addr.s6_addr, ntohs(from->in6.sin6_port),
+                            io->local_ip6, io->local_port, &one, 1, (uint32_t)dlen);
+            else
+                vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, sender, ntohs(from->in.sin_port), io->local_ip,
+                           io->local_port, &one, 1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
         vx_ecn_mark(ip, inner, tos);
@@ -234,10 +238,14 @@ static int rx_frame_verdict(rx_ctx *rc, uint8_t *frame, const struct vx_vnet_hdr
     int v = f.v6 ? vx_check6(c, frame + f.vx_off, f.vx_len, f.saddr6, seg_len, &inner)
                  : vx_check_super(c, frame + f.vx_off, f.vx_len, f.saddr, seg_len, &inner);
     if (!v) v = vx_ecn_verdict(frame + f.vx_off + VX_HEADROOM, inner, f.tos);
-    if (rc->cap && !f.v6) {  /* capture records carry IPv4 outer addresses */
+    if (rc->cap) {
         struct iovec one = {frame + f.vx_off, (size_t)f.vx_len};
-        vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f.saddr, f.sport, io->local_ip, io->local_port, &one, 1,
-                   (uint32_t)f.vx_len);
+        if (f.v6)
+            vx_cap_put6(rc->cap, VX_CAP_IN, v, f.saddr6, f.sport, io->local_ip6, io->local_port, &one, 1,
+                        (uint32_t)f.vx_len);
+        else
+            vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f.saddr, f.sport, io->local_ip, io->local_port, &one,
+                       1, (uint32_t)f.vx_len);
     }
     if (v) return v;
     int inner_off = f.vx_off + VX_HEADROOM;  /* from the Ethernet header, as csum_start counts */
@@ -273,10 +281,14 @@ static void rx_check_train(rx_loop *l, rx_ctx *rc, uint8_t *frame, const vx_fram
         c->udp_received++;
         int v = f->v6 ? vx_check6(c, d, dlen, f->saddr6, 0, &inner) : vx_check(c, d, dlen, f->saddr, &inner);
         if (!v) v = vx_ecn_verdict(d + VX_HEADROOM, inner, f->tos);
-        if (rc->cap && !f->v6) {
+        if (rc->cap) {
             struct iovec one = {d, (size_t)dlen};
-            vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f->saddr, f->sport, io->local_ip, io->local_port, &one,
-                       1, (uint32_t)dlen);
+            if (f->v6)
+                vx_cap_put6(rc->cap, VX_CAP_IN, v, f->saddr6, f->sport, io->local_ip6, io->local_port, &one, 1,
+                            (uint32_t)dlen);
+            else
+                vx_cap_put(rc->cap, VX_CAP_UNDERLAY, VX_CAP_IN, v, f->saddr, f->sport, io->local_ip, io->local_port,
+                           &one, 1, (uint32_t)dlen);
         }
         if (v) { c->drops[v]++; continue; }
         vx_ecn_mark(d + VX_HEADROOM, inner, f->tos);

@@ -299,11 +299,15 @@ static int tx_plain(tx_loop *t, tx_read *rd) {
     if (t->q->n == TXQ) tx_flush(io, t->q), t->hdr_used = 0;
     int sock = v6 ? SOCK6 : flow_socket(io, pkt, len);
     tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len, sock, vx_ecn_outer(pkt));
-    if (t->cap && !v6) {  /* capture records carry IPv4 outer addresses: the IPv6 underlay is not recorded */
+    if (t->cap) {
         struct iovec one = {buf, (size_t)(VX_HEADROOM + len)};
-        vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip,
-                   io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port, dst.in.sin_addr.s_addr,
-                   ntohs(dst.in.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
+        if (v6)
+            vx_cap_put6(t->cap, VX_CAP_OUT, 0, io->local_ip6, io->local_port, dst.in6.sin6_addr.s6_addr,
+                        ntohs(dst.in6.sin6_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
+        else
+            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip,
+                       io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port, dst.in.sin_addr.s_addr,
+                       ntohs(dst.in.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
     }
     return 1;
 }
@@ -329,11 +333,15 @@ static void tx_queue_segments(tx_loop *t, tx_read *rd, const vx_dest *dst, int n
             tx_queue_add(t->q, h, VX_HEADROOM + seg, NULL, 0, dst, seg, sock, ecn);
         else
             tx_queue_add(t->q, h, VX_HEADROOM + hdr, body, chunk, dst, seg, sock, ecn);
-        if (t->cap && !v6) {
+        if (t->cap) {
             struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)}, {(void *)body, (size_t)chunk}};
             if (inplace) two[1].iov_base = h + VX_HEADROOM + hdr;
-            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, sport, dst->in.sin_addr.s_addr,
-                       ntohs(dst->in.sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg));
+            if (v6)
+                vx_cap_put6(t->cap, VX_CAP_OUT, 0, io->local_ip6, sport, dst->in6.sin6_addr.s6_addr,
+                            ntohs(dst->in6.sin6_port), two, 2, (uint32_t)(VX_HEADROOM + seg));
+            else
+                vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, sport, dst->in.sin_addr.s_addr,
+                           ntohs(dst->in.sin_port), two, 2, (uint32_t)(VX_HEADROOM + seg));
         }
     }
     if (!inplace) t->hdr_used += (size_t)nseg * stride;

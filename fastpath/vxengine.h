@@ -215,8 +215,10 @@ typedef struct {
     uint64_t ts_ns;             /* CLOCK_REALTIME */
     uint32_t saddr, daddr;      /* underlay records: outer IPv4 addresses, network order */
     uint16_t sport, dport;      /* underlay records: outer UDP ports, host order */
-    uint8_t iface, dir, reason, pad;
+    uint8_t iface, dir, reason;
+    uint8_t v6;                 /* underlay records of the IPv6 underlay: the addresses are these */
     uint32_t orig_len, cap_len;
+    uint8_t saddr6[16], daddr6[16];
 } vx_cap_hdr;
 typedef struct {
     uint8_t *slots;
@@ -229,6 +231,9 @@ int vx_cap_init(vx_cap_ring *r, uint32_t snaplen);
 void vx_cap_free(vx_cap_ring *r);
 void vx_cap_put(vx_cap_ring *r, int iface, int dir, int reason, uint32_t saddr, uint16_t sport, uint32_t daddr,
                 uint16_t dport, const struct iovec *iov, int iovcnt, uint32_t orig_len);
+/* the same for a datagram of the IPv6 underlay (a dual-stack node's) */
+void vx_cap_put6(vx_cap_ring *r, int dir, int reason, const uint8_t saddr6[16], uint16_t sport,
+                 const uint8_t daddr6[16], uint16_t dport, const struct iovec *iov, int iovcnt, uint32_t orig_len);
 /* the consumer's view: records from tail to head; release them with vx_cap_release */
 uint64_t vx_cap_available(vx_cap_ring *r);
 const vx_cap_hdr *vx_cap_peek(vx_cap_ring *r, uint64_t i);

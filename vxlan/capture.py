@@ -63,7 +63,13 @@ def pcapng_header(snaplen: int) -> bytes:
 
 
 def outer_headers(saddr: str, sport: int, daddr: str, dport: int, payload_len: int) -> bytes:
-    """IPv4 + UDP in front of a captured VXLAN payload (UDP checksum 0: not recomputed)."""
+    """IPv4 (or, for the IPv6 underlay's records, IPv6: hop limit 64, traffic class and flow
+    label 0, as a kernel vxlan device sends) + UDP in front of a captured VXLAN payload (UDP
+    checksum 0: not recomputed, the capture may be cut by the snap length)."""
+    if ":" in saddr:
+        ip6 = struct.pack("!IHBB16s16s", 0x60000000, (8 + payload_len) & 0xFFFF, 17, 64,
+                          ipaddress.IPv6Address(saddr).packed, ipaddress.IPv6Address(daddr).packed)
+        return ip6 + struct.pack("!HHHH", sport, dport, (8 + payload_len) & 0xFFFF, 0)
     total = 28 + payload_len
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total & 0xFFFF, 0, 0x4000, 64, 17, 0,
                      ipaddress.IPv4Address(saddr).packed, ipaddress.IPv4Address(daddr).packed)
@@ -88,10 +94,11 @@ def packet_block(record: Record) -> bytes:
 class Filter:
     """``peer=IP``, ``net=CIDR``, ``host=IP``, ``proto=tcp|udp|icmp|N``, separated by commas or
     spaces; every term must match. ``peer`` looks at underlay records' outer addresses (overlay
-    records pass it); the others at the inner packet."""
+    records pass it); the others at the inner packet. Addresses of either family (IPv6 ones
+    match the IPv6 underlay and inner IPv6 packets; ``icmp`` is ICMPv6 for those)."""
 
-    peer: ipaddress.IPv4Address | None = None
-    net: ipaddress.IPv4Network | None = None
+    peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     proto: int | None = None
 
     @classmethod
@@ -105,9 +112,11 @@ class Filter:
                 if not sep:
                     raise ValueError("terms look like key=value")
                 if key == "peer":
-                    fields["peer"] = ipaddress.IPv4Address(value)
-                elif key in ("net", "host"):
-                    fields["net"] = ipaddress.IPv4Network(value if key == "net" else f"{value}/32", strict=False)
+                    fields["peer"] = ipaddress.ip_address(value)
+                elif key == "net":
+                    fields["net"] = ipaddress.ip_network(value, strict=False)
+                elif key == "host":
+                    fields["net"] = ipaddress.ip_network(ipaddress.ip_address(value))  # its /32 or /128
                 elif key == "proto":
                     named = {"icmp": 1, "tcp": 6, "udp": 17}
                     fields["proto"] = named[value] if value in named else int(value)
@@ -124,15 +133,26 @@ class Filter:
             return False
         if self.net is None and self.proto is None:
             return True
-        if len(inner) < 20 or inner[0] >> 4 != 4:
+        addresses = inner_addresses(inner)
+        if addresses is None:
             return False
-        if self.proto is not None and inner[9] != self.proto:
+        proto, src, dst = addresses
+        if self.proto is not None and proto != (58 if self.proto == 1 and src.version == 6 else self.proto):
             return False
-        if self.net is not None:
-            src, dst = ipaddress.IPv4Address(inner[12:16]), ipaddress.IPv4Address(inner[16:20])
-            if src not in self.net and dst not in self.net:
-                return False
+        if self.net is not None and src not in self.net and dst not in self.net:
+            return False
         return True
+
+
+def inner_addresses(inner: bytes) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address,
+                                          ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+    """(protocol or next header, source, destination) of an inner IPv4 or IPv6 packet; None
+    for anything else (too short, another version)."""
+    if len(inner) >= 20 and inner[0] >> 4 == 4:
+        return inner[9], ipaddress.IPv4Address(inner[12:16]), ipaddress.IPv4Address(inner[16:20])
+    if len(inner) >= 40 and inner[0] >> 4 == 6:
+        return inner[6], ipaddress.IPv6Address(inner[8:24]), ipaddress.IPv6Address(inner[24:40])
+    return None
 
 
 def open_for_root(path: Path) -> int:
@@ -252,18 +272,16 @@ def describe(record: Record) -> str:
     if iface == UNDERLAY:
         peer = f" peer {saddr if direction == INBOUND else daddr}"
     what = "non-IP"
-    if len(inner) >= 20 and inner[0] >> 4 == 4:
-        proto = inner[9]
-        src, dst = ipaddress.IPv4Address(inner[12:16]), ipaddress.IPv4Address(inner[16:20])
-        hl = (inner[0] & 0x0F) * 4
-        name = {1: "icmp", 6: "tcp", 17: "udp"}.get(proto, f"proto {proto}")
+    addresses = inner_addresses(inner)
+    if addresses is not None:
+        proto, src, dst = addresses
+        hl = 40 if src.version == 6 else (inner[0] & 0x0F) * 4
+        name = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}.get(proto, f"proto {proto}")
         if proto in (6, 17) and len(inner) >= hl + 4:
             sp, dp = struct.unpack("!HH", inner[hl:hl + 4])
-            what = f"{name} {src}:{sp} > {dst}:{dp}"
+            what = f"{name} {src}:{sp} > {dst}:{dp}" if src.version == 4 else f"{name} [{src}]:{sp} > [{dst}]:{dp}"
         else:
             what = f"{name} {src} > {dst}"
-    elif len(inner) >= 40 and inner[0] >> 4 == 6:
-        what = "ipv6"
     drop = f" DROP {DropReason(reason).label}" if reason else ""
     return f"trace {arrow} {where}{peer} {what} len {orig_len}{drop}"
 

@@ -148,3 +148,27 @@ def test_ipv6_masquerade_and_forward_rules(nftables):
             sh(["ip6tables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "-s", str(lab.network6), "!", "-d", "ff00::/8",
                 "-m", "comment", "--comment", "flanneld masq", "-j", "MASQUERADE", "--random-fully"], ns=h1.ns)
             assert wait_for(lambda: "ff00::/8" in sh(["ip6tables-save"], ns=h1.ns).stdout, timeout=5)
+
+
+def test_capture_records_the_ipv6_underlay(kernel_vxlan):
+    """--capture on a dual-stack node: the IPv6 underlay's datagrams, both ways, with their
+    IPv6 outer headers rebuilt (and the inner ICMPv6 echo in them), beside the IPv4 ones."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+    from scapy.layers.vxlan import VXLAN
+    from scapy.utils import PcapNgReader
+
+    with Lab(["vxland", "kernel"], registry="etcd", ipv6=True, defer=(1,)) as lab:
+        h1, h2 = lab.hosts
+        path = lab.workdir / "h1.pcapng"
+        h1.extra_args = ["--capture", str(path), "--capture-filter", "peer=" + h2.public_ipv6]
+        lab.start_node(h1)
+        assert lab.ping(h1, h2, count=3, interval=0.05, ipv6=True).returncode == 0
+        lab.stop_vxland(h1)
+        with PcapNgReader(str(path)) as reader:
+            frames = [p for p in reader if p.sniffed_on == "underlay"]
+        outer = [IPv6(bytes(p)) for p in frames]
+        assert {(o.src, o.dst) for o in outer} == {(h1.public_ipv6, h2.public_ipv6), (h2.public_ipv6, h1.public_ipv6)}
+        assert all(o[UDP].dport == 8472 or o[UDP].sport == 8472 for o in outer)
+        assert sum(o[VXLAN].haslayer(ICMPv6EchoRequest) for o in outer) == 3
+        assert sum(o[VXLAN].haslayer(ICMPv6EchoReply) for o in outer) == 3

@@ -223,3 +223,46 @@ def test_hub_sleeps_while_no_sink_is_attached():
     finally:
         hub.close()
     assert not hub._thread.is_alive()
+
+
+def records6():
+    """An IPv6 underlay record (a dual-stack node's) and its inner ICMPv6 and TCP packets."""
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    ping = bytes(IPv6(src="fd07:0:0:2::2", dst="fd07:0:0:1::2") / ICMPv6EchoRequest())
+    tcp = bytes(IPv6(src="fd07:0:0:2::2", dst="fd07:0:0:1::2") / TCP(sport=40000, dport=443))
+    vx = bytes(VXLAN(vni=1) / Ether(dst=OWN, src=PEER, type=0x86DD) / ping)
+    t = 1_764_000_000_000_000_000
+    return [(t, UNDERLAY, INBOUND, 0, "fd00:c612::2", 40000, "fd00:c612::1", 8472, len(vx), vx),
+            (t + 1, OVERLAY, INBOUND, 0, "0.0.0.0", 0, "0.0.0.0", 0, len(ping), ping),
+            (t + 2, OVERLAY, INBOUND, 0, "0.0.0.0", 0, "0.0.0.0", 0, len(tcp), tcp)]
+
+
+def test_ipv6_underlay_records_get_an_ipv6_outer_header(tmp_path):
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    path = tmp_path / "c6.pcapng"
+    sink = FileSink(path, 2048, Filter())
+    sink.feed(records6())
+    sink.close()
+    first = IPv6(bytes(read(path)[0]))
+    assert (first.src, first.dst, first.hlim, first.fl, first[UDP].dport) == ("fd00:c612::2", "fd00:c612::1", 64, 0,
+                                                                               8472)
+    assert first[VXLAN][Ether].type == 0x86DD and first[VXLAN][ICMPv6EchoRequest] is not None
+
+
+def test_filters_and_trace_lines_for_ipv6():
+    from vxlan.capture import describe
+
+    recs = records6()
+    assert [Filter.parse("peer=fd00:c612::2").match(r) for r in recs] == [True, True, True]
+    assert [Filter.parse("peer=fd00:c612::9").match(r) for r in recs] == [False, True, True]
+    assert [Filter.parse("net=fd07:0:0:1::/64").match(r) for r in recs] == [True, True, True]
+    assert [Filter.parse("host=fd07:0:0:1::3").match(r) for r in recs] == [False, False, False]
+    assert [Filter.parse("proto=icmp").match(r) for r in recs] == [True, True, False]  # ICMPv6 for IPv6
+    assert [Filter.parse("proto=tcp net=fd07::/48").match(r) for r in recs] == [False, False, True]
+    assert [Filter.parse("net=10.5.0.0/16").match(r) for r in recs] == [False, False, False]
+    assert describe(recs[0]) == "trace in  underlay peer fd00:c612::2 icmp6 fd07:0:0:2::2 > fd07:0:0:1::2 len 70"
+    assert describe(recs[2]) == "trace in  overlay  tcp [fd07:0:0:2::2]:40000 > [fd07:0:0:1::2]:443 len 60"
+    with pytest.raises(ValueError, match="capture filter term"):
+        Filter.parse("host=fd07::/48")
