@@ -172,3 +172,23 @@ def test_capture_records_the_ipv6_underlay(kernel_vxlan):
         assert all(o[UDP].dport == 8472 or o[UDP].sport == 8472 for o in outer)
         assert sum(o[VXLAN].haslayer(ICMPv6EchoRequest) for o in outer) == 3
         assert sum(o[VXLAN].haslayer(ICMPv6EchoReply) for o in outer) == 3
+
+
+def test_bad_dual_stack_leases_are_skipped_and_counted():
+    """A running dual-stack vxland meets leases it cannot use: each is skipped and counted, the
+    daemon and its peers carry on; a good one written next is a peer at once, both halves."""
+    with Lab(["vxland", "vxland"], registry="etcd", ipv6=True) as lab:
+        h1, h2 = lab.hosts
+        good = json.loads(lab.etcdctl("get", "--print-value-only", f"/coreos.com/network/subnets/"
+                                      f"{h2.subnet.network_address}-24&{h2.subnet6.network_address}-64").stdout)
+        bad = {
+            "172.7.201.0-24&fd07:0:0:c9::-64": {**good, "PublicIPv6": "fd00::zz"},
+            "172.7.202.0-24&fd07:0:0:ca::-64": {**good, "BackendV6Data": {"VNI": 1, "VtepMAC": "33:33:00:00:00:01"}},
+            "172.7.203.0-24&fd07:0:0:cb::1-64": good,  # host bits in the IPv6 half: no subnet key
+        }
+        for key, value in bad.items():
+            lab.etcdctl("put", f"/coreos.com/network/subnets/{key}", json.dumps(value))
+        assert wait_for(lambda: lab.metrics(h1)["vxland_registry_skipped_total"] == 3, timeout=5), lab.log(h1)[-2000:]
+        assert h1.proc.poll() is None
+        assert lab.ping(h1, h2, count=1, ipv6=True).returncode == 0
+        assert "PublicIPv6" in lab.log(h1) and "is not an IPv6 address" in lab.log(h1)

@@ -259,6 +259,11 @@ class Lab(EtcdLabMixin):
     def _add_ns(self, name: str) -> None:
         sh(["ip", "netns", "add", name])
         self.namespaces.append(name)
+        if self.ipv6:
+            # no duplicate address detection in the lab's namespaces (no one else is on their
+            # links): every IPv6 address, link-local ones too, is usable at once, so the first
+            # packet after start-up does not meet a tentative address
+            sh(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"], ns=name)
         sh(["ip", "-n", name, "link", "set", "lo", "up"])
 
     def _build_host(self, host: Host) -> None:
