@@ -462,6 +462,8 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--registry-file", type=Path, default=_env("registry-file"),
                         help="check this static registry instead of etcd")
     doctor.add_argument("--iface", action="append", default=_env_list("iface"))
+    doctor.add_argument("--public-ipv6", type=_ipv6_vtep, default=_env("public-ipv6"),
+                        help="with EnableIPv6: the IPv6 underlay address vxland is given (else the interface's)")
     doctor.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "0") or "0",
                         help="a running vxland's health port: its UDP port then counts as in use by it")
     _add_plan_parser(sub.add_parser("plan", help="print this host's commands that do flanneld's job by hand "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vxlan import iptables, netconf, wire
-from vxlan.config import ConfigError, check_supported
+from vxlan.config import ConfigError, NetworkConfig, check_supported
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -31,6 +31,7 @@ class Check:
     status: str  # "ok", "warn" or "FAIL"
     detail: str
     fix: str = ""
+    config: NetworkConfig | None = None  # the "config" check's: what the later checks look at
 
 
 def check_tun(path: str = "/dev/net/tun") -> Check:
@@ -129,7 +130,9 @@ def _check_config_value(api: str, key: str, value: bytes) -> Check:
         detail += f", VNI {config.backend.vni}"
     if config.backend.type in ("vxlan", "udp"):
         detail += f", port {config.backend.port}"
-    return Check("config", "ok", detail)
+    if config.ipv6 is not None:
+        detail += f", EnableIPv6 {config.ipv6.network}"
+    return Check("config", "ok", detail, config=config)
 
 
 def check_mtu(ifaces: tuple[str, ...]) -> tuple[Check, netconf.Iface | None]:
@@ -212,6 +215,28 @@ def _running_vxland(healthz_port: int) -> bool:
         return False
 
 
+def check_ipv6(iface: netconf.Iface | None, public_ipv6: str | None) -> list[Check]:
+    """EnableIPv6: an IPv6 underlay address (what vxland takes: --public-ipv6, else the
+    interface's first global one) and IPv6 forwarding for the pods' IPv6 traffic."""
+    checks = []
+    if public_ipv6:
+        checks.append(Check("underlay6", "ok", f"--public-ipv6 {public_ipv6}"))
+    elif iface is not None:
+        address = netconf.iface_ipv6(iface.index)
+        if address is None:  # vxland's start-up error, flanneld's words
+            checks.append(Check("underlay6", "FAIL", f"failed to find IPv6 address for interface {iface.name}",
+                                f"give {iface.name} a global IPv6 address, or pass --public-ipv6"))
+        else:
+            checks.append(Check("underlay6", "ok", f"{iface.name} {address}"))
+    if netconf.ip_forward_enabled(ipv6=True):
+        checks.append(Check("ip6_forward", "ok", "net.ipv6.conf.all.forwarding = 1"))
+    else:
+        checks.append(Check("ip6_forward", "FAIL", "net.ipv6.conf.all.forwarding = 0: this host will not forward "
+                                                   "pod IPv6 traffic",
+                            "sysctl -w net.ipv6.conf.all.forwarding=1 (and persist it); flanneld does not set it"))
+    return checks
+
+
 def check_ip_forward() -> Check:
     if netconf.ip_forward_enabled():
         return Check("ip_forward", "ok", "net.ipv4.ip_forward = 1")
@@ -262,26 +287,26 @@ def run_all(args, settings=None) -> list[Check]:
             snap = load_registry(args.registry_file)
             check_supported(snap.config)
             rules = "nftables (EnableNFTables)" if snap.config.enable_nftables else "iptables"
+            ipv6 = f", EnableIPv6 {snap.config.ipv6.network}" if snap.config.ipv6 is not None else ""
             checks.append(Check("config", "ok", f"{args.registry_file}: Network {snap.config.network}, "
-                                                f"host rules with {rules}"))
-            port = snap.config.backend.port or port
+                                                f"host rules with {rules}{ipv6}", config=snap.config))
         except ConfigError as exc:
             checks.append(Check("config", "FAIL", str(exc), "fix the file or the field named"))
     else:
-        etcd_checks = check_etcd(settings)
-        checks += etcd_checks
-        for word in (c.detail for c in etcd_checks if c.name == "config" and c.status == "ok"):
-            if ", port " in word:
-                port = int(word.rsplit(", port ", 1)[1])
+        checks += check_etcd(settings)
+    config = next((c.config for c in checks if c.config is not None), None)
+    if config is not None and config.backend.port:
+        port = config.backend.port
     # A vxland already running here: its port is no conflict, and its --iface is the underlay.
     holder = port_holder(port)
     ifaces = tuple(args.iface)
     if not ifaces and holder is not None and is_vxland(holder[1]):
         ifaces = tuple(flag_values(holder[1], "iface"))
-    mtu_check, _ = check_mtu(ifaces)
+    mtu_check, iface = check_mtu(ifaces)
     checks += [mtu_check, check_port(port, args.healthz_port, holder), check_ip_forward()]
-    nft = any(c.name == "config" and "host rules with nftables" in c.detail for c in checks)
-    checks.append(check_nftables() if nft else check_iptables())
+    if config is not None and config.ipv6 is not None:
+        checks += check_ipv6(iface, args.public_ipv6)
+    checks.append(check_nftables() if config is not None and config.enable_nftables else check_iptables())
     return checks
 
 

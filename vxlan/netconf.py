@@ -208,9 +208,11 @@ def delete_blackhole(subnet: ipaddress.IPv4Network) -> None:
 BLACKHOLE_METRIC = 4096
 
 
-def ip_forward_enabled() -> bool:
+def ip_forward_enabled(ipv6: bool = False) -> bool:
+    """net.ipv4.ip_forward (or net.ipv6.conf.all.forwarding) is on."""
+    path = "/proc/sys/net/ipv6/conf/all/forwarding" if ipv6 else "/proc/sys/net/ipv4/ip_forward"
     try:
-        return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+        return Path(path).read_text().strip() == "1"
     except OSError:
         return False
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -98,10 +99,21 @@ def test_mixed_dual_stack_cluster(kernel_vxlan, mode):
 
 def test_vxland_checks_the_ipv6_underlay_address():
     """EnableIPv6 needs an IPv6 underlay address: none on the interface and no --public-ipv6 is
-    flannel's error, named, exit 1; a host-gw dual-stack config is refused by name."""
+    flannel's error, named, exit 1 (and vxlanctl doctor says so beforehand, with IPv6
+    forwarding); a host-gw dual-stack config is refused by name."""
     with Lab(["vxland"], registry="etcd", ipv6=True, defer=(1,)) as lab:
         host = lab.hosts[0]
+        doctor = [sys.executable, "-m", "vxlan.ctl", "doctor", "--etcd-endpoints", lab.etcd_endpoints,
+                  "--iface", "eth0"]
+        ok = sh(doctor, ns=host.ns, check=False).stdout
+        assert f"ok   underlay6    eth0 {host.public_ipv6}" in ok and "ok   ip6_forward" in ok, ok
+        assert "EnableIPv6 fd07::/48" in ok
+        sh(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"], ns=host.ns)
         sh(["ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global"], ns=host.ns)
+        bad = sh(doctor, ns=host.ns, check=False)
+        assert bad.returncode == 1, bad.stdout
+        assert "FAIL underlay6    failed to find IPv6 address for interface eth0" in bad.stdout, bad.stdout
+        assert "pass --public-ipv6" in bad.stdout and "FAIL ip6_forward" in bad.stdout
         with pytest.raises(LabError, match="did not start"):
             lab.start_node(host, wait_s=10)
         assert "failed to find IPv6 address for interface eth0" in lab.log(host)
