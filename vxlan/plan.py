@@ -10,6 +10,8 @@ command copies what flanneld programs through netlink:
 - per remote vxlan lease, in ``vxlan_network.go:handleSubnetEvents`` order: permanent
   neighbour ``S.0 -> VtepMAC``, fdb ``VtepMAC -> PublicIP``, then the route ``S via S.0 onlink``;
   with ``DirectRouting`` and the peer on a connected subnet, ``S via PublicIP`` instead;
+- with EnableIPv6, ``flannel-v6.<VNI>`` over the IPv6 underlay and each dual-stack peer's
+  IPv6 half the same way (v0.28.9 vxlan.go, vxlan_network.go), and the ip6tables rules;
 - host-gw (``pkg/backend/route_network.go``): ``S via PublicIP dev IFACE`` per peer;
 - the iptables rules of ``vxlan.iptables`` (flanneld >= 0.22) and subnet.env
   (``pkg/subnet/subnet.go:WriteSubnetFile``).
@@ -167,18 +169,19 @@ def direct_route_removed(lease: Lease) -> Step:
     return Step(f"peer {lease.subnet} gone: route", ["ip", "route", "del", str(lease.subnet), "via", lease.public_ip])
 
 
-def iptables_steps(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, ip_masq: bool,
-                   forward_rules: bool, random_fully: bool = True) -> list[Step]:
+def iptables_steps(network, subnet, ip_masq: bool, forward_rules: bool, random_fully: bool = True) -> list[Step]:
+    """The masquerade and forward rules with iptables, or with ip6tables for an IPv6Network."""
+    binary = "ip6tables" if network.version == 6 else "iptables"
     rules = (iptables.masq_rules(network, subnet, random_fully) if ip_masq else []) + \
         (iptables.forward_rules(network) if forward_rules else [])
     steps = []
     for table, chain in sorted({(r.table, r.chain) for r in rules if r.chain in (iptables.POSTRTG, iptables.FWD)}):
-        steps.append(Step(f"chain {chain}", ["iptables", "-t", table, "-N", chain],
-                          done_if=["iptables", "-t", table, "-S", chain]))
+        steps.append(Step(f"chain {chain} ({binary})", [binary, "-t", table, "-N", chain],
+                          done_if=[binary, "-t", table, "-S", chain]))
     for rule in rules:
-        steps.append(Step(f"{'masquerade' if rule.table == 'nat' else 'forward'} rule",
-                          ["iptables", "-t", rule.table, "-A", rule.chain, *rule.spec],
-                          done_if=["iptables", "-t", rule.table, "-C", rule.chain, *rule.spec]))
+        steps.append(Step(f"{'masquerade' if rule.table == 'nat' else 'forward'} rule ({binary})",
+                          [binary, "-t", rule.table, "-A", rule.chain, *rule.spec],
+                          done_if=[binary, "-t", rule.table, "-C", rule.chain, *rule.spec]))
     return steps
 
 
@@ -205,6 +208,7 @@ def build(config: NetworkConfig, own: Lease, peers: list[Lease], iface: str, ifa
                 plan.steps.append(direct_route(lease))
             else:
                 plan.steps += vxlan_peer(dev, lease)
+        plan.steps += _ipv6_steps(config, own, remote, iface, mtu)
     elif backend.type == "host-gw":
         for lease in remote:
             if lease.backend_type != "host-gw":
@@ -216,7 +220,24 @@ def build(config: NetworkConfig, own: Lease, peers: list[Lease], iface: str, ifa
         plan.notes.append("the udp backend moves every packet through a process (flanneld or vxland): no command "
                           "does that by hand; run vxland. Only the rules and subnet.env below apply")
     plan.steps += iptables_steps(config.network, own.subnet, ip_masq, forward_rules)
+    ipv6 = (config.ipv6.network, own.v6.subnet) if config.ipv6 is not None and own.v6 is not None else None
+    if ipv6 is not None:
+        plan.steps += iptables_steps(*ipv6, ip_masq, forward_rules)
     plan.steps.append(Step(f"subnet.env for CNI ({subnet_file})", ["sh", "-c", 'mkdir -p "$(dirname "$1")" && '
                                                                    'cat > "$1"', "-", str(subnet_file)],
-                           stdin=subnetenv.render(config.network, own.subnet, mtu, ip_masq)))
+                           stdin=subnetenv.render(config.network, own.subnet, mtu, ip_masq, ipv6)))
     return plan
+
+
+def _ipv6_steps(config: NetworkConfig, own: Lease, remote: list[Lease], iface: str, mtu: int) -> list[Step]:
+    """EnableIPv6: flannel-v6.<VNI> and each dual-stack peer's IPv6 half (vxlan.go,
+    vxlan_network.go); nothing without EnableIPv6 or without our lease's IPv6 VtepMAC."""
+    v6 = own.v6
+    if config.ipv6 is None or v6 is None or v6.vtep_mac is None or v6.public_ip is None:
+        return []
+    backend = config.backend
+    steps = vxlan_device_v6(backend.vni, backend.port, v6.vtep_mac, v6.public_ip, iface, mtu, v6.subnet)
+    for lease in remote:
+        if lease.backend_type == "vxlan":
+            steps += vxlan_peer_v6(device_name_v6(backend.vni), lease)
+    return steps

@@ -74,3 +74,28 @@ def test_plan_without_a_lease_or_config_says_what_to_do():
         lab.put_config()
         proc = plan(lab, h)
         assert proc.returncode == 1 and f"no lease in etcd v2 has PublicIP {h.public_ip}" in proc.stderr, proc.stderr
+
+
+def test_dual_stack_plan_applied_by_hand_connects_every_pod_over_both_families(kernel_vxlan):
+    """EnableIPv6: the printed commands make flannel.1 and flannel-v6.1 as flanneld does, and
+    every pod reaches every other over IPv4 and IPv6 (full-size DF: 1450 and 1430 bytes)."""
+    with Lab(["plain", "plain"], registry="etcd", ipv6=True) as lab:
+        for i, h in enumerate(lab.hosts, start=1):  # reservations, dual-stack, as an operator writes them
+            h.subnet, h.vtep_mac = ipaddress.IPv4Network(f"172.7.{10 + i}.0/24"), wire.random_vtep_mac()
+            h.subnet6 = ipaddress.IPv6Network(f"fd07:0:0:{10 + i}::/64")
+            value = {**h.lease_json(1), "PublicIPv6": h.public_ipv6,
+                     "BackendV6Data": {"VNI": 1, "VtepMAC": wire.mac_to_str(wire.random_vtep_mac())}}
+            lab.put_lease(f"172.7.{10 + i}.0-24&fd07:0:0:{10 + i}::-64", json.dumps(value))
+            lab._address_pod(h)
+        for h in lab.hosts:
+            proc = plan(lab, h)
+            assert proc.returncode == 0, proc.stderr
+            assert "flannel-v6.1" in proc.stdout and "ip6tables -t filter -A FLANNEL-FWD" in proc.stdout
+            assert f"FLANNEL_IPV6_SUBNET={h.subnet6.network_address + 1}/64" in proc.stdout
+            sh(["sh", "-e"], ns=h.ns, input=proc.stdout)
+            sh(["sh", "-e"], ns=h.ns, input=proc.stdout)  # twice: nothing doubled, nothing fails
+        assert "mtu 1430" in sh(["ip", "link", "show", "flannel-v6.1"], ns=lab.hosts[0].ns).stdout
+        h1, h2 = lab.hosts
+        for src, dst in ((h1, h2), (h2, h1)):
+            assert lab.ping(src, dst, count=1, size=1422, dont_fragment=True).returncode == 0
+            assert lab.ping(src, dst, count=1, size=1382, dont_fragment=True, ipv6=True).returncode == 0

@@ -112,3 +112,30 @@ def test_etcd_api_flag_and_env(monkeypatch):
     assert etcd_settings(vxlanctl_parser().parse_args(["plan"])).api == "v3"
     with pytest.raises(SystemExit):
         vxlanctl_parser().parse_args(["plan", "--etcd-api", "v4"])
+
+
+def test_plan_dual_stack_adds_flannel_v6():
+    """EnableIPv6: flannel-v6.<VNI> over the IPv6 underlay, each dual-stack peer's IPv6 half
+    (neighbour, fdb, onlink route over IPv6), the ip6tables rules and subnet.env's IPv6 lines."""
+    from vxlan.lease import LeaseV6
+
+    config = parse_config({"Network": str(NET), "Backend": {"Type": "vxlan"}, "EnableIPv6": True,
+                           "IPv6Network": "fd07::/48"})
+
+    def dual(i: int) -> Lease:
+        return Lease(ipaddress.IPv4Network(f"172.7.{i}.0/24"), f"198.18.0.{i}", "vxlan", bytes([2, 0, 0, 0, 0, i]), 1,
+                     v6=LeaseV6(ipaddress.IPv6Network(f"fd07:0:0:{i}::/64"), f"fd00:c612::{i}",
+                                bytes([2, 0, 0, 0, 6, i]), 1))
+
+    own = dual(1)
+    p = plan.build(config, own, [own, dual(2)], "eth0", 1500, set(), Path("/run/flannel/subnet.env"), ip_masq=True)
+    cmds = [" ".join(s.cmd) for s in p.steps]
+    assert "ip link add flannel-v6.1 address 02:00:00:00:06:01 mtu 1450 type vxlan id 1 local fd00:c612::1 dev eth0 " \
+           "dstport 8472 nolearning" in cmds
+    assert "ip -6 addr replace fd07:0:0:1::/128 dev flannel-v6.1 nodad" in cmds
+    i = cmds.index("ip -6 neigh replace fd07:0:0:2:: lladdr 02:00:00:00:06:02 dev flannel-v6.1 nud permanent")
+    assert cmds[i + 1:i + 3] == [
+        "bridge fdb replace 02:00:00:00:06:02 dev flannel-v6.1 dst fd00:c612::2 self permanent",
+        "ip -6 route replace fd07:0:0:2::/64 via fd07:0:0:2:: dev flannel-v6.1 onlink"]
+    assert any(c.startswith("ip6tables -t nat -A FLANNEL-POSTRTG -s fd07::/48 ! -d ff00::/8") for c in cmds)
+    assert "FLANNEL_IPV6_NETWORK=fd07::/48\nFLANNEL_IPV6_SUBNET=fd07:0:0:1::1/64\n" in p.steps[-1].stdin
