@@ -130,17 +130,18 @@ def is_directly_connected(ip: str) -> bool:
     i.e. ``ip`` is on a subnet this host is attached to."""
     with IPRoute() as ipr:
         try:
-            routes = ipr.route("get", dst=ip)
+            routes = ipr.route("get", dst=ip, family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
         except NetlinkError:
             return False
         return len(routes) == 1 and routes[0].get_attr("RTA_GATEWAY") is None
 
 
-def replace_route(dst: ipaddress.IPv4Network, gateway: str, oif: int | None = None) -> None:
-    """``ip route replace DST via GW [dev OIF]``: a host-gw or direct-routing peer."""
+def replace_route(dst, gateway: str, oif: int | None = None) -> None:
+    """``ip route replace DST via GW [dev OIF]``: a host-gw or direct-routing peer (IPv4, or
+    with DirectRouting a dual-stack peer's IPv6 subnet via its PublicIPv6)."""
     with IPRoute() as ipr:
         try:
-            kwargs = {"dst": str(dst), "gateway": gateway}
+            kwargs = {"dst": str(dst), "gateway": gateway, "family": _family(dst)}
             if oif is not None:
                 kwargs["oif"] = oif
             ipr.route("replace", **kwargs)
@@ -148,22 +149,29 @@ def replace_route(dst: ipaddress.IPv4Network, gateway: str, oif: int | None = No
             raise NetconfError(f"route {dst} via {gateway}: {exc}") from None
 
 
-def delete_route(dst: ipaddress.IPv4Network, gateway: str) -> None:
+def _family(network) -> int:
+    return socket.AF_INET6 if network.version == 6 else socket.AF_INET
+
+
+def delete_route(dst, gateway: str) -> None:
     with IPRoute() as ipr:
         try:
-            ipr.route("del", dst=str(dst), gateway=gateway)
+            ipr.route("del", dst=str(dst), gateway=gateway, family=_family(dst))
         except NetlinkError:
             pass  # already gone
 
 
 def routes_via(gateways: set[str]) -> set[tuple[str, str]]:
-    """(dst CIDR, gateway) of the main table's routes through any of ``gateways``."""
+    """(dst CIDR, gateway) of the main table's routes (IPv4 and IPv6) through any of ``gateways``."""
     out = set()
     with IPRoute() as ipr:
-        for route in ipr.get_routes(family=2, table=254):
-            gw = route.get_attr("RTA_GATEWAY")
-            if gw in gateways:
-                out.add((f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}", gw))
+        for family, default in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            if not any((":" in gw) == (family == socket.AF_INET6) for gw in gateways):
+                continue
+            for route in ipr.get_routes(family=family, table=254):
+                gw = route.get_attr("RTA_GATEWAY")
+                if gw in gateways:
+                    out.add((f"{route.get_attr('RTA_DST') or default}/{route['dst_len']}", gw))
     return out
 
 

@@ -165,6 +165,13 @@ def direct_route(lease: Lease, iface: str | None = None) -> Step:
     return Step(f"peer {lease.subnet}: routed to {lease.public_ip}, no tunnel", cmd + (["dev", iface] if iface else []))
 
 
+def direct_route6(lease: Lease) -> Step:
+    """DirectRouting of a dual-stack peer's IPv6 half: its IPv6 subnet via its PublicIPv6."""
+    assert lease.v6 is not None and lease.v6.public_ip is not None
+    return Step(f"peer {lease.v6.subnet}: routed to {lease.v6.public_ip}, no tunnel",
+                ["ip", "-6", "route", "replace", str(lease.v6.subnet), "via", lease.v6.public_ip])
+
+
 def direct_route_removed(lease: Lease) -> Step:
     return Step(f"peer {lease.subnet} gone: route", ["ip", "route", "del", str(lease.subnet), "via", lease.public_ip])
 
@@ -186,9 +193,10 @@ def iptables_steps(network, subnet, ip_masq: bool, forward_rules: bool, random_f
 
 
 def build(config: NetworkConfig, own: Lease, peers: list[Lease], iface: str, iface_mtu: int,
-          direct: set[ipaddress.IPv4Network], subnet_file: Path, ip_masq: bool = False,
+          direct: set, subnet_file: Path, ip_masq: bool = False,
           forward_rules: bool = True, kernel_vxlan: str | None = None) -> Plan:
-    """The plan for this host. ``direct``: the peers DirectRouting reaches without the tunnel;
+    """The plan for this host. ``direct``: the peers' subnets (IPv4, and IPv6 of dual-stack
+    ones) that DirectRouting reaches without the tunnel;
     ``kernel_vxlan``: why this kernel cannot make vxlan devices, None if it can."""
     backend = config.backend
     plan = Plan(backend.type, str(own.subnet), own.public_ip, iface)
@@ -208,7 +216,7 @@ def build(config: NetworkConfig, own: Lease, peers: list[Lease], iface: str, ifa
                 plan.steps.append(direct_route(lease))
             else:
                 plan.steps += vxlan_peer(dev, lease)
-        plan.steps += _ipv6_steps(config, own, remote, iface, mtu)
+        plan.steps += _ipv6_steps(config, own, remote, iface, mtu, direct)
     elif backend.type == "host-gw":
         for lease in remote:
             if lease.backend_type != "host-gw":
@@ -229,15 +237,21 @@ def build(config: NetworkConfig, own: Lease, peers: list[Lease], iface: str, ifa
     return plan
 
 
-def _ipv6_steps(config: NetworkConfig, own: Lease, remote: list[Lease], iface: str, mtu: int) -> list[Step]:
+def _ipv6_steps(config: NetworkConfig, own: Lease, remote: list[Lease], iface: str, mtu: int,
+                direct: set) -> list[Step]:
     """EnableIPv6: flannel-v6.<VNI> and each dual-stack peer's IPv6 half (vxlan.go,
-    vxlan_network.go); nothing without EnableIPv6 or without our lease's IPv6 VtepMAC."""
+    vxlan_network.go; a route via its PublicIPv6 where ``direct`` holds its IPv6 subnet);
+    nothing without EnableIPv6 or without our lease's IPv6 VtepMAC."""
     v6 = own.v6
     if config.ipv6 is None or v6 is None or v6.vtep_mac is None or v6.public_ip is None:
         return []
     backend = config.backend
     steps = vxlan_device_v6(backend.vni, backend.port, v6.vtep_mac, v6.public_ip, iface, mtu, v6.subnet)
     for lease in remote:
-        if lease.backend_type == "vxlan":
+        if lease.backend_type != "vxlan" or lease.v6 is None:
+            continue
+        if lease.v6.subnet in direct and lease.v6.public_ip is not None:
+            steps.append(direct_route6(lease))
+        else:
             steps += vxlan_peer_v6(device_name_v6(backend.vni), lease)
     return steps

@@ -10,7 +10,6 @@ kernel's routes, and whether this kernel has the vxlan module. Nothing is writte
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -98,10 +97,13 @@ def make(req: Request) -> plan.Plan:
         raise PlanError(f"no lease in {source} has PublicIP {public_ip}: this host has not joined. Start vxland (or "
                         "flanneld) once, or reserve a subnet for it (a lease key without TTL, flannel's "
                         "Documentation/reservations.md); or pass the right --public-ip")
-    direct: set[ipaddress.IPv4Network] = set()
+    direct: set = set()
     if config.backend.direct_routing:
         direct = {lease.subnet for lease in leases
                   if lease.subnet != own.subnet and netconf.is_directly_connected(lease.public_ip)}
+        if config.ipv6 is not None:  # the IPv6 halves too (vxlan_network.go: v6DirectRoute)
+            direct |= {lease.v6.subnet for lease in leases if lease.subnet != own.subnet and lease.v6 is not None
+                       and lease.v6.public_ip and netconf.is_directly_connected(lease.v6.public_ip)}
     missing = netconf.kernel_vxlan_missing() if config.backend.type == "vxlan" else None
     result = plan.build(config, own, leases, iface.name, iface.mtu, direct, req.subnet_file, req.ip_masq,
                         req.forward_rules, missing)

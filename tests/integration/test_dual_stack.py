@@ -204,3 +204,26 @@ def test_bad_dual_stack_leases_are_skipped_and_counted():
         assert h1.proc.poll() is None
         assert lab.ping(h1, h2, count=1, ipv6=True).returncode == 0
         assert "PublicIPv6" in lab.log(h1) and "is not an IPv6 address" in lab.log(h1)
+
+
+def test_direct_routing_routes_both_halves(kernel_vxlan):
+    """DirectRouting in a dual-stack cluster on one segment: vxland routes each peer's IPv4
+    subnet via its PublicIP and its IPv6 subnet via its PublicIPv6 (v6DirectRoute), as the
+    kernel node does; every pair reaches every other over both families, nothing through
+    the tunnel."""
+    with Lab(["vxland", "vxland", "kernel"], registry="etcd", ipv6=True, backend={"DirectRouting": True}) as lab:
+        h1, h2, h3 = lab.hosts
+        routes6 = sh(["ip", "-6", "route"], ns=h1.ns).stdout
+        for peer in (h2, h3):
+            assert f"{peer.subnet6} via {peer.public_ipv6} dev eth0" in routes6, routes6
+        for src in lab.hosts:
+            for dst in lab.hosts:
+                if src is not dst:
+                    assert lab.ping(src, dst, count=1).returncode == 0
+                    assert lab.ping(src, dst, count=1, ipv6=True).returncode == 0
+        metrics = lab.metrics(h1)
+        assert metrics['vxland_packets_total{direction="tx"}'] == 0 == metrics['vxland_packets_total{direction="rx"}']
+        # a peer gone: its IPv6 route goes too
+        lab.stop_vxland(h2)
+        lab.delete_lease(f"{h2.subnet.network_address}-24&{h2.subnet6.network_address}-64")
+        assert wait_for(lambda: str(h2.subnet6) not in sh(["ip", "-6", "route"], ns=h1.ns).stdout, timeout=5)

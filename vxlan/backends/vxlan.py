@@ -189,7 +189,7 @@ class VxlanBackend(TunnelBackend):
         return names + (["udp-gso"] if gso else []) + (["udp-gro"] if gro else [])
 
     async def add_peer(self, lease: Lease) -> str:
-        self._set_peer6(lease)  # (DirectRouting of the IPv6 half is not done: it goes through the tunnel)
+        await self._add_peer6(lease)
         # DirectRouting is decided per event, as vxlan_network.go does
         if self.routes is not None and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
             return await self.route_to(lease)
@@ -198,24 +198,37 @@ class VxlanBackend(TunnelBackend):
             self.codec.set_peer(lease.network_address, lease.vtep_mac, lease.public_ip)
         return TUNNEL
 
-    def _set_peer6(self, lease: Lease) -> None:
+    async def _add_peer6(self, lease: Lease) -> None:
         """The IPv6 half of a dual-stack lease: its subnet through the IPv6 underlay, to its
         flannel-v6 VtepMAC at its PublicIPv6 (vxlan_network.go programs it when the lease has
-        BackendV6Data and this node has a flannel-v6 device)."""
+        BackendV6Data and this node has a flannel-v6 device); with DirectRouting and the
+        PublicIPv6 on a connected subnet, a route via it instead (v6DirectRoute)."""
         v6 = lease.v6
         if self.ctx is None or self.ctx.config.ipv6 is None or v6 is None:
             return
+        key = int(v6.subnet.network_address)
         if v6.vtep_mac is None or v6.public_ip is None:
-            self.codec.remove_peer6(int(v6.subnet.network_address))
+            self.codec.remove_peer6(key)
             return
+        if self.routes is not None and await asyncio.to_thread(netconf.is_directly_connected, v6.public_ip):
+            self.codec.remove_peer6(key)
+            try:
+                await asyncio.to_thread(self.routes.add, v6.subnet, v6.public_ip)
+            except netconf.NetconfError as exc:
+                log.error("peer %s: %s", v6.subnet, exc)
+            return
+        if self.routes is not None and v6.subnet in self.routes:
+            await asyncio.to_thread(self.routes.remove, v6.subnet)
         try:
-            self.codec.set_peer6(int(v6.subnet.network_address), v6.vtep_mac, v6.public_ip)
+            self.codec.set_peer6(key, v6.vtep_mac, v6.public_ip)
         except ValueError as exc:  # another IPv6SubnetLen, a PublicIPv6 no VTEP has
             log.warning("peer %s: its IPv6 half %s is not carried: %s", lease.subnet, v6.subnet, exc)
 
     async def remove_peer(self, lease: Lease) -> None:
         if lease.v6 is not None and self.ctx is not None and self.ctx.config.ipv6 is not None:
             self.codec.remove_peer6(int(lease.v6.subnet.network_address))
+            if self.routes is not None and lease.v6.subnet in self.routes:
+                await asyncio.to_thread(self.routes.remove, lease.v6.subnet)
         await super().remove_peer(lease)
 
     def describe(self, lease: Lease, how: str) -> str:

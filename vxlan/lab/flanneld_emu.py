@@ -10,7 +10,8 @@ etcd v3 or v2 store: ``--etcd-api``), then programs the kernel with the commands
   ``DirectRouting`` a plain route to a peer on a connected subnet (``vxlan_network.go``);
 - host-gw: a route per peer (``route_network.go``);
 - with EnableIPv6 (dual-stack), ``flannel-v6.<VNI>`` over the IPv6 underlay with the lease's
-  BackendV6Data VtepMAC, and per remote dual-stack lease the same three entries over IPv6.
+  BackendV6Data VtepMAC, and per remote dual-stack lease the same three entries over IPv6 (or,
+  with ``DirectRouting``, a route via its PublicIPv6 when that is on a connected subnet).
 
 Leases of another backend are ignored as flannel's backends ignore them. It exists so tests
 and the demo have a kernel peer that learns from etcd; it is no replacement for flanneld (no
@@ -68,8 +69,7 @@ class KernelNode:
     async def program(self, events: list[PeerEvent]) -> None:
         for event in events:
             if self.dev6 is not None and isinstance(event, PeerAdded | PeerRemoved):
-                v6 = plan.vxlan_peer_v6 if isinstance(event, PeerAdded) else plan.vxlan_peer_v6_removed
-                await run_steps(v6(self.dev6, event.lease), check=isinstance(event, PeerAdded))
+                await self._program6(event)
             lease = event.lease
             if isinstance(event, PeerAdded):
                 if self.direct_routing and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
@@ -87,6 +87,27 @@ class KernelNode:
                 else:
                     await run_steps(plan.vxlan_peer_removed(self.dev, lease), check=False)
                 log.info("removed %s via %s", lease.subnet, lease.public_ip)
+
+
+    async def _program6(self, event: PeerEvent) -> None:
+        """A dual-stack peer's IPv6 half, as vxlan_network.go: through flannel-v6, or with
+        DirectRouting and its PublicIPv6 on a connected subnet a route via it (v6DirectRoute)."""
+        assert self.dev6 is not None
+        v6 = event.lease.v6
+        if v6 is None or v6.vtep_mac is None or v6.public_ip is None:
+            return
+        if isinstance(event, PeerRemoved):
+            if v6.subnet in self.routed:
+                self.routed.discard(v6.subnet)
+                await run_steps([plan.Step("gone", ["ip", "-6", "route", "del", str(v6.subnet)])], check=False)
+            else:
+                await run_steps(plan.vxlan_peer_v6_removed(self.dev6, event.lease), check=False)
+        elif self.direct_routing and await asyncio.to_thread(netconf.is_directly_connected, v6.public_ip):
+            await run_steps([plan.direct_route6(event.lease)])
+            self.routed.add(v6.subnet)
+        else:
+            self.routed.discard(v6.subnet)
+            await run_steps(plan.vxlan_peer_v6(self.dev6, event.lease))
 
 
 class HostGwNode:
