@@ -234,16 +234,9 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
     Outer packets go out without DF (IP_PMTUDISC_DONT), like a Linux vxlan device with the
     default ``df unset``, so a smaller underlay fragments instead of black-holing.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-        sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)  # the outer TOS with each datagram (ECN)
-        _set_buffers(sock)
-        sock.bind((address, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return _bound_udp_socket(socket.AF_INET, [(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT),
+                                              (socket.IPPROTO_IP, IP_RECVTOS, 1)],  # the outer TOS (ECN)
+                             address, port)
 
 
 def open_udp6_socket(address: str, port: int) -> socket.socket:
@@ -252,11 +245,18 @@ def open_udp6_socket(address: str, port: int) -> socket.socket:
     always carry a UDP checksum (RFC 8200; RFC 6935 allows zero only toward receivers that
     accept it, and a kernel device does not: noudp6zerocsumrx). The host may fragment a
     datagram above the path MTU (IPV6_PMTUDISC_DONT), as the IPv4 socket goes out without DF."""
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    return _bound_udp_socket(socket.AF_INET6, [(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1),
+                                               (socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT),
+                                               (socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)],  # (ECN)
+                             address, port)
+
+
+def _bound_udp_socket(family: int, options: list[tuple[int, int, int]], address: str, port: int) -> socket.socket:
+    """A UDP socket with ``options`` (level, name, value), our buffers, bound; closed again if any fails."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)  # the outer traffic class (ECN)
+        for level, name, value in options:
+            sock.setsockopt(level, name, value)
         _set_buffers(sock)
         sock.bind((address, port))
     except OSError:
