@@ -106,3 +106,64 @@ def test_tcp_with_ecn_leaves_ect0_on_every_path(trio):
             sh(["sysctl", "-qw", "net.ipv4.tcp_ecn=2"], ns=host.pod_ns)  # the kernel's default
     assert result["end"]["sum_received"]["bytes"] > 0
     assert len(out.splitlines()) == 200
+
+
+# the same over the IPv6 underlay of a dual-stack cluster: the traffic class carries the ECN field
+RECV_TCLASS6 = """
+import select, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+s.bind((sys.argv[1], 9999))
+print("ready", flush=True)
+while select.select([s], [], [], 2)[0]:
+    data, anc, _, _ = s.recvmsg(200, socket.CMSG_SPACE(4))
+    tclass = [int.from_bytes(d[:4], sys.byteorder) for _, kind, d in anc if kind == socket.IPV6_TCLASS][0]
+    print(data.decode(), tclass, flush=True)
+"""
+SEND_TCLASS6 = """
+import socket, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((src, 0))
+for item in sys.argv[4:]:
+    tclass, hexdata = item.split(":")
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, int(tclass))
+    s.sendto(bytes.fromhex(hexdata), (dst, port))
+"""
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_ce_mark_on_an_ipv6_outer_header_reaches_the_pod(mode):
+    """Dual-stack: a CE mark in the outer IPv6 traffic class reaches the pod's inner IPv6
+    packet (and an inner Not-ECT one is dropped), on each receive path."""
+    import json
+
+    from scapy.layers.inet6 import IPv6
+
+    with Lab(["vxland", "plain"], registry="etcd", ipv6=True, env=MODES[mode], defer=(1,)) as lab:
+        v1, plain = lab.hosts
+        plain_mac6 = wire.random_vtep_mac()
+        value = {"PublicIP": plain.public_ip, "PublicIPv6": plain.public_ipv6, "BackendType": "vxlan",
+                 "BackendData": {"VNI": 1, "VtepMAC": wire.mac_to_str(wire.random_vtep_mac())},
+                 "BackendV6Data": {"VNI": 1, "VtepMAC": wire.mac_to_str(plain_mac6)}}
+        lab.put_lease("172.7.99.0-24&fd07:0:0:99::-64", json.dumps(value))
+        lab.start_node(v1)
+        own6 = json.loads(lab.etcdctl("get", "--print-value-only", f"/coreos.com/network/subnets/"
+                                      f"{v1.subnet.network_address}-24&{v1.subnet6.network_address}-64").stdout)
+        own = own6["BackendV6Data"]["VtepMAC"]
+        cases = {"ce-ect0": (3, 2, 3), "ce-notect": (3, 0, None), "ect1-notect": (1, 0, 0), "notect-ect0": (0, 2, 2)}
+        datagrams = []
+        for name, (outer, inner, _) in cases.items():
+            frame = (VXLAN(flags=0x08, vni=1) / Ether(dst=own, src=wire.mac_to_str(plain_mac6), type=0x86DD) /
+                     IPv6(src="fd07:0:0:99::2", dst=v1.pod_ip6, tc=DSCP | inner) / UDP(sport=5555, dport=9999) /
+                     name.encode())
+            datagrams.append(f"{outer}:{bytes(frame).hex()}")
+        recv = lab.popen(v1.pod_ns, [sys.executable, "-c", RECV_TCLASS6, v1.pod_ip6], stdout=subprocess.PIPE,
+                         text=True)
+        assert recv.stdout.readline().strip() == "ready"
+        sh([sys.executable, "-c", SEND_TCLASS6, plain.public_ipv6, v1.public_ipv6, "8472", *datagrams], ns=plain.ns)
+        out, _ = recv.communicate(timeout=15)
+        got = {name: int(tc) for name, tc in (line.split() for line in out.splitlines())}
+        want = {name: DSCP | ecn for name, (_, _, ecn) in cases.items() if ecn is not None}
+        assert got == want, lab.log(v1)[-800:]
+        assert lab.metrics(v1)['vxland_drops_total{reason="ce_not_ect"}'] == 1
