@@ -252,7 +252,8 @@ class Daemon:
     async def _watch_underlay(self) -> None:
         """Exit 1 when the underlay address is gone (vxlan.underlay says why and releases the lease)."""
         assert self._underlay is not None
-        await underlay.watch(*self._underlay, self.own, self.registry)
+        v6 = self.own.v6 if self.own is not None else None
+        await underlay.watch(*self._underlay, self.own, self.registry, v6.public_ip if v6 is not None else None)
         self.exit_code = 1
         self._stop.set()
 

@@ -33,13 +33,16 @@ def _ipv4_addresses(ipr: IPRoute, index: int) -> list[str]:
     return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=index)]
 
 
-def iface_addresses(index: int) -> list[str] | None:
-    """The IPv4 addresses on interface ``index`` now; None if the interface is gone."""
+def iface_addresses(index: int, ipv6: bool = False) -> list[str] | None:
+    """The IPv4 (or IPv6) addresses on interface ``index`` now; None if the interface is gone."""
     with IPRoute() as ipr:
         try:
             ipr.get_links(index)
         except NetlinkError:
             return None
+        if ipv6:
+            return [str(ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS")))
+                    for a in ipr.get_addr(family=socket.AF_INET6, index=index)]
         return _ipv4_addresses(ipr, index)
 
 

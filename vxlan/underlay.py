@@ -25,7 +25,7 @@ log = logging.getLogger("vxland")
 # lost without an error; without a notification socket (a sandbox), the timer is all there is.
 CHECK_S = 2.0  # how often the address is looked for when no notification socket can be had
 RESCAN_S = 60.0  # how often it is looked for anyway
-RTMGRP_LINK, RTMGRP_IPV4_IFADDR = 0x1, 0x10  # linux/rtnetlink.h
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100  # linux/rtnetlink.h
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
 NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, seq, pid
 IFADDRMSG_INDEX = struct.Struct("=I")  # after family, prefixlen, flags, scope (4 bytes)
@@ -34,7 +34,7 @@ IFINFOMSG_INDEX = struct.Struct("=i")  # after family, pad, type (4 bytes)
 
 def concerns(buf: bytes | bytearray | memoryview, index: int) -> bool:
     """Whether a datagram of rtnetlink notifications says anything of interface ``index``: its
-    link came, went or changed, or an IPv4 address on it did. A truncated message ends the walk."""
+    link came, went or changed, or an address on it did. A truncated message ends the walk."""
     off = 0
     while off + NLMSG_HDR.size <= len(buf):
         length, kind = NLMSG_HDR.unpack_from(buf, off)[:2]
@@ -51,13 +51,14 @@ def concerns(buf: bytes | bytearray | memoryview, index: int) -> bool:
     return False
 
 
-def open_notifications() -> socket.socket | None:
-    """A non-blocking rtnetlink socket subscribed to link and IPv4 address changes, or None."""
+def open_notifications(ipv6: bool = False) -> socket.socket | None:
+    """A non-blocking rtnetlink socket subscribed to link and address changes (IPv4, and IPv6
+    for a dual-stack node), or None."""
     sock = None
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                              socket.NETLINK_ROUTE)
-        sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
+        sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | (RTMGRP_IPV6_IFADDR if ipv6 else 0)))
         return sock
     except OSError as exc:
         if sock is not None:
@@ -109,16 +110,22 @@ class _Notifications:
         self.sock.close()
 
 
-async def watch(iface: netconf.Iface, address: str, own: Lease | None, registry) -> None:
-    """Return once ``address`` is no longer on ``iface`` (logged, our lease released if it
-    names the address and is no reservation)."""
-    sock = open_notifications()
+async def watch(iface: netconf.Iface, address: str, own: Lease | None, registry, address6: str | None = None) -> None:
+    """Return once ``address`` (or a dual-stack node's ``address6``, its IPv6 underlay
+    address) is no longer on ``iface`` (logged, our lease released if it names the address
+    and is no reservation)."""
+    sock = open_notifications(ipv6=address6 is not None)
     notes = _Notifications(sock, iface.index) if sock is not None else None
     try:
         while True:  # the first look right away: a change before the subscription is not missed
             present = await asyncio.to_thread(netconf.iface_addresses, iface.index)
             if present is None or address not in present:
                 break
+            if address6 is not None:
+                present6 = await asyncio.to_thread(netconf.iface_addresses, iface.index, True)
+                if present6 is None or address6 not in present6:
+                    address, present = address6, present6
+                    break
             if notes is not None:
                 await notes.wait(RESCAN_S)
             else:
@@ -126,11 +133,12 @@ async def watch(iface: netconf.Iface, address: str, own: Lease | None, registry)
     finally:
         if notes is not None:
             notes.close()
+    family = "IPv6" if ":" in address else "IPv4"
     now = (f"interface {iface.name} is gone" if present is None
-           else f"{iface.name} has {', '.join(present) or 'no IPv4 address'} now")
+           else f"{iface.name} has {', '.join(present) or f'no {family} address'} now")
     log.error("the underlay address %s is gone (%s): peers cannot reach this node at it; exiting so that "
               "vxland is started again with the new address", address, now)
-    if own is not None and own.public_ip == address:
+    if own is not None and address in (own.public_ip, own.v6.public_ip if own.v6 is not None else None):
         try:
             if await asyncio.wait_for(registry.release(), 10.0):
                 log.info("our lease %s named %s: released, so that the restart takes the same subnet with "

@@ -227,3 +227,21 @@ def test_direct_routing_routes_both_halves(kernel_vxlan):
         lab.stop_vxland(h2)
         lab.delete_lease(f"{h2.subnet.network_address}-24&{h2.subnet6.network_address}-64")
         assert wait_for(lambda: str(h2.subnet6) not in sh(["ip", "-6", "route"], ns=h1.ns).stdout, timeout=5)
+
+
+def test_a_lost_ipv6_underlay_address_exits_1_and_releases_the_lease():
+    """The IPv6 underlay address goes (an operator, SLAAC, a cloud agent): the dual-stack node
+    says so and exits 1, releasing the lease that names it, as for its IPv4 address; started
+    again, it announces the new one and the peers reach it over IPv6."""
+    with Lab(["vxland", "vxland"], registry="etcd", ipv6=True) as lab:
+        v1, v2 = lab.hosts
+        old, new = v1.public_ipv6, str(UNDERLAY6.network_address + 101)
+        key = f"/coreos.com/network/subnets/{v1.subnet.network_address}-24&{v1.subnet6.network_address}-64"
+        batch = f"address del {old}/64 dev eth0\naddress add {new}/64 dev eth0 nodad\n"
+        sh(["ip", "-batch", "-"], ns=v1.ns, input=batch)
+        assert v1.proc.wait(20) == 1
+        assert f"the underlay address {old} is gone (eth0 has" in lab.log(v1), lab.log(v1)[-2000:]
+        assert wait_for(lambda: key not in lab.etcd_leases(), timeout=3), lab.log(v1)[-3000:]
+        lab.start_node(v1)
+        assert lab.etcd_leases()[key]["PublicIPv6"] == new
+        assert wait_for(lambda: lab.ping(v2, v1, count=1, ipv6=True).returncode == 0, timeout=5)

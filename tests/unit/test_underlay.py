@@ -73,7 +73,7 @@ def run_watch(monkeypatch, addresses: list, notifications, seconds: float, check
         return addresses[min(len(looks), len(addresses)) - 1]
 
     monkeypatch.setattr(netconf, "iface_addresses", iface_addresses)
-    monkeypatch.setattr(underlay, "open_notifications", lambda: notifications)
+    monkeypatch.setattr(underlay, "open_notifications", lambda ipv6=False: notifications)
     monkeypatch.setattr(underlay, "CHECK_S", check_s)
     registry = Registry()
 
