@@ -117,6 +117,7 @@ cdef extern from "vxengine.h" nogil:
         vx_cap_ring *cap_rx
         int tap_fd
         uint8_t tap_mac[6]
+        int tap_csum
         int tunnel_errno
         uint16_t tunnel_ip_id
         uint32_t local_ip
@@ -365,7 +366,7 @@ cdef class Engine(Codec):
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
                bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=(),
                int tap_fd=-1, bytes tap_mac=b"\0" * 6, bint sched_auto=False, int udp6_fd=-1, int pkt6_fd=-1,
-               str local_ip6="::"):
+               str local_ip6="::", bint tap_csum=False):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
@@ -378,6 +379,7 @@ cdef class Engine(Codec):
         if len(tap_mac) != 6:
             raise ValueError("tap_mac: 6 bytes")
         memcpy(self.io.tap_mac, <const char*>tap_mac, 6)
+        self.io.tap_csum = tap_csum  # the TAP finishes outer UDP checksums: IPv6 tunnel frames too
         self.io.tunnel_errno = 0
         self.io.sched_auto = sched_auto  # each loop switches its thread between SCHED_OTHER and SCHED_BATCH
         # (fd, port) of each source-port socket: a flow's datagrams leave by one of them (vx_tx.c)

@@ -79,6 +79,11 @@ int vx_gso_plan(const uint8_t *pkt, int len, int gso_size, int max_segs, int *hd
 int vx_tunnel_header(uint8_t *out, const uint8_t *pkt, int len, const struct vx_vnet_hdr *vh, const uint8_t tap_mac[6],
                      const uint8_t src_mac[6], uint32_t src, uint16_t sport, const struct sockaddr_in *dst,
                      uint16_t ip_id, int *hdr_len);
+/* ... over the IPv6 underlay: outer Ethernet, IPv6 and UDP (its checksum partial) */
+#define VX_TUNNEL_HDR6_LEN (VX_TUNNEL_VNET_LEN + 14 + 40 + 8)
+int vx_tunnel_header6(uint8_t *out, const uint8_t *pkt, int len, const struct vx_vnet_hdr *vh, const uint8_t tap_mac[6],
+                      const uint8_t src_mac[6], const uint8_t src6[16], uint16_t sport, const struct sockaddr_in6 *dst,
+                      int *hdr_len);
 
 /* vx_rx_packet.c: a frame read from the packet socket, after its virtio-net header */
 typedef struct {

@@ -14,6 +14,8 @@
 #include <string.h>
 
 #define VX_VNET_GSO_UDP_TUNNEL_IPV4 0x20
+#define VX_VNET_GSO_UDP_TUNNEL_IPV6 0x40
+#define VX_VNET_F_UDP_TUNNEL_CSUM 0x08   /* the outer UDP checksum is partial too */
 #define OUTER_IP_OFF 14
 #define OUTER_UDP_OFF (OUTER_IP_OFF + 20)
 #define INNER_OFF (OUTER_UDP_OFF + 8 + VX_HEADROOM)   /* the inner IP header: 64 */
@@ -75,6 +77,62 @@ int vx_tunnel_header(uint8_t *out, const uint8_t *pkt, int len, const struct vx_
     udp[4] = udp_len >> 8;
     udp[5] = udp_len & 0xFF;
     udp[6] = udp[7] = 0;
+    *hdr_len = hdr;
+    return nseg;
+}
+
+/* The same over the IPv6 underlay (a dual-stack node's IPv6 peers): outer Ethernet/IPv6/UDP
+ * (VX_TUNNEL_HDR6_LEN). Over IPv6 the outer UDP checksum must be set (a kernel vxlan receiver
+ * refuses zero: noudp6zerocsumrx, RFC 6935), so the frame asks for it partial, as the kernel
+ * vxlan device's own IPv6 GSO skbs carry it (udp6_set_csum): the field holds the pseudo-header
+ * sum, and the kernel finishes it per segment (the TAP needs TUN_F_UDP_TUNNEL_GSO_CSUM). The
+ * inner packet may be IPv4 or IPv6 (TSO4, TSO6 or UDP). */
+int vx_tunnel_header6(uint8_t *out, const uint8_t *pkt, int len, const struct vx_vnet_hdr *vh, const uint8_t tap_mac[6],
+                      const uint8_t src_mac[6], const uint8_t src6[16], uint16_t sport, const struct sockaddr_in6 *dst,
+                      int *hdr_len) {
+    int inner_gso = vh->gso_type & ~VX_VNET_GSO_ECN;
+    int hdr = 0, nseg = vx_gso_plan(pkt, len, vh->gso_size, VX_MAX_SEGS, &hdr);
+    int v6 = (pkt[0] >> 4) == 6, ihl = v6 ? 40 : (pkt[0] & 0x0F) * 4, proto = v6 ? pkt[6] : pkt[9];
+    if (nseg < 1 || !(vh->flags & VX_VNET_F_NEEDS_CSUM) || vh->csum_start != ihl) return -1;
+    int tcp_type = v6 ? VX_VNET_GSO_TCPV6 : VX_VNET_GSO_TCPV4;
+    if (!((inner_gso == tcp_type && proto == 6) || (inner_gso == VX_VNET_GSO_UDP_L4 && proto == 17))) return -1;
+    int udp_len = 8 + VX_HEADROOM + len;
+    if (udp_len > 0xFFFF) return -1;
+    const int ip_off = 14, udp_off = ip_off + 40, inner_off = udp_off + 8 + VX_HEADROOM;
+    uint8_t *v = out;
+    memset(v, 0, VX_TUNNEL_VNET_LEN);
+    v[0] = VX_VNET_F_NEEDS_CSUM | VX_VNET_F_UDP_TUNNEL_CSUM;
+    v[1] = (uint8_t)(VX_VNET_GSO_UDP_TUNNEL_IPV6 | vh->gso_type);   /* the inner type (and ECN) kept */
+    put16le(v + 2, (uint16_t)(inner_off + hdr));
+    put16le(v + 4, vh->gso_size);
+    put16le(v + 6, (uint16_t)(inner_off + ihl));
+    put16le(v + 8, vh->csum_offset);
+    put16le(v + 20, (uint16_t)udp_off);
+    put16le(v + 22, (uint16_t)inner_off);
+    uint8_t *eth = out + VX_TUNNEL_VNET_LEN;
+    memcpy(eth, tap_mac, 6);
+    memcpy(eth + 6, src_mac, 6);
+    eth[12] = 0x86;
+    eth[13] = 0xDD;
+    uint8_t *ip = eth + ip_off;
+    uint8_t tclass = vx_ecn_outer(pkt);  /* RFC 6040: the inner ECN field, CE as ECT(0); no DSCP, no flow label */
+    ip[0] = (uint8_t)(0x60 | (tclass >> 4));
+    ip[1] = (uint8_t)((tclass & 0x0F) << 4);
+    ip[2] = ip[3] = 0;
+    ip[4] = udp_len >> 8;
+    ip[5] = udp_len & 0xFF;
+    ip[6] = 17;
+    ip[7] = 64;
+    memcpy(ip + 8, src6, 16);
+    memcpy(ip + 24, &dst->sin6_addr, 16);
+    uint8_t *udp = ip + 40;
+    udp[0] = sport >> 8;
+    udp[1] = sport & 0xFF;
+    memcpy(udp + 2, &dst->sin6_port, 2);
+    udp[4] = udp_len >> 8;
+    udp[5] = udp_len & 0xFF;
+    uint16_t ps = vx_csum_fold(vx_pseudo_v6(ip, 17, (uint32_t)udp_len));  /* partial: the pseudo-header sum */
+    memcpy(udp + 6, &ps, 2);
     *hdr_len = hdr;
     return nseg;
 }

@@ -361,7 +361,7 @@ static __attribute__((noinline)) void capture_super_out(tx_loop *t, tx_read *rd,
 /* The underlay records of a super-packet sent whole: the datagrams the wire carries once the
  * kernel (or the NIC) has cut it, as the split path would have sent them, built for the
  * capture alone (headers in the arena, which nothing queued uses now; payloads where they lie). */
-static __attribute__((noinline)) void capture_tunnel_segments(tx_loop *t, tx_read *rd, const struct sockaddr_in *dst,
+static __attribute__((noinline)) void capture_tunnel_segments(tx_loop *t, tx_read *rd, const vx_dest *dst,
                                                               uint16_t sport) {
     uint8_t *pkt = rd->buf + VX_HEADROOM;
     int stride = 0, hdr = 0;
@@ -372,28 +372,38 @@ static __attribute__((noinline)) void capture_tunnel_segments(tx_loop *t, tx_rea
         memcpy(h, rd->buf, VX_HEADROOM);
         struct iovec two[2] = {{h, (size_t)(VX_HEADROOM + hdr)},
                                {pkt + hdr + (size_t)k * rd->vh.gso_size, (size_t)(t->seg_lens[k] - hdr)}};
-        vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, t->io->local_ip, sport, dst->sin_addr.s_addr,
-                   ntohs(dst->sin_port), two, 2, (uint32_t)(VX_HEADROOM + t->seg_lens[k]));
+        if (dst->in.sin_family == AF_INET6)
+            vx_cap_put6(t->cap, VX_CAP_OUT, 0, t->io->local_ip6, sport, dst->in6.sin6_addr.s6_addr,
+                        ntohs(dst->in6.sin6_port), two, 2, (uint32_t)(VX_HEADROOM + t->seg_lens[k]));
+        else
+            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, t->io->local_ip, sport, dst->in.sin_addr.s_addr,
+                       ntohs(dst->in.sin_port), two, 2, (uint32_t)(VX_HEADROOM + t->seg_lens[k]));
     }
 }
 
 /* A super-packet sent whole: one UDP tunnel GSO frame written into the TAP (vx_tunnel.c), the
  * kernel routes it out and cuts it only if the egress device cannot carry it. 1: sent (or
  * dropped and counted), the slot is free again (the write copied it); 0: it cannot go so,
- * split it. What was queued is sent first, so that a flow's packets stay in order. */
-static int tx_tunnel(tx_loop *t, tx_read *rd, const struct sockaddr_in *dst) {
+ * split it. What was queued is sent first, so that a flow's packets stay in order. An IPv6
+ * peer's frame has an outer IPv6 header (and needs the TAP's outer checksum offload). */
+static int tx_tunnel(tx_loop *t, tx_read *rd, const vx_dest *dst) {
     vx_io *io = t->io;
     vx_core *c = io->core;
     uint8_t *pkt = rd->buf + VX_HEADROOM;
-    int sock = flow_socket(io, pkt, rd->len);
-    uint16_t sport = io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
-    uint8_t hdr[VX_TUNNEL_HDR_LEN];
+    int v6 = dst->in.sin_family == AF_INET6;
+    if (v6 && !io->tap_csum) return 0;
+    int sock = v6 ? SOCK6 : flow_socket(io, pkt, rd->len);
+    uint16_t sport = !v6 && io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
+    uint8_t hdr[VX_TUNNEL_HDR6_LEN];
     int seg_hdr = 0;
-    int nseg = vx_tunnel_header(hdr, pkt, rd->len, &rd->vh, io->tap_mac, c->mac, io->local_ip, sport, dst,
-                                io->tunnel_ip_id, &seg_hdr);
+    int nseg = v6 ? vx_tunnel_header6(hdr, pkt, rd->len, &rd->vh, io->tap_mac, c->mac, io->local_ip6, sport, &dst->in6,
+                                      &seg_hdr)
+                  : vx_tunnel_header(hdr, pkt, rd->len, &rd->vh, io->tap_mac, c->mac, io->local_ip, sport, &dst->in,
+                                     io->tunnel_ip_id, &seg_hdr);
     if (nseg < 1) return 0;
     if (t->q->n) tx_flush(io, t->q), t->hdr_used = 0;
-    struct iovec iov[2] = {{hdr, sizeof hdr}, {rd->buf, (size_t)(VX_HEADROOM + rd->len)}};
+    struct iovec iov[2] = {{hdr, v6 ? VX_TUNNEL_HDR6_LEN : VX_TUNNEL_HDR_LEN},
+                           {rd->buf, (size_t)(VX_HEADROOM + rd->len)}};
     ssize_t w;
     do w = writev(io->tap_fd, iov, 2); while (w < 0 && errno == EINTR);
     if (w < 0 && (errno == EINVAL || errno == EOPNOTSUPP)) {  /* the kernel cannot take it: split from now on */
@@ -405,7 +415,7 @@ static int tx_tunnel(tx_loop *t, tx_read *rd, const struct sockaddr_in *dst) {
         c->drops[VX_SEND_FAILED] += (uint64_t)nseg;
         return 1;
     }
-    io->tunnel_ip_id += (uint16_t)nseg;
+    if (!v6) io->tunnel_ip_id += (uint16_t)nseg;
     c->tunnel_sends++;
     c->tx_packets += (uint64_t)nseg;
     c->tx_bytes += (uint64_t)rd->len + (uint64_t)(nseg - 1) * (uint64_t)seg_hdr;
@@ -440,8 +450,7 @@ static int tx_super(tx_loop *t, tx_read *rd) {
         c->drops[v] += segs;
         return 0;
     }
-    /* the TAP's frames have an IPv4 outer header: an IPv6 peer's super-packets are split */
-    if (!v6 && io->tap_fd >= 0 && !io->tunnel_errno && !rd->scattered && tx_tunnel(t, rd, &dst.in)) return 0;
+    if (io->tap_fd >= 0 && !io->tunnel_errno && !rd->scattered && tx_tunnel(t, rd, &dst)) return 0;
     int proto = v6 ? pkt[6] : pkt[9];  /* (IPv6: no extension header, or vx_gso_plan refuses it) */
     int split_gso = (rd->vh.gso_type == (v6 ? VX_VNET_GSO_TCPV6 : VX_VNET_GSO_TCPV4) && proto == 6) ||
                     (rd->vh.gso_type == VX_VNET_GSO_UDP_L4 && proto == 17);

@@ -260,6 +260,8 @@ typedef struct {
     int tap_fd;                 /* >= 0: TCP/UDP super-packets leave whole, as UDP tunnel GSO frames written
                                  * into this TAP (vx_tunnel.c), instead of as UDP_SEGMENT trains */
     uint8_t tap_mac[6];         /* the TAP's address: the frames' destination */
+    int tap_csum;               /* the TAP takes a partial outer UDP checksum (TUN_F_UDP_TUNNEL_GSO_CSUM):
+                                 * IPv6 peers' super-packets can go whole too */
     volatile int tunnel_errno;  /* the TAP refused a frame with this errno: tunnel GSO is off for good */
     uint16_t tunnel_ip_id;      /* the outer IPv4 ID of the next tunnel frame */
     uint32_t local_ip;          /* network order: the outer source (tunnel frames, capture records) */

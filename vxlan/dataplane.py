@@ -418,7 +418,8 @@ class ThreadedDataPlane:
                       *((tunnel_tx.fd, tunnel_tx.mac) if tunnel_tx is not None else (-1, bytes(6))),
                       engine_sched == "auto", sock6.fileno() if sock6 is not None else -1,
                       packet_sock6.fileno() if packet_sock6 is not None else -1,
-                      sock6.getsockname()[0] if sock6 is not None else "::")
+                      sock6.getsockname()[0] if sock6 is not None else "::",
+                      tunnel_tx is not None and tunnel_tx.csum)
         self._threads: list[threading.Thread] = []
         self._stopping = False
         # called (on the event loop) with the reason when an engine loop ends by itself

@@ -35,6 +35,7 @@ IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ = 0x400454CA, 0x400454D0, 0x400454D8
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 TUN_F_UDP_TUNNEL_GSO = 0x080  # Linux 6.17, include/uapi/linux/if_tun.h
+TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100  # ... with the outer UDP checksum left partial (IPv6 frames need it)
 TUNNEL_VNET_HDR_LEN = 24  # struct virtio_net_hdr_v1_hash_tunnel
 
 # <linux/bpf.h>: the system headers here may predate TCX, so the numbers are written out
@@ -107,6 +108,7 @@ class TunnelTx:
     def __init__(self, name: str, out_ifindex: int) -> None:
         self.name = name
         self.fd = -1
+        self.csum = False  # the TAP takes frames whose outer UDP checksum is partial (IPv6 underlay)
         self._bpf_fds: tuple[int, ...] = ()
         try:
             self._open_tap()
@@ -123,8 +125,15 @@ class TunnelTx:
         except OSError as exc:
             raise TunnelTxError(f"cannot create TAP {self.name}: {exc.strerror}") from None
         fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", TUNNEL_VNET_HDR_LEN))
+        offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO
         try:
-            fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO)
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, offloads | TUN_F_UDP_TUNNEL_GSO_CSUM)
+            self.csum = True
+            return
+        except OSError:
+            pass  # without it the IPv6 underlay's super-packets are split; the IPv4 ones need no more
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, offloads)
         except OSError as exc:
             raise TunnelTxError(f"TAP refuses UDP tunnel GSO ({exc.strerror}; kernel < 6.17?)") from None
 
