@@ -22,6 +22,30 @@
 
 static void put16le(uint8_t *p, uint16_t v) { p[0] = v & 0xFF; p[1] = v >> 8; }
 
+/* The virtio-net header and the outer Ethernet header of a tunnel frame, for both underlay
+ * families: flags and the tunnel gso type (the inner type and ECN bit kept), header and
+ * checksum offsets counted from the Ethernet header (udp_off: the outer UDP header, inner_off:
+ * the inner IP header; ihl: the inner IP header's length), then the frame to the TAP. */
+static void tunnel_vnet_eth(uint8_t *out, const struct vx_vnet_hdr *vh, uint8_t flags, uint8_t tunnel_type,
+                            int udp_off, int inner_off, int hdr, int ihl, const uint8_t tap_mac[6],
+                            const uint8_t src_mac[6], uint16_t ethertype) {
+    uint8_t *v = out;
+    memset(v, 0, VX_TUNNEL_VNET_LEN);
+    v[0] = flags;
+    v[1] = (uint8_t)(tunnel_type | vh->gso_type);
+    put16le(v + 2, (uint16_t)(inner_off + hdr));
+    put16le(v + 4, vh->gso_size);
+    put16le(v + 6, (uint16_t)(inner_off + ihl));
+    put16le(v + 8, vh->csum_offset);
+    put16le(v + 20, (uint16_t)udp_off);
+    put16le(v + 22, (uint16_t)inner_off);
+    uint8_t *eth = out + VX_TUNNEL_VNET_LEN;
+    memcpy(eth, tap_mac, 6);
+    memcpy(eth + 6, src_mac, 6);
+    eth[12] = (uint8_t)(ethertype >> 8);
+    eth[13] = (uint8_t)ethertype;
+}
+
 /* Fills out[VX_TUNNEL_HDR_LEN]: the virtio-net header, outer Ethernet (to tap_mac), IPv4 and
  * UDP headers for the super-packet pkt (len bytes of inner IP, vh as the TUN gave it) sent to
  * dst from src:sport, the outer IPv4 ID ip_id (the kernel numbers the segments from it). The
@@ -40,22 +64,9 @@ int vx_tunnel_header(uint8_t *out, const uint8_t *pkt, int len, const struct vx_
         return -1;
     int outer_len = 20 + 8 + VX_HEADROOM + len;
     if (outer_len > 0xFFFF) return -1;
-    uint8_t *v = out;
-    memset(v, 0, VX_TUNNEL_VNET_LEN);
-    v[0] = VX_VNET_F_NEEDS_CSUM;
-    v[1] = (uint8_t)(VX_VNET_GSO_UDP_TUNNEL_IPV4 | vh->gso_type);   /* the inner type (and ECN) kept */
-    put16le(v + 2, (uint16_t)(INNER_OFF + hdr));
-    put16le(v + 4, vh->gso_size);
-    put16le(v + 6, (uint16_t)(INNER_OFF + ihl));
-    put16le(v + 8, vh->csum_offset);
-    put16le(v + 20, OUTER_UDP_OFF);
-    put16le(v + 22, INNER_OFF);
-    uint8_t *eth = out + VX_TUNNEL_VNET_LEN;
-    memcpy(eth, tap_mac, 6);
-    memcpy(eth + 6, src_mac, 6);
-    eth[12] = 0x08;
-    eth[13] = 0x00;
-    uint8_t *ip = eth + OUTER_IP_OFF;
+    tunnel_vnet_eth(out, vh, VX_VNET_F_NEEDS_CSUM, VX_VNET_GSO_UDP_TUNNEL_IPV4, OUTER_UDP_OFF, INNER_OFF, hdr, ihl,
+                    tap_mac, src_mac, 0x0800);
+    uint8_t *ip = out + VX_TUNNEL_VNET_LEN + OUTER_IP_OFF;
     ip[0] = 0x45;
     ip[1] = vx_ecn_outer(pkt);  /* RFC 6040: the inner ECN field, CE as ECT(0) */
     ip[2] = outer_len >> 8;
@@ -99,22 +110,9 @@ int vx_tunnel_header6(uint8_t *out, const uint8_t *pkt, int len, const struct vx
     int udp_len = 8 + VX_HEADROOM + len;
     if (udp_len > 0xFFFF) return -1;
     const int ip_off = 14, udp_off = ip_off + 40, inner_off = udp_off + 8 + VX_HEADROOM;
-    uint8_t *v = out;
-    memset(v, 0, VX_TUNNEL_VNET_LEN);
-    v[0] = VX_VNET_F_NEEDS_CSUM | VX_VNET_F_UDP_TUNNEL_CSUM;
-    v[1] = (uint8_t)(VX_VNET_GSO_UDP_TUNNEL_IPV6 | vh->gso_type);   /* the inner type (and ECN) kept */
-    put16le(v + 2, (uint16_t)(inner_off + hdr));
-    put16le(v + 4, vh->gso_size);
-    put16le(v + 6, (uint16_t)(inner_off + ihl));
-    put16le(v + 8, vh->csum_offset);
-    put16le(v + 20, (uint16_t)udp_off);
-    put16le(v + 22, (uint16_t)inner_off);
-    uint8_t *eth = out + VX_TUNNEL_VNET_LEN;
-    memcpy(eth, tap_mac, 6);
-    memcpy(eth + 6, src_mac, 6);
-    eth[12] = 0x86;
-    eth[13] = 0xDD;
-    uint8_t *ip = eth + ip_off;
+    tunnel_vnet_eth(out, vh, VX_VNET_F_NEEDS_CSUM | VX_VNET_F_UDP_TUNNEL_CSUM, VX_VNET_GSO_UDP_TUNNEL_IPV6, udp_off,
+                    inner_off, hdr, ihl, tap_mac, src_mac, 0x86DD);
+    uint8_t *ip = out + VX_TUNNEL_VNET_LEN + ip_off;
     uint8_t tclass = vx_ecn_outer(pkt);  /* RFC 6040: the inner ECN field, CE as ECT(0); no DSCP, no flow label */
     ip[0] = (uint8_t)(0x60 | (tclass >> 4));
     ip[1] = (uint8_t)((tclass & 0x0F) << 4);

@@ -17,28 +17,39 @@ from scapy.layers.vxlan import VXLAN
 from vxlan import wire
 from vxlan.lab import Lab, sh
 
-# Receives UDP datagrams on port 9999 in a pod and prints each one's payload and IP TOS byte;
-# ends 2 s after the last one.
+# Receives UDP datagrams on port 9999 in a pod and prints each one's payload and IP TOS byte
+# (IPv6: traffic class); ends 2 s after the last one.
 RECV_TOS = """
 import select, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, 13, 1)  # IP_RECVTOS
+v6 = ":" in sys.argv[1]
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+if v6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+else:
+    s.setsockopt(socket.IPPROTO_IP, 13, 1)  # IP_RECVTOS
 s.bind((sys.argv[1], 9999))
 print("ready", flush=True)
 while select.select([s], [], [], 2)[0]:
-    data, anc, _, _ = s.recvmsg(200, socket.CMSG_SPACE(1))
-    print(data.decode(), [d[0] for _, kind, d in anc if kind == socket.IP_TOS][0], flush=True)
+    data, anc, _, _ = s.recvmsg(200, socket.CMSG_SPACE(4))
+    tos = [int.from_bytes(d[:4], sys.byteorder) if v6 else d[0] for _, kind, d in anc
+           if kind == (socket.IPV6_TCLASS if v6 else socket.IP_TOS)][0]
+    print(data.decode(), tos, flush=True)
 """
 
-# Sends hex-encoded datagrams, each with its own outer TOS ("tos:hex"), from a bound address.
+# Sends hex-encoded datagrams, each with its own outer TOS or traffic class ("tos:hex"), from a
+# bound address (either family).
 SEND_TOS = """
 import socket, sys
 src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v6 = ":" in src
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((src, 0))
 for item in sys.argv[4:]:
     tos, hexdata = item.split(":")
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, int(tos))
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, int(tos))
+    else:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, int(tos))
     s.sendto(bytes.fromhex(hexdata), (dst, port))
 """
 
@@ -108,30 +119,6 @@ def test_tcp_with_ecn_leaves_ect0_on_every_path(trio):
     assert len(out.splitlines()) == 200
 
 
-# the same over the IPv6 underlay of a dual-stack cluster: the traffic class carries the ECN field
-RECV_TCLASS6 = """
-import select, socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
-s.bind((sys.argv[1], 9999))
-print("ready", flush=True)
-while select.select([s], [], [], 2)[0]:
-    data, anc, _, _ = s.recvmsg(200, socket.CMSG_SPACE(4))
-    tclass = [int.from_bytes(d[:4], sys.byteorder) for _, kind, d in anc if kind == socket.IPV6_TCLASS][0]
-    print(data.decode(), tclass, flush=True)
-"""
-SEND_TCLASS6 = """
-import socket, sys
-src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind((src, 0))
-for item in sys.argv[4:]:
-    tclass, hexdata = item.split(":")
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, int(tclass))
-    s.sendto(bytes.fromhex(hexdata), (dst, port))
-"""
-
-
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_ce_mark_on_an_ipv6_outer_header_reaches_the_pod(mode):
     """Dual-stack: a CE mark in the outer IPv6 traffic class reaches the pod's inner IPv6
@@ -158,10 +145,10 @@ def test_a_ce_mark_on_an_ipv6_outer_header_reaches_the_pod(mode):
                      IPv6(src="fd07:0:0:99::2", dst=v1.pod_ip6, tc=DSCP | inner) / UDP(sport=5555, dport=9999) /
                      name.encode())
             datagrams.append(f"{outer}:{bytes(frame).hex()}")
-        recv = lab.popen(v1.pod_ns, [sys.executable, "-c", RECV_TCLASS6, v1.pod_ip6], stdout=subprocess.PIPE,
+        recv = lab.popen(v1.pod_ns, [sys.executable, "-c", RECV_TOS, v1.pod_ip6], stdout=subprocess.PIPE,
                          text=True)
         assert recv.stdout.readline().strip() == "ready"
-        sh([sys.executable, "-c", SEND_TCLASS6, plain.public_ipv6, v1.public_ipv6, "8472", *datagrams], ns=plain.ns)
+        sh([sys.executable, "-c", SEND_TOS, plain.public_ipv6, v1.public_ipv6, "8472", *datagrams], ns=plain.ns)
         out, _ = recv.communicate(timeout=15)
         got = {name: int(tc) for name, tc in (line.split() for line in out.splitlines())}
         want = {name: DSCP | ecn for name, (_, _, ecn) in cases.items() if ecn is not None}
