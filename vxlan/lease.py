@@ -133,7 +133,13 @@ class LeaseV6:
     vni: int | None = None
 
     def to_attrs(self) -> dict[str, Any]:
-        return {"VNI": self.vni if self.vni is not None else 1, "VtepMAC": wire.mac_to_str(self.vtep_mac or b"")}
+        return vxlan_attrs(self.vni, self.vtep_mac or b"")
+
+
+def vxlan_attrs(vni: int | None, vtep_mac: bytes) -> dict[str, Any]:
+    """BackendData or BackendV6Data of a vxlan lease (vxlan.go:vxlanLeaseAttrs; VNI 1 where a
+    flannel <= 0.13 lease had none)."""
+    return {"VNI": vni if vni is not None else 1, "VtepMAC": wire.mac_to_str(vtep_mac)}
 
 
 class Lease:
@@ -208,8 +214,7 @@ class Lease:
         if self.backend_type:
             attrs["BackendType"] = self.backend_type
         if self.backend_type == "vxlan" and self.vtep_mac is not None:
-            attrs["BackendData"] = {"VNI": self.vni if self.vni is not None else 1,
-                                    "VtepMAC": wire.mac_to_str(self.vtep_mac)}
+            attrs["BackendData"] = vxlan_attrs(self.vni, self.vtep_mac)
         if self.backend_type == "vxlan" and self.v6 is not None and self.v6.vtep_mac is not None:
             attrs["BackendV6Data"] = self.v6.to_attrs()
         return json.dumps(attrs, separators=(",", ":"))

@@ -132,22 +132,25 @@ async def apply_events(backend: Backend, events: list[PeerEvent]) -> None:
             "each with -v", added, removed, skipped)
 
 
-async def route_peer(routes: PeerRoutes, lease: Lease) -> str:
-    """A peer reached by a route (host-gw, DirectRouting): ROUTE, or FAILED with the reason logged."""
+async def route_peer(routes: PeerRoutes, lease: Lease, ipv6: bool = False) -> str:
+    """A peer reached by a route (host-gw, DirectRouting; ``ipv6``: a dual-stack peer's IPv6
+    subnet via its PublicIPv6): ROUTE, or FAILED with the reason logged."""
     from vxlan import netconf
 
+    subnet, gateway = (lease.v6.subnet, lease.v6.public_ip) if ipv6 and lease.v6 else (lease.subnet, lease.public_ip)
     try:
-        await asyncio.to_thread(routes.add, lease.subnet, lease.public_ip)
+        await asyncio.to_thread(routes.add, subnet, gateway)
     except netconf.NetconfError as exc:
-        log.error("peer %s: %s", lease.subnet, exc)
+        log.error("peer %s: %s", subnet, exc)
         return FAILED
     return ROUTE
 
 
-async def unroute_peer(routes: PeerRoutes | None, lease: Lease) -> None:
-    """Remove the peer's route, if it has one."""
-    if routes is not None and lease.subnet in routes:
-        await asyncio.to_thread(routes.remove, lease.subnet)
+async def unroute_peer(routes: PeerRoutes | None, lease: Lease, ipv6: bool = False) -> None:
+    """Remove the peer's route (or, ``ipv6``, its IPv6 subnet's), if it has one."""
+    subnet = lease.v6.subnet if ipv6 and lease.v6 else lease.subnet
+    if routes is not None and subnet in routes:
+        await asyncio.to_thread(routes.remove, subnet)
 
 
 def peer_report(backend: Backend, peers: Iterable[Lease]) -> list[dict]:

@@ -12,7 +12,7 @@ import sys
 
 import fastpath
 from vxlan import netconf, wire
-from vxlan.backends import TUNNEL, Context, StartupError, Task
+from vxlan.backends import TUNNEL, Context, StartupError, Task, route_peer, unroute_peer
 from vxlan.backends.tunnel import TunnelBackend
 from vxlan.capture import CaptureHub, FileSink, Filter, TraceSink
 from vxlan.dataplane import (
@@ -212,13 +212,9 @@ class VxlanBackend(TunnelBackend):
             return
         if self.routes is not None and await asyncio.to_thread(netconf.is_directly_connected, v6.public_ip):
             self.codec.remove_peer6(key)
-            try:
-                await asyncio.to_thread(self.routes.add, v6.subnet, v6.public_ip)
-            except netconf.NetconfError as exc:
-                log.error("peer %s: %s", v6.subnet, exc)
+            await route_peer(self.routes, lease, ipv6=True)
             return
-        if self.routes is not None and v6.subnet in self.routes:
-            await asyncio.to_thread(self.routes.remove, v6.subnet)
+        await unroute_peer(self.routes, lease, ipv6=True)
         try:
             self.codec.set_peer6(key, v6.vtep_mac, v6.public_ip)
         except ValueError as exc:  # another IPv6SubnetLen, a PublicIPv6 no VTEP has
@@ -227,8 +223,7 @@ class VxlanBackend(TunnelBackend):
     async def remove_peer(self, lease: Lease) -> None:
         if lease.v6 is not None and self.ctx is not None and self.ctx.config.ipv6 is not None:
             self.codec.remove_peer6(int(lease.v6.subnet.network_address))
-            if self.routes is not None and lease.v6.subnet in self.routes:
-                await asyncio.to_thread(self.routes.remove, lease.v6.subnet)
+            await unroute_peer(self.routes, lease, ipv6=True)
         await super().remove_peer(lease)
 
     def describe(self, lease: Lease, how: str) -> str:
