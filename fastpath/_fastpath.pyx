@@ -108,6 +108,9 @@ cdef extern from "vxengine.h" nogil:
         int n_tx_socks
         int tx_socks[32]
         uint16_t tx_ports[32]
+        int n_tx_socks6
+        int tx_socks6[32]
+        uint16_t tx_ports6[32]
         int vnet, udp_gso, udp_gro, tun_uso
         int gso_disabled
         int capture
@@ -366,7 +369,7 @@ cdef class Engine(Codec):
     def attach(self, int tun_fd, int udp_fd, int stop_fd, bint vnet, bint udp_gso, bint udp_gro,
                bint tun_uso=False, str local_ip="0.0.0.0", int local_port=0, int pkt_fd=-1, tx_socks=(),
                int tap_fd=-1, bytes tap_mac=b"\0" * 6, bint sched_auto=False, int udp6_fd=-1, int pkt6_fd=-1,
-               str local_ip6="::", bint tap_csum=False):
+               str local_ip6="::", bint tap_csum=False, tx_socks6=()):
         self.io.core = &self.core
         self.io.tun_fd = tun_fd
         self.io.udp_fd = udp_fd
@@ -382,13 +385,18 @@ cdef class Engine(Codec):
         self.io.tap_csum = tap_csum  # the TAP finishes outer UDP checksums: IPv6 tunnel frames too
         self.io.tunnel_errno = 0
         self.io.sched_auto = sched_auto  # each loop switches its thread between SCHED_OTHER and SCHED_BATCH
-        # (fd, port) of each source-port socket: a flow's datagrams leave by one of them (vx_tx.c)
-        if len(tx_socks) > VX_TX_SOCKS_MAX:
+        # (fd, port) of each source-port socket: a flow's datagrams leave by one of them (vx_tx.c);
+        # tx_socks6: the IPv6 underlay's
+        if len(tx_socks) > VX_TX_SOCKS_MAX or len(tx_socks6) > VX_TX_SOCKS_MAX:
             raise ValueError(f"at most {VX_TX_SOCKS_MAX} source-port sockets")
         self.io.n_tx_socks = len(tx_socks)
         for i, (fd, port) in enumerate(tx_socks):
             self.io.tx_socks[i] = fd
             self.io.tx_ports[i] = port
+        self.io.n_tx_socks6 = len(tx_socks6)
+        for i, (fd, port) in enumerate(tx_socks6):
+            self.io.tx_socks6[i] = fd
+            self.io.tx_ports6[i] = port
         self.io.stop_fd = stop_fd
         self.io.vnet = vnet
         self.io.udp_gso = udp_gso

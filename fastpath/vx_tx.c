@@ -28,12 +28,19 @@ typedef struct {
     char run_ctl[TXQ][CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))];
 } tx_queue;
 
-/* The queue's socket index of the IPv6 underlay socket (io->udp6_fd), past the source-port ones. */
+/* A queue's socket index: 0..VX_TX_SOCKS_MAX-1 the IPv4 underlay's source-port sockets (or
+ * udp_fd when there are none), SOCK6 + i the IPv6 underlay's (or udp6_fd). */
 #define SOCK6 VX_TX_SOCKS_MAX
 
 static int sock_fd(const vx_io *io, int s) {
-    if (s == SOCK6) return io->udp6_fd;
+    if (s >= SOCK6) return io->n_tx_socks6 > 1 ? io->tx_socks6[s - SOCK6] : io->udp6_fd;
     return io->n_tx_socks > 1 ? io->tx_socks[s] : io->udp_fd;
+}
+
+/* The outer UDP source port of what socket s sends, host order. */
+static uint16_t sock_port(const vx_io *io, int s) {
+    if (s >= SOCK6) return io->n_tx_socks6 > 1 ? io->tx_ports6[s - SOCK6] : io->local_port;
+    return io->n_tx_socks > 1 ? io->tx_ports[s] : io->local_port;
 }
 
 static int same_dst(const vx_dest *a, const vx_dest *b) {
@@ -145,14 +152,14 @@ static void tx_send_group(vx_io *io, tx_queue *q, int from, int end, int fd) {
 }
 
 /* Send everything queued: one group per socket (a flow's datagrams stay in order on its
- * source-port socket; IPv6 peers' go by the IPv6 one), each in one sendmmsg where it can. */
+ * source-port socket, of the IPv4 or the IPv6 underlay), each in one sendmmsg where it can. */
 static void tx_flush(vx_io *io, tx_queue *q) {
     if (!(q->socks_used & (q->socks_used - 1))) {  /* one socket in use */
         for (int i = 0; i < q->n; i++) q->ord[i] = i;
         if (q->n) tx_send_group(io, q, 0, q->n, sock_fd(io, __builtin_ctzll(q->socks_used)));
     } else {
         int at = 0;
-        for (int s = 0; s <= SOCK6; s++) {
+        for (int s = 0; s < 2 * VX_TX_SOCKS_MAX; s++) {
             if (!(q->socks_used & (1ull << s))) continue;
             int from = at;
             for (int i = 0; i < q->n; i++)
@@ -184,21 +191,40 @@ static void tx_queue_add(tx_queue *q, uint8_t *a, int alen, const uint8_t *b, in
     q->socks_used |= 1ull << sock;
 }
 
-/* Which source-port socket carries this inner packet: a hash of its flow (addresses,
- * protocol, and the ports unless it is a fragment), as the kernel's udp_flow_src_port spreads
- * flows over source ports for ECMP and the receivers' RSS (RFC 7348 section 5). */
-static int flow_socket(const vx_io *io, const uint8_t *pkt, int len) {
-    if (io->n_tx_socks <= 1 || len < 20 || (pkt[0] >> 4) != 4) return 0;
-    uint32_t h = ((uint32_t)pkt[12] << 24 | (uint32_t)pkt[13] << 16 | (uint32_t)pkt[14] << 8 | pkt[15]) * 0x9E3779B1u;
-    h ^= ((uint32_t)pkt[16] << 24 | (uint32_t)pkt[17] << 16 | (uint32_t)pkt[18] << 8 | pkt[19]) + pkt[9];
-    int ihl = (pkt[0] & 0x0F) * 4;
-    if ((pkt[9] == 6 || pkt[9] == 17) && !(((pkt[6] & 0x1F) | pkt[7])) && len >= ihl + 4)
-        h ^= ((uint32_t)pkt[ihl] << 24 | (uint32_t)pkt[ihl + 1] << 16 | (uint32_t)pkt[ihl + 2] << 8 | pkt[ihl + 3]) *
-             0x85EBCA6Bu;
+static uint32_t be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* A hash of an inner packet's flow: its addresses, protocol, and its ports unless it is a
+ * fragment (IPv4) or its transport header is not the first (IPv6 with extension headers). */
+static uint32_t flow_hash(const uint8_t *pkt, int len) {
+    uint32_t h;
+    if ((pkt[0] >> 4) == 6) {
+        if (len < 40) return 0;
+        h = pkt[6];
+        for (int i = 8; i < 40; i += 4) h = (h ^ be32(pkt + i)) * 0x9E3779B1u;
+        if ((pkt[6] == 6 || pkt[6] == 17) && len >= 44) h ^= be32(pkt + 40) * 0x85EBCA6Bu;
+    } else {
+        if (len < 20) return 0;
+        h = be32(pkt + 12) * 0x9E3779B1u;
+        h ^= be32(pkt + 16) + pkt[9];
+        int ihl = (pkt[0] & 0x0F) * 4;
+        if ((pkt[9] == 6 || pkt[9] == 17) && !(((pkt[6] & 0x1F) | pkt[7])) && len >= ihl + 4)
+            h ^= be32(pkt + ihl) * 0x85EBCA6Bu;
+    }
     h ^= h >> 16;
     h *= 0x7FEB352Du;
     h ^= h >> 15;
-    return (int)(h % (uint32_t)io->n_tx_socks);
+    return h;
+}
+
+/* Which socket carries this inner packet: one of its underlay's source-port sockets, picked
+ * by a hash of its flow, as the kernel's udp_flow_src_port spreads flows over source ports for
+ * ECMP and the receivers' RSS (RFC 7348 section 5); inner IPv6 goes over the IPv6 underlay. */
+static int flow_socket(const vx_io *io, const uint8_t *pkt, int len) {
+    int v6 = (pkt[0] >> 4) == 6, n = v6 ? io->n_tx_socks6 : io->n_tx_socks;
+    int base = v6 ? SOCK6 : 0;
+    return n > 1 ? base + (int)(flow_hash(pkt, len) % (uint32_t)n) : base;
 }
 
 /* The overlay capture record of a super-packet read scattered: its pieces, without the vnet header. */
@@ -297,17 +323,16 @@ static int tx_plain(tx_loop *t, tx_read *rd) {
     }
     if (v) { c->drops[v]++; return 0; }
     if (t->q->n == TXQ) tx_flush(io, t->q), t->hdr_used = 0;
-    int sock = v6 ? SOCK6 : flow_socket(io, pkt, len);
+    int sock = flow_socket(io, pkt, len);
     tx_queue_add(t->q, buf, VX_HEADROOM + len, NULL, 0, &dst, len, sock, vx_ecn_outer(pkt));
     if (t->cap) {
         struct iovec one = {buf, (size_t)(VX_HEADROOM + len)};
         if (v6)
-            vx_cap_put6(t->cap, VX_CAP_OUT, 0, io->local_ip6, io->local_port, dst.in6.sin6_addr.s6_addr,
+            vx_cap_put6(t->cap, VX_CAP_OUT, 0, io->local_ip6, sock_port(io, sock), dst.in6.sin6_addr.s6_addr,
                         ntohs(dst.in6.sin6_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
         else
-            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip,
-                       io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port, dst.in.sin_addr.s_addr,
-                       ntohs(dst.in.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
+            vx_cap_put(t->cap, VX_CAP_UNDERLAY, VX_CAP_OUT, 0, io->local_ip, sock_port(io, sock),
+                       dst.in.sin_addr.s_addr, ntohs(dst.in.sin_port), &one, 1, (uint32_t)(VX_HEADROOM + len));
     }
     return 1;
 }
@@ -319,8 +344,8 @@ static void tx_queue_segments(tx_loop *t, tx_read *rd, const vx_dest *dst, int n
     vx_io *io = t->io;
     uint8_t *buf = rd->buf, *pkt = buf + VX_HEADROOM;
     int v6 = dst->in.sin_family == AF_INET6;
-    int sock = v6 ? SOCK6 : flow_socket(io, pkt, rd->len);  /* every segment is of one flow */
-    uint16_t sport = v6 ? io->local_port : io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
+    int sock = flow_socket(io, pkt, rd->len);  /* every segment is of one flow */
+    uint16_t sport = sock_port(io, sock);
     uint8_t ecn = vx_ecn_outer(pkt);  /* every segment has the super-packet's IP header */
     if (!inplace) memcpy(t->hdrs + t->hdr_used, buf, VX_HEADROOM);
     uint8_t *h0 = inplace ? buf : t->hdrs + t->hdr_used;
@@ -392,8 +417,7 @@ static int tx_tunnel(tx_loop *t, tx_read *rd, const vx_dest *dst) {
     uint8_t *pkt = rd->buf + VX_HEADROOM;
     int v6 = dst->in.sin_family == AF_INET6;
     if (v6 && !io->tap_csum) return 0;
-    int sock = v6 ? SOCK6 : flow_socket(io, pkt, rd->len);
-    uint16_t sport = !v6 && io->n_tx_socks > 1 ? io->tx_ports[sock] : io->local_port;
+    uint16_t sport = sock_port(io, flow_socket(io, pkt, rd->len));  /* the port its small packets leave from */
     uint8_t hdr[VX_TUNNEL_HDR6_LEN];
     int seg_hdr = 0;
     int nseg = v6 ? vx_tunnel_header6(hdr, pkt, rd->len, &rd->vh, io->tap_mac, c->mac, io->local_ip6, sport, &dst->in6,

@@ -251,6 +251,9 @@ typedef struct {
     int n_tx_socks;             /* > 1: send each flow by one of these sockets, bound to source ports of their own */
     int tx_socks[VX_TX_SOCKS_MAX];
     uint16_t tx_ports[VX_TX_SOCKS_MAX];  /* their ports, host order (capture records) */
+    int n_tx_socks6;            /* the same for the IPv6 underlay (> 1: instead of udp6_fd) */
+    int tx_socks6[VX_TX_SOCKS_MAX];
+    uint16_t tx_ports6[VX_TX_SOCKS_MAX];
     int vnet, udp_gso, udp_gro, tun_uso;
     volatile int gso_disabled;  /* set after EIO: egress lacks checksum offload */
     volatile int capture;       /* read once per batch; rings must be set before it is 1 */

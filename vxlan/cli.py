@@ -245,11 +245,10 @@ def _add_vxland_flags(extra) -> None:
     extra.add_argument("--no-offload", action="store_true", default=_env_bool("no-offload"),
                        help="turn off TUN TSO/GRO and UDP GSO/GRO (one packet per system call)")
     extra.add_argument("--outer-source-ports", type=int, metavar="N",
-                       default=_env("outer-source-ports", "1") or "1",
-                       help="send each inner flow from one of N UDP source ports (the kernel's ephemeral range), "
+                       default=_env("outer-source-ports", "32") or "32",
+                       help="send each inner flow from one of N UDP source ports of the kernel's ephemeral range, "
                             "picked by a hash of the flow, as a kernel vxlan device spreads flows for ECMP and "
-                            "RSS (8 is plenty); 1: every flow from the bound port (default 1: on 2 cores N=8 cost 5-"
-                            "13 %% of one stream's TCP rate; at most 32)")
+                            "RSS (default 32, the most; per underlay family); 1: every flow from the bound port")
     _add_choice(extra, "--tunnel-gso", ("auto", "off"),
                 help="auto (default): a pod's TCP super-packet leaves whole, as one UDP tunnel GSO frame like "
                      "a kernel vxlan device's (a TAP with TUN_F_UDP_TUNNEL_GSO, Linux >= 6.17, and a tc "

@@ -405,7 +405,7 @@ class ThreadedDataPlane:
                  udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE, engine_sched: str = ENGINE_SCHED,
                  packet_sock: socket.socket | None = None, tx_socks: list[socket.socket] = (),
                  tunnel_tx=None, sock6: socket.socket | None = None,
-                 packet_sock6: socket.socket | None = None) -> None:
+                 packet_sock6: socket.socket | None = None, tx_socks6: list[socket.socket] = ()) -> None:
         self.engine = engine
         self.sock = sock
         self.engine_nice = engine_nice
@@ -419,7 +419,8 @@ class ThreadedDataPlane:
                       engine_sched == "auto", sock6.fileno() if sock6 is not None else -1,
                       packet_sock6.fileno() if packet_sock6 is not None else -1,
                       sock6.getsockname()[0] if sock6 is not None else "::",
-                      tunnel_tx is not None and tunnel_tx.csum)
+                      tunnel_tx is not None and tunnel_tx.csum,
+                      [(s.fileno(), s.getsockname()[1]) for s in tx_socks6])
         self._threads: list[threading.Thread] = []
         self._stopping = False
         # called (on the event loop) with the reason when an engine loop ends by itself

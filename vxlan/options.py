@@ -27,7 +27,7 @@ class Options:
     iptables_forward_rules: bool = True
     blackhole_route: bool = False
     offload: bool = True  # --no-offload turns TUN TSO/GRO and UDP GSO/GRO off
-    outer_source_ports: int = 1  # --outer-source-ports: sockets the flows are spread over by hash (1: the bound one)
+    outer_source_ports: int = 32  # --outer-source-ports: sockets the flows are spread over by hash (1: the bound one)
     tunnel_gso: str = "auto"  # --tunnel-gso: auto (super-packets leave whole where the kernel can) or off
     underlay_rx: str = "auto"  # --underlay-rx: auto (a packet socket when the TUN takes offloads) or udp
     engine_nice: int = ENGINE_NICE  # nice value of the compiled engine's two threads

@@ -68,6 +68,21 @@ def transfer(lab, src, dst, nbytes, seed=7, port=5001, ipv6=False):
     return sent, received
 
 
+def outer_source_ports(lab, sender, receiver, flows: int, ipv6: bool = False) -> set[str]:
+    """The outer UDP source ports of sender's VXLAN datagrams as the receiving node's tcpdump
+    sees them on its underlay while ``flows`` parallel TCP flows run sender -> receiver."""
+    src = sender.public_ipv6 if ipv6 else sender.public_ip
+    dump = lab.popen(receiver.ns, ["tcpdump", "-l", "-nn", "-c", "4000", "-i", "eth0",
+                                   f"src host {src} and udp dst port {lab.port}"],
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1)
+        lab.iperf3(sender, receiver, 2, "-P", str(flows), ipv6=ipv6)
+    finally:
+        dump.terminate()
+    return {line.split(" > ")[0].rsplit(".", 1)[1] for line in dump.stdout.read().splitlines() if " > " in line}
+
+
 def wait_for(predicate, timeout=5.0, interval=0.05):
     """Poll until ``predicate()`` is true; the elapsed seconds, or None on timeout."""
     start = time.monotonic()

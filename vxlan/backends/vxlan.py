@@ -43,6 +43,7 @@ class VxlanBackend(TunnelBackend):
         self.capture_files = 0
         self.offloads: list[str] = []
         self.tunnel: TunnelTx | None = None  # the tunnel GSO path, when the kernel has it
+        self.source_ports = 1  # outer UDP source ports the flows are spread over (the tunnel port alone: 1)
 
     async def start(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -67,10 +68,13 @@ class VxlanBackend(TunnelBackend):
             # the IPv6 underlay's frames too, for the same reason (a kernel flannel-v6 peer's partial checksums)
             packet_sock6 = self._open_packet_socket(ctx, sock6, backend.port) if packet_sock and sock6 else None
             tunnel = await self._open_tunnel_tx(ctx, tun)
+            tx_socks = self._open_source_port_sockets(ctx, sock)
+            tx_socks6 = self._open_source_port_sockets(ctx, sock6, open_udp6_socket) if sock6 is not None else []
+            self.source_ports = max(len(tx_socks), 1)
             self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
                                             "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
-                                            opts.engine_sched, packet_sock, self._open_source_port_sockets(ctx, sock),
-                                            tunnel, sock6, packet_sock6))
+                                            opts.engine_sched, packet_sock, tx_socks, tunnel, sock6, packet_sock6,
+                                            tx_socks6))
             if packet_sock is not None:
                 stop_receiving(sock)  # the packet socket reads what it would
             if packet_sock6 is not None:
@@ -93,14 +97,15 @@ class VxlanBackend(TunnelBackend):
         ctx.cleanups.append(sock6.close)
         return sock6
 
-    def _open_source_port_sockets(self, ctx: Context, sock) -> list:
-        """--outer-source-ports N > 1: N sending sockets on ports of the kernel's ephemeral range
-        (bound to port 0, as udp_flow_src_port picks from ip_local_port_range); they never
-        receive (the tunnel port does)."""
+    def _open_source_port_sockets(self, ctx: Context, sock, opener=open_udp_socket) -> list:
+        """--outer-source-ports N > 1 (default 32): N sending sockets on ports of the kernel's
+        ephemeral range (bound to port 0, as udp_flow_src_port picks from ip_local_port_range),
+        beside ``sock`` (the IPv4 or, with open_udp6_socket, the IPv6 underlay's); they never
+        receive (the tunnel port does). Without them every flow leaves from the tunnel port."""
         sockets: list = []
         for _ in range(ctx.opts.outer_source_ports if ctx.opts.outer_source_ports > 1 else 0):
             try:
-                sockets.append(open_udp_socket(sock.getsockname()[0], 0))
+                sockets.append(opener(sock.getsockname()[0], 0))
                 stop_receiving(sockets[-1])
             except OSError as exc:
                 log.warning("every flow leaves from port %d: no source-port socket (%s)", sock.getsockname()[1],
@@ -234,7 +239,8 @@ class VxlanBackend(TunnelBackend):
     def started(self) -> tuple[str, str]:
         backend = self.ctx.config.backend
         return (f"VNI {backend.vni}, port {backend.port}",
-                f", fastpath {fastpath.IMPLEMENTATION}, offloads: {' '.join(self.offloads) or 'none'}")
+                f", fastpath {fastpath.IMPLEMENTATION}, offloads: {' '.join(self.offloads) or 'none'}, "
+                f"source ports {self.source_ports}")
 
     # -- capture: --capture PATH, toggled by SIGUSR1 ------------------------------------------
     def _capture_next(self) -> None:
