@@ -10,6 +10,11 @@ With EnableIPv6 (``config.ipv6``) every step looks at the IPv6 subnet too, as fl
 does: a lease or previous subnet is reused only if its IPv6 subnet fits as well
 (``isIPv6SubnetConfigCompat``; without EnableIPv6 a lease that has one does not fit), and a new
 IPv6 subnet is picked the same way, independently of the IPv4 one.
+
+IPv6-only (EnableIPv4 false): every lease's IPv4 half is 0.0.0.0/0 and its PublicIP 0.0.0.0,
+so step 1 looks for the lease that carries our PublicIPv6 instead. flanneld's etcd manager
+matches by PublicIP there too, which makes every IPv6-only node after the first reuse the first
+one's lease (findLeaseByIP, local_manager.go v0.28.9); vxland does not copy that.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vxlan.config import NetworkConfig
+from vxlan.config import NO_IPV4_NETWORK, NetworkConfig
 from vxlan.lease import Lease, LeaseV6, lease_backend_type
 
 MAX_CANDIDATES = 100  # flannel local_manager.go: "at most the first 100 free"
@@ -48,13 +53,21 @@ def fits(config: NetworkConfig, subnet: ipaddress.IPv4Network, subnet6: ipaddres
     return subnet6 is not None and config.ipv6.contains_subnet(subnet6)
 
 
+def _ours(config: NetworkConfig, lease: Lease, public_ip: str, public_ipv6: str | None) -> bool:
+    if config.ipv4:
+        return lease.public_ip == public_ip
+    return public_ipv6 is not None and lease.v6 is not None and lease.v6.public_ip == public_ipv6
+
+
 def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str,
                   previous: ipaddress.IPv4Network | None, rng: random.Random,
-                  previous6: ipaddress.IPv6Network | None = None) -> Decision:
+                  previous6: ipaddress.IPv6Network | None = None, public_ipv6: str | None = None) -> Decision:
     leases = list(leases)
     stale: list[Lease] = []
+    if not config.ipv4:
+        previous = NO_IPV4_NETWORK if previous6 is not None else None
     for lease in leases:
-        if lease.public_ip == public_ip:
+        if _ours(config, lease, public_ip, public_ipv6):
             subnet6 = lease.v6.subnet if lease.v6 is not None else None
             if fits(config, lease.subnet, subnet6):
                 return Decision(subnet=lease.subnet, reuse=lease, subnet6=subnet6)
@@ -64,11 +77,12 @@ def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str
     taken = sorted(_packed(lease.network_address, lease.prefixlen) for lease in kept)
     taken6 = sorted(_range6(lease.v6.subnet) for lease in kept if lease.v6 is not None) if config.ipv6 else []
     if previous is not None and fits(config, previous, previous6):
-        free4 = not _overlaps_any(_packed(int(previous.network_address), previous.prefixlen), taken)
+        free4 = not config.ipv4 or not _overlaps_any(_packed(int(previous.network_address), previous.prefixlen), taken)
         if free4 and (previous6 is None or not _overlaps6(_range6(previous6), taken6)):
             return Decision(subnet=previous, delete_first=stale, subnet6=previous6)
     subnet6 = _pick6(config, taken6, rng) if config.ipv6 is not None else None
-    return Decision(subnet=_pick(config, taken, rng), delete_first=stale, subnet6=subnet6)
+    subnet = _pick(config, taken, rng) if config.ipv4 else NO_IPV4_NETWORK
+    return Decision(subnet=subnet, delete_first=stale, subnet6=subnet6)
 
 
 def _range6(subnet6: ipaddress.IPv6Network) -> tuple[int, int]:
@@ -154,5 +168,7 @@ def own_lease(config: NetworkConfig, decision: Decision, public_ip: str, new_vte
         old_mac6 = reused.v6.vtep_mac if reused is not None and reused.v6 is not None else None
         mac6 = (old_mac6 or new_mac6) if public_ipv6 is not None else None  # newSubnetAttrs: no address, no data
         lease6 = LeaseV6(decision.subnet6, public_ipv6, mac6, config.backend.vni if mac6 is not None else None)
+    if not config.ipv4:  # newSubnetAttrs (vxlan.go): no IPv4 device, no BackendData; PublicIP 0.0.0.0
+        return Lease(decision.subnet, "0.0.0.0", "vxlan", v6=lease6)
     mac = (reused.vtep_mac if reused is not None else None) or new_vtep_mac
     return Lease(decision.subnet, public_ip, "vxlan", mac, config.backend.vni, v6=lease6)

@@ -75,6 +75,10 @@ class NetworkConfig:
     backend_missing: bool = False  # no "Backend" key: flanneld's code falls back to udp
     enable_nftables: bool = False  # flannel >= 0.25: masquerade and forward rules with nftables (vxlan.nftables)
     ipv6: IPv6Range | None = None  # EnableIPv6: leases carry an IPv6 subnet too
+    # EnableIPv4 (default true). False: an IPv6-only overlay; the IPv4 half of every lease is
+    # 0.0.0.0/0 (flannel's empty IP4Net: keys "0.0.0.0-0&fd..::-64", MakeSubnetKey) and the
+    # IPv4 fields above say so (Network 0.0.0.0/0, SubnetLen 0).
+    ipv4: bool = True
 
     def subnet_mask(self) -> int:
         return (0xFFFFFFFF << (32 - self.subnet_len)) & 0xFFFFFFFF
@@ -220,16 +224,25 @@ def parse_config(raw: Any) -> NetworkConfig:
     """Validate a decoded config object; raises ConfigError naming the field."""
     if not isinstance(raw, dict):
         raise ConfigError("config", f"must be a JSON object, got {type(raw).__name__}")
-    if get_ci(raw, "EnableIPv4", True) is not True:
-        raise ConfigError("EnableIPv4", "vxland carries IPv4 overlays only; EnableIPv4 must be true")
-
-    network = _network_field(raw, "Network", ipaddress.IPv4Network)
-
-    subnet_len = _subnet_len(raw, network)
-    subnet_min, subnet_max = _subnet_range(raw, network, subnet_len)
+    ipv4 = get_ci(raw, "EnableIPv4", True)
+    ipv4 = True if ipv4 is None else ipv4  # JSON null leaves Go's default (SetDefaults: true)
+    if not isinstance(ipv4, bool):
+        raise ConfigError("EnableIPv4", f"must be true or false, got {json.dumps(ipv4)}")
+    if ipv4:
+        network = _network_field(raw, "Network", ipaddress.IPv4Network)
+        subnet_len = _subnet_len(raw, network)
+        subnet_min, subnet_max = _subnet_range(raw, network, subnet_len)
+    else:
+        # CheckNetworkConfig looks at none of the IPv4 keys without EnableIPv4 (config.go)
+        network, subnet_len = NO_IPV4_NETWORK, 0
+        subnet_min = subnet_max = NO_IPV4_NETWORK.network_address
     # checked after the IPv4 keys, in CheckNetworkConfig's order
     ipv6 = ipv6_range(raw) if _top_bool(raw, "EnableIPv6") else None
+    if not ipv4 and ipv6 is None:
+        # main.go: ipmatch.GetIPFamily(EnableIPv4, EnableIPv6) fails with "none defined stack"
+        raise ConfigError("EnableIPv4", "EnableIPv4 and EnableIPv6 are both false: none defined stack")
     return NetworkConfig(
+        ipv4=ipv4,
         network=network,
         subnet_len=subnet_len,
         subnet_min=subnet_min,
@@ -241,11 +254,17 @@ def parse_config(raw: Any) -> NetworkConfig:
     )
 
 
+NO_IPV4_NETWORK = ipaddress.IPv4Network("0.0.0.0/0")  # an IPv6-only config's (and lease's) IPv4 half
+
+
 def check_supported(config: NetworkConfig) -> None:
     """ConfigError (naming the field) for a valid config that vxland cannot run: the registries,
     the lease code and the lab read such configs (kernel nodes carry them); the daemon,
     ``vxlanctl doctor`` and ``vxlanctl plan`` ask this before running one. EnableIPv6 is carried
-    by the vxlan backend only (a second VTEP over the IPv6 underlay)."""
+    by the vxlan backend only (a second VTEP over the IPv6 underlay), IPv6-only overlays too."""
+    if not config.ipv4 and config.backend.type != "vxlan":
+        raise ConfigError("EnableIPv4", f"IPv6-only overlays are carried by vxland's vxlan backend only, not by "
+                                        f"{config.backend.type}")
     if config.ipv6 is not None and config.backend.type != "vxlan":
         raise ConfigError("EnableIPv6", f"IPv6 overlays are carried by vxland's vxlan backend only, not by "
                                         f"{config.backend.type}")

@@ -21,7 +21,8 @@ log = logging.getLogger("vxland")
 
 async def install(opts: Options, network, subnet, use_nftables: bool = False,
                   ipv6: tuple | None = None) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-    """--ip-masq and the forward rules, as flanneld's main.go sets them up (pkg/trafficmngr/iptables).
+    """--ip-masq and the forward rules, as flanneld's main.go sets them up (pkg/trafficmngr/iptables);
+    ``network`` None: an IPv6-only node, no IPv4 rules.
 
     Hosts without iptables (or without netfilter, as under gVisor) are among vxland's
     users: there the default forward rules are skipped with an error in the log, as
@@ -49,8 +50,10 @@ async def install(opts: Options, network, subnet, use_nftables: bool = False,
         return []
     old = subnetenv.read_values(opts.subnet_file)
     prev_net, prev_subnet = old.get("FLANNEL_NETWORK"), subnetenv.previous_subnet(opts.subnet_file)
-    await _remove_legacy_rules(opts, ipt, network, subnet, prev_net, prev_subnet)
-    resyncs = await _install_rule_sets(opts, ipt, "", network, subnet, prev_net, prev_subnet, failed)
+    resyncs = []
+    if network is not None:  # an IPv6-only node has no IPv4 rules (main.go: only if EnableIPv4)
+        await _remove_legacy_rules(opts, ipt, network, subnet, prev_net, prev_subnet)
+        resyncs = await _install_rule_sets(opts, ipt, "", network, subnet, prev_net, prev_subnet, failed)
     if ipv6 is not None:
         # SetupAndEnsureMasqRules' and SetupAndEnsureForwardRules' IPv6 halves (iptables.go): the
         # same chains and rules with ip6tables for the IPv6Network
@@ -153,7 +156,8 @@ def _remove_nftables() -> None:
 def _remove_iptables(network, subnet, ipv6: tuple | None = None) -> None:
     """... and with nftables, the iptables (and ip6tables) rules vxland or flanneld put there
     for this Network (and IPv6Network)."""
-    for binary, (net, sub) in [("iptables", (network, subnet))] + ([("ip6tables", ipv6)] if ipv6 else []):
+    for binary, (net, sub) in ([("iptables", (network, subnet))] if network is not None else []) + \
+            ([("ip6tables", ipv6)] if ipv6 else []):
         try:
             ipt = iptables.IPTables(binary)
             rules = [*iptables.masq_rules(net, sub, True), *iptables.masq_rules(net, sub, False),

@@ -61,7 +61,7 @@ def script(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masq: 
     """The whole transaction: both tables (Init), then each wanted chain, masquerade first as
     main.go, each for IPv4 and then, with ``ipv6`` (IPv6Network, our IPv6 subnet), for IPv6."""
     lines = [_table("ip", IPV4_TABLE), _table("ip6", IPV6_TABLE)]
-    pairs = [(network, subnet)] + ([ipv6] if ipv6 is not None else [])
+    pairs = _pairs(network, subnet, ipv6)
     if masq:
         for n, s in pairs:
             lines += _chain(_family(n), POSTRTG_CHAIN, "type nat hook postrouting priority srcnat",
@@ -71,6 +71,13 @@ def script(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masq: 
             lines += _chain(_family(n), FORWARD_CHAIN, "type filter hook forward priority filter",
                             "chain to accept flannel traffic", forward_rules(n))
     return "\n".join(lines) + "\n"
+
+
+def _pairs(network, subnet, ipv6: tuple | None) -> list[tuple]:
+    """(Network, our subnet) of each family with rules: an IPv6-only node (``network`` None)
+    has none for IPv4 (SetupAndEnsureMasqRules skips an empty flannelIPv4Net), yet both
+    tables are made (Init)."""
+    return ([(network, subnet)] if network is not None else []) + ([ipv6] if ipv6 is not None else [])
 
 
 def cleanup_script() -> str:
@@ -154,7 +161,7 @@ def expected_rules(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network
     """The rule lines ``nft list`` prints for ``script``'s rules, table by table, chain by
     chain as listed (postrtg before forward; nft writes the mark in full width)."""
     out = []
-    for n, s in [(network, subnet)] + ([ipv6] if ipv6 is not None else []):
+    for n, s in _pairs(network, subnet, ipv6):
         rules = masq_rules(n, s, random_fully) if masq else []
         rules = [r.replace(f"mark {KUBE_PROXY_MARK}", "mark 0x00004000") for r in rules]
         out += rules + (forward_rules(n) if forward else [])

@@ -17,10 +17,14 @@ from pathlib import Path
 IPv6Part = tuple[ipaddress.IPv6Network, ipaddress.IPv6Network]  # (IPv6Network, our IPv6 subnet)
 
 
-def render(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int, ip_masq: bool,
+def render(network: ipaddress.IPv4Network | None, subnet: ipaddress.IPv4Network | None, mtu: int, ip_masq: bool,
            ipv6: IPv6Part | None = None) -> str:
-    text = (f"FLANNEL_NETWORK={network}\n"
-            f"FLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n")
+    """subnet.env as WriteSubnetFile (subnet.go) writes it: an IPv6-only node (``network``
+    None) has no FLANNEL_NETWORK and FLANNEL_SUBNET."""
+    text = ""
+    if network is not None and subnet is not None:
+        text = (f"FLANNEL_NETWORK={network}\n"
+                f"FLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n")
     if ipv6 is not None:
         network6, subnet6 = ipv6
         text += (f"FLANNEL_IPV6_NETWORK={network6}\n"
@@ -28,7 +32,7 @@ def render(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: i
     return text + f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
 
 
-def write(path: Path, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int,
+def write(path: Path, network: ipaddress.IPv4Network | None, subnet: ipaddress.IPv4Network | None, mtu: int,
           ip_masq: bool = False, ipv6: IPv6Part | None = None) -> None:
     write_text(path, render(network, subnet, mtu, ip_masq, ipv6))
 

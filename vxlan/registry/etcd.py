@@ -211,7 +211,8 @@ class EtcdRegistry:
         reservations: set[int] = set()  # idents of the keys without TTL
         leases, revision = await self.list_leases(reservations)
         try:
-            decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng, self.previous_subnet6)
+            decision = choose_subnet(config, leases, public_ip, self.previous_subnet, self.rng, self.previous_subnet6,
+                                     v6[0] if v6 is not None else None)
         except OutOfSubnets as exc:
             raise AcquireError(f"failed to acquire lease: {exc}") from None
         for stale in decision.delete_first:

@@ -52,6 +52,11 @@ def parse_registry(raw: Any) -> Snapshot:
         config = parse_config(raw["config"])
     except ConfigError as exc:
         raise ConfigError(f"config.{exc.field}", exc.reason) from None
+    if not config.ipv4:
+        # every IPv6-only lease's key starts 0.0.0.0-0: this file's leases are told apart by their
+        # IPv4 subnet, and the etcd registries by their whole key
+        raise ConfigError("config.EnableIPv4", "IPv6-only networks (EnableIPv4 false) run on etcd, not on a "
+                                               "registry file")
     subnets = raw.get("subnets")
     if not isinstance(subnets, dict):
         raise ConfigError("subnets", 'missing or not an object mapping "10.5.1.0-24" to lease JSON')
