@@ -10,6 +10,7 @@ The packet work is in ``dataplane``; this module only wires things together.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -88,12 +89,14 @@ class Daemon:
         config = await self._config()
         try:
             iface = await asyncio.to_thread(netconf.find_iface, self.opts.iface, self.opts.public_ip,
-                                            self.opts.iface_regex, self.opts.iface_can_reach)
+                                            self.opts.iface_regex, self.opts.iface_can_reach, not config.ipv4)
         except netconf.NetconfError as exc:
             raise StartupError(str(exc)) from None
-        public_ip = self.opts.public_ip or iface.address
-        if iface.address:
-            self._underlay = (iface, iface.address)
+        # an IPv6-only node's lease says PublicIP 0.0.0.0 (newSubnetAttrs sets none) and its
+        # IPv4 address, if it has one, is nobody's business
+        public_ip = (self.opts.public_ip or iface.address) if config.ipv4 else "0.0.0.0"
+        if iface.address or not config.ipv4:
+            self._underlay = (iface, iface.address if config.ipv4 else None)
         self.backend = backend = backend_for(config.backend.type)
         backend.precheck(self.opts, iface, public_ip)
         v6 = (await self._public_ipv6(iface), wire.random_vtep_mac()) if config.ipv6 is not None else None
@@ -161,17 +164,21 @@ class Daemon:
     async def _program_host(self, config, own: Lease, mtu: int) -> None:
         """The blackhole route, the iptables rules, subnet.env."""
         if self.opts.blackhole_route:
+            # each family's subnet, as main.go (AddBlackholeV4Route with EnableIPv4, V6 with EnableIPv6)
+            subnets = ([own.subnet] if config.ipv4 else []) + \
+                ([own.v6.subnet] if config.ipv6 is not None and own.v6 is not None else [])
             try:
-                await asyncio.to_thread(netconf.add_blackhole, own.subnet)
+                for subnet in subnets:
+                    await asyncio.to_thread(netconf.add_blackhole, subnet)
             except netconf.NetconfError as exc:
                 raise StartupError(str(exc)) from None
         # --ip-masq and the forward rules (vxlan.hostrules); their resync loops run supervised
         ipv6 = (config.ipv6.network, own.v6.subnet) if config.ipv6 is not None and own.v6 is not None else None
-        for name, resync in await hostrules.install(self.opts, config.network, own.subnet, config.enable_nftables,
-                                                    ipv6):
+        network, subnet = (config.network, own.subnet) if config.ipv4 else (None, None)
+        for name, resync in await hostrules.install(self.opts, network, subnet, config.enable_nftables, ipv6):
             self.tasks.start(f"{name} rules resync", resync)
         try:
-            subnetenv.write(self.opts.subnet_file, config.network, own.subnet, mtu, self.opts.ip_masq, ipv6)
+            subnetenv.write(self.opts.subnet_file, network, subnet, mtu, self.opts.ip_masq, ipv6)
         except OSError as exc:
             raise StartupError(f"cannot write --subnet-file {self.opts.subnet_file}: {exc.strerror}") from None
 
@@ -189,8 +196,12 @@ class Daemon:
         if own.v6 is not None:
             v6 = (f", IPv6 subnet {own.v6.subnet} VtepMAC {wire.mac_to_str(own.v6.vtep_mac or b'') or 'none'} "
                   f"public IPv6 {own.v6.public_ip}")
+        if not config.ipv4:  # an IPv6-only node: its IPv4 address (if any) plays no part
+            public_ip = "none"
+            iface = dataclasses.replace(iface, address=own.v6.public_ip if own.v6 is not None else "")
         log.info("vxland started: %s, MTU %d, subnet %s, VtepMAC %s%s, %d peers (underlay %s %s, public IP %s, %s%s, "
-                 "registry %s%s)", head, mtu, own.subnet, mac, v6, len(self.peers), iface.name,
+                 "registry %s%s)", head, mtu, own.subnet if config.ipv4 else "none (IPv6-only)", mac, v6,
+                 len(self.peers), iface.name,
                  iface.address or public_ip, public_ip, self.backend.device, detail, self.registry.name, strict)
 
     async def _start_health(self) -> None:

@@ -65,11 +65,11 @@ class _Pool:
 
 
 class DataPlane:
-    def __init__(self, codec: BatchCodec, tun_fd: int, sock: socket.socket, batch: int = BATCH,
+    def __init__(self, codec: BatchCodec, tun_fd: int, sock: socket.socket | None, batch: int = BATCH,
                  sock6: socket.socket | None = None) -> None:
         self.codec = codec
         self.tun_fd = tun_fd
-        self.sock = sock
+        self.sock = sock  # the IPv4 underlay's (None: an IPv6-only node, sock6 alone)
         self.sock6 = sock6  # a dual-stack node's IPv6 underlay socket: IPv6 peers' datagrams go and come by it
         self.batch = batch
         # bytes in front of the inner packet: VXLAN + Ethernet, or none for flannel's udp backend
@@ -88,7 +88,8 @@ class DataPlane:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         loop.add_reader(self.tun_fd, self._on_tun_readable)
-        loop.add_reader(self.sock.fileno(), self._on_udp_readable)
+        if self.sock is not None:
+            loop.add_reader(self.sock.fileno(), self._on_udp_readable, self.sock)
         if self.sock6 is not None:
             loop.add_reader(self.sock6.fileno(), self._on_udp_readable, self.sock6)
 
@@ -98,7 +99,8 @@ class DataPlane:
     def stop(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self.tun_fd)
-            self._loop.remove_reader(self.sock.fileno())
+            if self.sock is not None:
+                self._loop.remove_reader(self.sock.fileno())
             if self.sock6 is not None:
                 self._loop.remove_reader(self.sock6.fileno())
             self._loop = None
@@ -155,7 +157,7 @@ class DataPlane:
             sock = self.sock6 if v6 else self.sock
             try:
                 if sock is None:
-                    raise OSError("no IPv6 underlay socket")
+                    raise OSError("no underlay socket of this family")
                 if ecn:  # the outer header's TOS (traffic class) for this datagram, as the engine does
                     cmsg = ((socket.IPPROTO_IPV6, socket.IPV6_TCLASS) if v6 else (socket.IPPROTO_IP, socket.IP_TOS))
                     sock.sendmsg([pool.views[i][: hr + length]], [(*cmsg, ecn.to_bytes(4, sys.byteorder))], 0,
@@ -401,7 +403,7 @@ def tune_engine_thread(tid: int, name: str, nice: int, sched: str = ENGINE_SCHED
 class ThreadedDataPlane:
     """Runs the compiled engine's two loops in two threads (no GIL inside them)."""
 
-    def __init__(self, engine, tun_fd: int, sock: socket.socket, vnet_hdr: bool, udp_gso: bool,
+    def __init__(self, engine, tun_fd: int, sock: socket.socket | None, vnet_hdr: bool, udp_gso: bool,
                  udp_gro: bool, tun_uso: bool = False, engine_nice: int = ENGINE_NICE, engine_sched: str = ENGINE_SCHED,
                  packet_sock: socket.socket | None = None, tx_socks: list[socket.socket] = (),
                  tunnel_tx=None, sock6: socket.socket | None = None,
@@ -411,8 +413,11 @@ class ThreadedDataPlane:
         self.engine_nice = engine_nice
         self.engine_sched = engine_sched
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        local_ip, local_port = sock.getsockname()[:2]  # for the outer headers of capture records
-        engine.attach(tun_fd, sock.fileno(), self._stop_fd, vnet_hdr, udp_gso, udp_gro, tun_uso, local_ip, local_port,
+        # for the outer headers of capture records (an IPv6-only node has no IPv4 socket: fd -1,
+        # which the engine's poll skips and no IPv4 peer ever sends by)
+        local_ip, local_port = sock.getsockname()[:2] if sock is not None else ("0.0.0.0", sock6.getsockname()[1])
+        engine.attach(tun_fd, sock.fileno() if sock is not None else -1, self._stop_fd, vnet_hdr, udp_gso, udp_gro,
+                      tun_uso, local_ip, local_port,
                       packet_sock.fileno() if packet_sock is not None else -1,
                       [(s.fileno(), s.getsockname()[1]) for s in tx_socks],
                       *((tunnel_tx.fd, tunnel_tx.mac) if tunnel_tx is not None else (-1, bytes(6))),

@@ -121,7 +121,8 @@ def _check_config_value(api: str, key: str, value: bytes) -> Check:
         check_supported(config)
     except ConfigError as exc:
         return Check("config", "FAIL", f"{key}: {exc}", "run flanneld on this node, or leave EnableIPv6 out")
-    detail = f"Network {config.network}, backend {config.backend.type}, etcd {api} store"
+    network = f"Network {config.network}" if config.ipv4 else "IPv6-only (EnableIPv4 false)"
+    detail = f"{network}, backend {config.backend.type}, etcd {api} store"
     # which traffic manager --ip-masq and the forward rules use (flannel >= 0.25's EnableNFTables)
     detail += ", host rules with nftables (EnableNFTables)" if config.enable_nftables else ", host rules with iptables"
     if config.backend_missing:
@@ -135,9 +136,9 @@ def _check_config_value(api: str, key: str, value: bytes) -> Check:
     return Check("config", "ok", detail, config=config)
 
 
-def check_mtu(ifaces: tuple[str, ...]) -> tuple[Check, netconf.Iface | None]:
+def check_mtu(ifaces: tuple[str, ...], ipv6_only: bool = False) -> tuple[Check, netconf.Iface | None]:
     try:
-        iface = netconf.find_iface(ifaces, None)
+        iface = netconf.find_iface(ifaces, None, ipv6_only=ipv6_only)
     except netconf.NetconfError as exc:
         if not ifaces:  # fine for vxland started with --iface, as most are
             return Check("underlay", "warn", str(exc), "give vxland (and this check) --iface NAME"), None
@@ -190,14 +191,22 @@ def flag_values(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def check_port(port: int, healthz_port: int, holder: tuple[int, list[str]] | None = None) -> Check:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind(("0.0.0.0", port))
-            return Check("port", "ok", f"UDP {port} is free")
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                return Check("port", "FAIL", f"UDP {port}: {exc.strerror}", "run as root")
+def check_port(port: int, healthz_port: int, holder: tuple[int, list[str]] | None = None,
+               families: tuple[int, ...] = (socket.AF_INET,)) -> Check:
+    """UDP ``port`` free in each underlay family vxland binds it in (IPv6 with EnableIPv6)."""
+    free = True
+    for family in families:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    return Check("port", "FAIL", f"UDP {port}: {exc.strerror}", "run as root")
+                free = False
+    if free:
+        return Check("port", "ok", f"UDP {port} is free")
     if holder is not None and is_vxland(holder[1]):
         return Check("port", "ok", f"UDP {port} is held by the running vxland (pid {holder[0]})")
     if healthz_port and _running_vxland(healthz_port):
@@ -302,8 +311,10 @@ def run_all(args, settings=None) -> list[Check]:
     ifaces = tuple(args.iface)
     if not ifaces and holder is not None and is_vxland(holder[1]):
         ifaces = tuple(flag_values(holder[1], "iface"))
-    mtu_check, iface = check_mtu(ifaces)
-    checks += [mtu_check, check_port(port, args.healthz_port, holder), check_ip_forward()]
+    mtu_check, iface = check_mtu(ifaces, config is not None and not config.ipv4)
+    families = ((socket.AF_INET,) if config is None or config.ipv4 else ()) + \
+        ((socket.AF_INET6,) if config is not None and config.ipv6 is not None else ())
+    checks += [mtu_check, check_port(port, args.healthz_port, holder, families), check_ip_forward()]
     if config is not None and config.ipv6 is not None:
         checks += check_ipv6(iface, args.public_ipv6)
     checks.append(check_nftables() if config is not None and config.enable_nftables else check_iptables())

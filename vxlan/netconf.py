@@ -61,11 +61,12 @@ def iface_ipv6(index: int) -> str | None:
     return None
 
 
-def _iface_of(ipr: IPRoute, index: int, public_ip: str | None, preferred: str | None = None) -> Iface:
+def _iface_of(ipr: IPRoute, index: int, public_ip: str | None, preferred: str | None = None,
+              need_ipv4: bool = True) -> Iface:
     link = ipr.get_links(index)[0]
     name = link.get_attr("IFLA_IFNAME")
     addrs = _ipv4_addresses(ipr, index)
-    if public_ip is None and not addrs:
+    if public_ip is None and not addrs and need_ipv4:
         raise NetconfError(f"interface {name} has no IPv4 address; give --public-ip or --iface")
     address = preferred if preferred in addrs else (addrs[0] if addrs else "")
     return Iface(name=name, index=index, address=address, mtu=link.get_attr("IFLA_MTU"))
@@ -85,11 +86,13 @@ def _lookup(ipr: IPRoute, spec: str) -> tuple[int, str | None] | None:
 
 
 def find_iface(ifaces: tuple[str, ...] | str | None = (), public_ip: str | None = None,
-               regexes: tuple[str, ...] = (), can_reach: str | None = None) -> Iface:
+               regexes: tuple[str, ...] = (), can_reach: str | None = None, ipv6_only: bool = False) -> Iface:
     """The underlay interface, chosen as flanneld's ``main.go`` and ``pkg/ipmatch/match.go:LookupExtIface``
     do: the first ``--iface`` (name or address) that exists; else the first ``--iface-regex``
     that matches an address, then a name; else the interface of the route to
-    ``--iface-can-reach``; with none of them given, the interface of the first IPv4 default route."""
+    ``--iface-can-reach``; with none of them given, the interface of the first IPv4 default route
+    (``ipv6_only``, an IPv6-only overlay: of the first IPv6 default route, and the interface
+    needs no IPv4 address)."""
     if isinstance(ifaces, str):
         ifaces = (ifaces,)
     ifaces = tuple(ifaces or ())
@@ -98,7 +101,7 @@ def find_iface(ifaces: tuple[str, ...] | str | None = (), public_ip: str | None 
         for spec in ifaces:
             hit = _lookup(ipr, spec)
             if hit is not None:
-                return _iface_of(ipr, hit[0], public_ip, hit[1])
+                return _iface_of(ipr, hit[0], public_ip, hit[1], not ipv6_only)
         for pattern in regexes:
             rx = re.compile(pattern)
             for a in ipr.get_addr(family=2):
@@ -106,12 +109,13 @@ def find_iface(ifaces: tuple[str, ...] | str | None = (), public_ip: str | None 
                 if rx.search(address):
                     return _iface_of(ipr, a["index"], public_ip, address)
             for link in ipr.get_links():
-                if rx.search(link.get_attr("IFLA_IFNAME")) and _ipv4_addresses(ipr, link["index"]):
-                    return _iface_of(ipr, link["index"], public_ip)
+                if rx.search(link.get_attr("IFLA_IFNAME")) and (ipv6_only or _ipv4_addresses(ipr, link["index"])):
+                    return _iface_of(ipr, link["index"], public_ip, need_ipv4=not ipv6_only)
         if can_reach:
             try:
                 route = ipr.route("get", dst=can_reach)[0]
-                return _iface_of(ipr, route.get_attr("RTA_OIF"), public_ip, route.get_attr("RTA_PREFSRC"))
+                return _iface_of(ipr, route.get_attr("RTA_OIF"), public_ip, route.get_attr("RTA_PREFSRC"),
+                                 not ipv6_only)
             except NetlinkError:
                 pass
         if ifaces or regexes or can_reach:
@@ -121,11 +125,12 @@ def find_iface(ifaces: tuple[str, ...] | str | None = (), public_ip: str | None 
             # flanneld's words (main.go), then what was tried
             raise NetconfError("Failed to find interface to use that matches the interfaces and/or regexes "
                                f"provided ({'; '.join(tried)})")
-        for route in ipr.get_default_routes(family=2):
+        family = socket.AF_INET6 if ipv6_only else socket.AF_INET
+        for route in ipr.get_default_routes(family=family):
             index = route.get_attr("RTA_OIF")
             if index is not None:
-                return _iface_of(ipr, index, public_ip)
-        raise NetconfError("no --iface given and no IPv4 default route to pick one from")
+                return _iface_of(ipr, index, public_ip, need_ipv4=not ipv6_only)
+        raise NetconfError(f"no --iface given and no {'IPv6' if ipv6_only else 'IPv4'} default route to pick one from")
 
 
 def is_directly_connected(ip: str) -> bool:
@@ -197,21 +202,21 @@ def gateway_routes(network: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Network
     return found
 
 
-def add_blackhole(subnet: ipaddress.IPv4Network) -> None:
+def add_blackhole(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
     """flanneld --ip-blackhole-route: packets for unassigned addresses of our subnet are dropped
     here instead of following the Network route back into the tunnel. A high metric keeps the
     pod bridge's connected route for the same subnet in front."""
     with IPRoute() as ipr:
         try:
-            ipr.route("replace", dst=str(subnet), type="blackhole", priority=BLACKHOLE_METRIC)
+            ipr.route("replace", dst=str(subnet), type="blackhole", priority=BLACKHOLE_METRIC, family=_family(subnet))
         except NetlinkError as exc:
             raise NetconfError(f"blackhole route {subnet}: {exc}") from None
 
 
-def delete_blackhole(subnet: ipaddress.IPv4Network) -> None:
+def delete_blackhole(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
     with IPRoute() as ipr:
         try:
-            ipr.route("del", dst=str(subnet), type="blackhole", priority=BLACKHOLE_METRIC)
+            ipr.route("del", dst=str(subnet), type="blackhole", priority=BLACKHOLE_METRIC, family=_family(subnet))
         except NetlinkError:
             pass
 
@@ -237,8 +242,10 @@ def disable_ipv6(name: str) -> None:
         pass  # IPv6 not compiled in: nothing to silence
 
 
-def configure_tun(name: str, address: ipaddress.IPv4Address, mtu: int, network: ipaddress.IPv4Network) -> None:
-    """MTU, ``address/32`` and link up, then one route for the whole Network via the device.
+def configure_tun(name: str, address: ipaddress.IPv4Address | None, mtu: int,
+                  network: ipaddress.IPv4Network | None) -> None:
+    """MTU, ``address/32`` and link up, then one route for the whole Network via the device
+    (an IPv6-only node's, ``address`` None: MTU and up only).
 
     The /32 address is flannel's (vxlan.go:configureDeviceIPv4IPv6): host-originated traffic to
     remote pods uses it as source. IPv6 is switched off on the device so the kernel sends no
@@ -252,9 +259,11 @@ def configure_tun(name: str, address: ipaddress.IPv4Address, mtu: int, network: 
         index = found[0]
         try:
             ipr.link("set", index=index, mtu=mtu)
-            ipr.addr("replace", index=index, address=str(address), prefixlen=32)
+            if address is not None:
+                ipr.addr("replace", index=index, address=str(address), prefixlen=32)
             ipr.link("set", index=index, state="up")
-            ipr.route("replace", dst=str(network), oif=index)
+            if network is not None:
+                ipr.route("replace", dst=str(network), oif=index)
         except NetlinkError as exc:
             raise NetconfError(f"configuring {name} (mtu {mtu}, {address}/32, route {network}): {exc}") from None
 

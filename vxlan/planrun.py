@@ -87,6 +87,9 @@ def make(req: Request) -> plan.Plan:
         source = str(req.registry_file)
     else:
         config, leases, source = asyncio.run(read_etcd(req.etcd))
+    if not config.ipv4:
+        raise PlanError(f"{source}: an IPv6-only network (EnableIPv4 false): vxlanctl plan prints the commands of "
+                        "IPv4 and dual-stack networks only")
     try:
         iface = netconf.find_iface(req.iface, req.public_ip)
     except netconf.NetconfError as exc:

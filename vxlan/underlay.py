@@ -110,7 +110,8 @@ class _Notifications:
         self.sock.close()
 
 
-async def watch(iface: netconf.Iface, address: str, own: Lease | None, registry, address6: str | None = None) -> None:
+async def watch(iface: netconf.Iface, address: str | None, own: Lease | None, registry,
+                address6: str | None = None) -> None:
     """Return once ``address`` (or a dual-stack node's ``address6``, its IPv6 underlay
     address) is no longer on ``iface`` (logged, our lease released if it names the address
     and is no reservation)."""
@@ -119,7 +120,8 @@ async def watch(iface: netconf.Iface, address: str, own: Lease | None, registry,
     try:
         while True:  # the first look right away: a change before the subscription is not missed
             present = await asyncio.to_thread(netconf.iface_addresses, iface.index)
-            if present is None or address not in present:
+            if present is None or (address is not None and address not in present):
+                address = address or address6  # (an IPv6-only node watches its IPv6 address alone)
                 break
             if address6 is not None:
                 present6 = await asyncio.to_thread(netconf.iface_addresses, iface.index, True)

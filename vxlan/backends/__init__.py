@@ -117,10 +117,10 @@ async def apply_events(backend: Backend, events: list[PeerEvent]) -> None:
         if isinstance(event, PeerAdded):
             how = await backend.add_peer(lease)
             if how != FAILED and say is not _quiet:  # _quiet: a /8 at start, -v off: nothing to format
-                say("peer %s via %s (%s)", lease.subnet, lease.public_ip, backend.describe(lease, how))
+                say("peer %s via %s (%s)", *_where(lease), backend.describe(lease, how))
         elif isinstance(event, PeerRemoved):
             await backend.remove_peer(lease)
-            say("peer %s via %s removed", lease.subnet, lease.public_ip)
+            say("peer %s via %s removed", *_where(lease))
         elif isinstance(event, PeerSkipped):
             skipped += 1
             (log.warning if few else say)("lease %s (%s) ignored: %s", lease.key, lease.public_ip, event.reason)
@@ -130,6 +130,13 @@ async def apply_events(backend: Backend, events: list[PeerEvent]) -> None:
         (log.warning if skipped else log.info)(
             "peer table: %d added, %d removed, %d leases ignored (other backends or prefix lengths); one line "
             "each with -v", added, removed, skipped)
+
+
+def _where(lease: Lease) -> tuple:
+    """A peer's subnet and address for the log: an IPv6-only lease's (0.0.0.0-0&...) are its IPv6 ones."""
+    if lease.subnet_key == 0 and lease.v6 is not None:
+        return lease.v6.subnet, lease.v6.public_ip
+    return lease.subnet, lease.public_ip
 
 
 async def route_peer(routes: PeerRoutes, lease: Lease, ipv6: bool = False) -> str:

@@ -53,12 +53,15 @@ class TunnelBackend:
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         ctx.cleanups.append(tun.close)
-        network = ctx.config.network
+        network = ctx.config.network if ctx.config.ipv4 else None  # (an IPv6-only node: no IPv4 side)
         # pyroute2's sync API must not run on the event-loop thread (it blocks on netlink)
-        ctx.cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, network))
+        if network is not None:
+            ctx.cleanups.append(lambda: asyncio.to_thread(netconf.remove_route, tun.name, network))
         try:
-            await asyncio.to_thread(netconf.configure_tun, tun.name, ctx.own.subnet.network_address, ctx.mtu, network)
-            self.leftover_routes = await asyncio.to_thread(netconf.gateway_routes, network)
+            await asyncio.to_thread(netconf.configure_tun, tun.name,
+                                    ctx.own.subnet.network_address if network is not None else None, ctx.mtu, network)
+            if network is not None:
+                self.leftover_routes = await asyncio.to_thread(netconf.gateway_routes, network)
             if ctx.config.ipv6 is not None and ctx.own.v6 is not None:
                 # one TUN for both families (docs/ipv6.md); the IPv6 route has the MTU a kernel
                 # flannel-v6 device over the IPv6 underlay gets: the underlay's minus 70

@@ -48,29 +48,35 @@ class VxlanBackend(TunnelBackend):
     async def start(self, ctx: Context) -> None:
         self.ctx = ctx
         opts, backend, own = ctx.opts, ctx.config.backend, ctx.own
-        assert own.vtep_mac is not None
+        ipv4 = ctx.config.ipv4  # false: an IPv6-only overlay, no IPv4 VTEP, socket or routes at all
+        assert own.vtep_mac is not None or not ipv4
         if own.vni is not None and own.vni != backend.vni:
             log.warning("our lease says VNI %d but the config says %d; using the config's", own.vni, backend.vni)
         threaded = fastpath.Engine is not None
         codec_cls = fastpath.Engine if threaded else fastpath.Codec
         v6 = own.v6 if ctx.config.ipv6 is not None and own.v6 is not None and own.v6.vtep_mac else None
-        self.codec = codec_cls(backend.vni, own.vtep_mac, ctx.config.subnet_len, ctx.mtu, backend.port,
-                               strict_source=opts.strict_source, vtep_mac6=v6.vtep_mac if v6 else None,
+        if not ipv4 and v6 is None:
+            raise StartupError("an IPv6-only node needs an IPv6 VTEP: its lease has no BackendV6Data")
+        # (an IPv6-only node's codec has an empty IPv4 side: its IPv6 VTEP stands in for the IPv4 one)
+        self.codec = codec_cls(backend.vni, own.vtep_mac or v6.vtep_mac, ctx.config.subnet_len or 32, ctx.mtu,
+                               backend.port, strict_source=opts.strict_source, vtep_mac6=v6.vtep_mac if v6 else None,
                                subnet_len6=ctx.config.ipv6.subnet_len if v6 else 0)
-        sock = self.open_socket(ctx, backend.port, "a kernel vxlan device or another vxland on this port?")
+        sock = self.open_socket(ctx, backend.port, "a kernel vxlan device or another vxland on this port?") \
+            if ipv4 else None
         sock6 = self._open_socket6(ctx, v6.public_ip, backend.port) if v6 is not None and v6.public_ip else None
         tun = await self.open_tun(ctx, opts.tun_name or f"flannel.{backend.vni}", threaded and opts.offload)
-        self.offloads = self._probe_offloads(threaded, tun, sock)
-        if sock6 is not None and "udp-gro" in self.offloads:
+        self.offloads = self._probe_offloads(threaded, tun, sock or sock6)
+        if sock and sock6 is not None and "udp-gro" in self.offloads:
             probe_udp_offloads(sock6)  # UDP_GRO on it too (what the IPv4 socket has, it has)
         if threaded:
-            packet_sock = self._open_packet_socket(ctx, sock, backend.port)
+            packet_sock = self._open_packet_socket(ctx, sock, backend.port) if sock else None
             # the IPv6 underlay's frames too, for the same reason (a kernel flannel-v6 peer's partial checksums)
-            packet_sock6 = self._open_packet_socket(ctx, sock6, backend.port) if packet_sock and sock6 else None
+            packet_sock6 = self._open_packet_socket(ctx, sock6, backend.port) \
+                if sock6 and (packet_sock or not ipv4) else None
             tunnel = await self._open_tunnel_tx(ctx, tun)
-            tx_socks = self._open_source_port_sockets(ctx, sock)
+            tx_socks = self._open_source_port_sockets(ctx, sock) if sock else []
             tx_socks6 = self._open_source_port_sockets(ctx, sock6, open_udp6_socket) if sock6 is not None else []
-            self.source_ports = max(len(tx_socks), 1)
+            self.source_ports = max(len(tx_socks) if ipv4 else len(tx_socks6), 1)
             self.run(ctx, ThreadedDataPlane(self.codec, tun.fd, sock, tun.vnet_hdr, "udp-gso" in self.offloads,
                                             "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
                                             opts.engine_sched, packet_sock, tx_socks, tunnel, sock6, packet_sock6,
@@ -195,6 +201,10 @@ class VxlanBackend(TunnelBackend):
 
     async def add_peer(self, lease: Lease) -> str:
         await self._add_peer6(lease)
+        if lease.vtep_mac is None:
+            # no IPv4 half (an IPv6-only lease, or a node without an IPv4 device): flanneld
+            # programs nothing for it (vxlan_network.go handles BackendData only if present)
+            return TUNNEL
         # DirectRouting is decided per event, as vxlan_network.go does
         if self.routes is not None and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
             return await self.route_to(lease)
@@ -233,7 +243,8 @@ class VxlanBackend(TunnelBackend):
 
     def describe(self, lease: Lease, how: str) -> str:
         if how == TUNNEL:
-            return f"VtepMAC {wire.mac_to_str(lease.vtep_mac or b'')}"
+            mac = lease.vtep_mac or (lease.v6.vtep_mac if lease.v6 is not None else None)
+            return f"VtepMAC {wire.mac_to_str(mac or b'')}"
         return "direct route, no tunnel"
 
     def started(self) -> tuple[str, str]:
