@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vxlan import netconf, plan, subnetenv, wire
-from vxlan.config import get_ci
+from vxlan.config import NO_IPV4_NETWORK, get_ci
 from vxlan.lab.etcd import SUBNETS, EtcdLabMixin, EtcdMember, make_certs
 from vxlan.lab.util import LabError, sh, stop_process  # noqa: F401 (re-exported)
 from vxlan.lease import Lease, make_subnet_key
@@ -144,9 +144,11 @@ class Lab(EtcdLabMixin):
                  etcd_members: int = 1, seed_config: bool = True, env: dict[str, str] | None = None,
                  defer: tuple[int, ...] = (), kernel_tx_off: bool = False, backend: dict | None = None,
                  segments: tuple[int, ...] = (), etcd_tls: bool = False, etcd_api: str = "v3",
-                 ipv6: bool = False) -> None:
+                 ipv6: bool = False, ipv6_only: bool = False) -> None:
         if registry not in ("file", "etcd"):
             raise ValueError(f"registry must be file or etcd, not {registry!r}")
+        if ipv6_only and registry != "etcd":
+            raise ValueError("an IPv6-only lab runs on etcd (a registry file carries no IPv6-only network)")
         if etcd_api not in ("v3", "v2"):
             raise ValueError(f"etcd_api must be v3 or v2, not {etcd_api!r}")
         # v2: etcd runs with --enable-v2, the config is written with the v2 API and kernel nodes
@@ -176,8 +178,11 @@ class Lab(EtcdLabMixin):
         self.kernel_tx_off = kernel_tx_off
         # dual-stack: the hosts get IPv6 underlay addresses too (UNDERLAY6) and the config
         # EnableIPv6 with IPv6Network OVERLAY6; pods get an address of their host's IPv6 subnet
-        self.ipv6 = ipv6
-        self.network6 = OVERLAY6 if ipv6 else None
+        # ipv6_only: EnableIPv4 false, an IPv6-only overlay (on etcd; the underlay keeps its
+        # IPv4 addresses, by which the nodes reach etcd); pods get IPv6 addresses alone
+        self.ipv6_only = ipv6_only
+        self.ipv6 = ipv6 or ipv6_only
+        self.network6 = OVERLAY6 if self.ipv6 else None
         self.underlay_ns = f"{self.prefix}-ul"
         self.workdir = Path(tempfile.mkdtemp(prefix="vxlan-lab-"))
         self.registry_path = self.workdir / "registry.json"
@@ -299,10 +304,11 @@ class Lab(EtcdLabMixin):
     def _address_pod(self, host: Host) -> None:
         """Give the pod link its addresses once the host's subnet is known (what CNI does with
         FLANNEL_SUBNET): S.1 on the host side, S.2 in the pod, default route via S.1."""
-        sh(["ip", "-n", host.ns, "addr", "replace", f"{host.gateway_ip}/{self.subnet_len}", "dev", "pod"])
         sh(["ip", "-n", host.pod_ns, "addr", "flush", "dev", "eth0"])
-        sh(["ip", "-n", host.pod_ns, "addr", "add", f"{host.pod_ip}/{self.subnet_len}", "dev", "eth0"])
-        sh(["ip", "-n", host.pod_ns, "route", "replace", "default", "via", host.gateway_ip])
+        if not self.ipv6_only:
+            sh(["ip", "-n", host.ns, "addr", "replace", f"{host.gateway_ip}/{self.subnet_len}", "dev", "pod"])
+            sh(["ip", "-n", host.pod_ns, "addr", "add", f"{host.pod_ip}/{self.subnet_len}", "dev", "eth0"])
+            sh(["ip", "-n", host.pod_ns, "route", "replace", "default", "via", host.gateway_ip])
         if host.subnet6 is not None:
             gw6, prefix6 = host.subnet6.network_address + 1, host.subnet6.prefixlen
             sh(["ip", "-n", host.ns, "-6", "addr", "replace", f"{gw6}/{prefix6}", "dev", "pod", "nodad"])
@@ -412,7 +418,7 @@ class Lab(EtcdLabMixin):
         """The node's lease as any other node would learn it: its subnet from the subnet.env it
         wrote (FLANNEL_SUBNET), its VtepMAC from its lease in the registry; then the pod gets
         its addresses. (Not from the log: a log line is no interface.)"""
-        new_subnet = subnetenv.previous_subnet(host.subnet_file)
+        new_subnet = subnetenv.previous_subnet(host.subnet_file) if not self.ipv6_only else NO_IPV4_NETWORK
         if new_subnet is None:
             raise LabError(f"h{host.index} started but {host.subnet_file} has no FLANNEL_SUBNET")
         new_subnet6 = subnetenv.previous_subnet6(host.subnet_file) if self.ipv6 else None

@@ -114,10 +114,10 @@ class EtcdLabMixin:
         return sh(env_cmd, ns=self.underlay_ns, check=check, input=input)
 
     def default_config(self) -> dict:
-        config: dict = {"Network": str(self.network)}
+        config: dict = {"Network": str(self.network)} if not self.ipv6_only else {"EnableIPv4": False}
         if self.backend.get("Type", "vxlan") is not None:  # Type None: no Backend at all (udp)
             config["Backend"] = self.backend_config()
-        if self.subnet_len != 24:
+        if self.subnet_len != 24 and not self.ipv6_only:
             config["SubnetLen"] = self.subnet_len
         if self.network6 is not None:
             config.update({"EnableIPv6": True, "IPv6Network": str(self.network6)})

@@ -60,7 +60,7 @@ class KernelNode:
     """flannel.<VNI> (and flannel-v6.<VNI>) and its peers; ``direct`` decides DirectRouting per
     event (vxlan_network.go)."""
 
-    def __init__(self, dev: str, direct_routing: bool, dev6: str | None = None) -> None:
+    def __init__(self, dev: str | None, direct_routing: bool, dev6: str | None = None) -> None:
         self.dev = dev
         self.dev6 = dev6
         self.direct_routing = direct_routing
@@ -71,6 +71,8 @@ class KernelNode:
             if self.dev6 is not None and isinstance(event, PeerAdded | PeerRemoved):
                 await self._program6(event)
             lease = event.lease
+            if self.dev is None or lease.vtep_mac is None:
+                continue  # an IPv6-only node or lease: no IPv4 half (vxlan_network.go needs BackendData)
             if isinstance(event, PeerAdded):
                 if self.direct_routing and await asyncio.to_thread(netconf.is_directly_connected, lease.public_ip):
                     await run_steps([plan.direct_route(lease)])
@@ -157,6 +159,7 @@ async def run(args: argparse.Namespace) -> int:
     own, others = await registry.acquire(config, iface.address, wire.random_vtep_mac(), v6)
     mtu = config.tun_mtu(iface.mtu)
     ipv6 = (config.ipv6.network, own.v6.subnet) if config.ipv6 is not None and own.v6 is not None else None
+    network, subnet = (config.network, own.subnet) if config.ipv4 else (None, None)  # (IPv6-only: none)
     if config.backend.type == "host-gw":
         node: KernelNode | HostGwNode = HostGwNode(iface.name)
         peers = PeerTable(own.subnet, config.subnet_len, "host-gw")
@@ -164,10 +167,12 @@ async def run(args: argparse.Namespace) -> int:
         subnetenv.write(args.subnet_file, config.network, own.subnet, mtu, ipv6=ipv6)
         log.info("flanneld-emu started: backend host-gw, subnet %s, VtepMAC none, %d peers", own.subnet, len(peers))
         return await follow_until_stopped(registry, node, peers, stop)
-    assert own.vtep_mac is not None
-    dev = await ensure_device(own, config, iface, mtu)
-    if args.tx_checksum_off:  # veth has no checksum hardware (see README, troubleshooting)
-        await run_steps([plan.Step("tx off", ["ethtool", "-K", dev, "tx", "off"])])
+    dev = None  # an IPv6-only node has flannel-v6.<VNI> alone (vxlan.go: no IPv4 device without EnableIPv4)
+    if config.ipv4:
+        assert own.vtep_mac is not None
+        dev = await ensure_device(own, config, iface, mtu)
+        if args.tx_checksum_off:  # veth has no checksum hardware (see README, troubleshooting)
+            await run_steps([plan.Step("tx off", ["ethtool", "-K", dev, "tx", "off"])])
     dev6 = None
     if own.v6 is not None and own.v6.vtep_mac is not None and own.v6.public_ip is not None:
         dev6 = plan.device_name_v6(config.backend.vni)
@@ -178,9 +183,9 @@ async def run(args: argparse.Namespace) -> int:
     node = KernelNode(dev, config.backend.direct_routing, dev6)
     peers = PeerTable(own.subnet, config.subnet_len, own_subnet6=own.v6.subnet if own.v6 else None)
     await node.program(peers.reset(others))
-    subnetenv.write(args.subnet_file, config.network, own.subnet, mtu, ipv6=ipv6)
+    subnetenv.write(args.subnet_file, network, subnet, mtu, ipv6=ipv6)
     log.info("flanneld-emu started: subnet %s, VtepMAC %s, VNI %d, port %d, %d peers (etcd %s)",
-             own.subnet, wire.mac_to_str(own.vtep_mac), config.backend.vni, config.backend.port, len(peers),
+             own.subnet, wire.mac_to_str(own.vtep_mac or b""), config.backend.vni, config.backend.port, len(peers),
              registry.name)
     return await follow_until_stopped(registry, node, peers, stop)
 
