@@ -5,6 +5,7 @@ pkg/subnet/subnet.go, pkg/backend/vxlan/vxlan.go:newSubnetAttrs, main.go)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import random
@@ -16,8 +17,8 @@ from vxlan.allocator import choose_subnet, own_lease
 from vxlan.config import NO_IPV4_NETWORK, ConfigError, check_supported, parse_config
 from vxlan.lease import Lease, LeaseV6, lease_from_value, parse_subnet_keys
 from vxlan.peers import PeerAdded, PeerRemoved, PeerTable
-from vxlan.registry import Deleted, Put, peer_events
-from vxlan.registry.file import parse_registry
+from vxlan.registry import AcquireError, Deleted, Put, peer_events
+from vxlan.registry.file import FileRegistry, parse_registry
 
 V4, V6 = ipaddress.IPv4Network, ipaddress.IPv6Network
 MAC6 = bytes.fromhex("2a0b0c0d0e0f")
@@ -120,7 +121,32 @@ def test_nftables_rules_for_ipv6_alone_both_tables_made():
     assert not any("ip saddr" in rule or "ip daddr" in rule for rule in only)
 
 
-def test_the_registry_file_says_to_use_etcd():
-    with pytest.raises(ConfigError) as err:
-        parse_registry({"config": ONLY6, "subnets": {}})
-    assert err.value.field == "config.EnableIPv4" and "run on etcd" in err.value.reason
+def test_the_registry_file():
+    """Keys 0.0.0.0-0&<IPv6 subnet>, one lease per PublicIPv6; a node takes the lease with its
+    PublicIPv6 (all have PublicIP 0.0.0.0)."""
+    a, b = only6("fd78:0:0:1::/64", "fd00::1"), only6("fd78:0:0:2::/64", "fd00::2")
+    doc = {"config": ONLY6, "subnets": {a.key: json.loads(a.to_json()), b.key: json.loads(b.to_json())}}
+    snap = parse_registry(doc)
+    assert list(snap.leases.values()) == [a, b] and snap.lease(NO_IPV4_NETWORK, V6("fd78:0:0:2::/64")) == b
+    for key, field, text in (
+            ("10.5.1.0-24&fd78:0:0:3::-64", 'subnets["10.5.1.0-24&fd78:0:0:3::-64"]', "0.0.0.0-0&<IPv6 subnet>"),
+            ("0.0.0.0-0&fd78:0:0:1:8000::-65", 'subnets["0.0.0.0-0&fd78:0:0:1:8000::-65"]', "overlaps"),
+            ("0.0.0.0-0&fd78:0:0:3::-64", 'subnets["0.0.0.0-0&fd78:0:0:3::-64"].PublicIPv6', "one lease per node")):
+        with pytest.raises(ConfigError) as err:
+            parse_registry({**doc, "subnets": {**doc["subnets"], key: json.loads(a.to_json())}})
+        assert err.value.field == field and text in err.value.reason, (err.value.field, err.value.reason)
+
+
+def test_a_node_takes_its_lease_from_the_registry_file_by_its_public_ipv6(tmp_path):
+    a, b = only6("fd78:0:0:1::/64", "fd00::1"), only6("fd78:0:0:2::/64", "fd00::2")
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"config": ONLY6, "subnets": {a.key: json.loads(a.to_json()),
+                                                             b.key: json.loads(b.to_json())}}))
+    registry = FileRegistry(path)
+    config = asyncio.run(registry.get_config())
+    own, others = asyncio.run(registry.acquire(config, "0.0.0.0", b"\x02" * 6, ("fd00::2", MAC6)))
+    assert own == b and others == [a]
+    registry = FileRegistry(path)
+    config = asyncio.run(registry.get_config())
+    with pytest.raises(AcquireError, match="no lease in .* has PublicIPv6 fd00::9: .* --public-ipv6"):
+        asyncio.run(registry.acquire(config, "0.0.0.0", b"\x02" * 6, ("fd00::9", MAC6)))

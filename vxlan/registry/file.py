@@ -26,8 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from vxlan.allocator import fits
-from vxlan.config import ConfigError, NetworkConfig, parse_config
-from vxlan.lease import Lease, lease_backend_type, lease_from_attrs, network, parse_subnet_keys, subnet_key
+from vxlan.config import NO_IPV4_NETWORK, ConfigError, NetworkConfig, parse_config
+from vxlan.lease import (
+    Lease,
+    lease_backend_type,
+    lease_from_attrs,
+    lease_ident,
+    network,
+    parse_subnet_keys,
+    subnet_key,
+)
 from vxlan.registry import AcquireError, Change, Reset
 
 log = logging.getLogger(__name__)
@@ -36,10 +44,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Snapshot:
     config: NetworkConfig
-    leases: dict[int, Lease]  # by Lease.subnet_key, in file order
+    leases: dict[int, Lease]  # by Lease.ident (the subnet_key; IPv6-only: from the IPv6 subnet), in file order
 
-    def lease(self, subnet: ipaddress.IPv4Network) -> Lease | None:
-        return self.leases.get(subnet_key(subnet))
+    def lease(self, subnet: ipaddress.IPv4Network, subnet6: ipaddress.IPv6Network | None = None) -> Lease | None:
+        return self.leases.get(lease_ident(subnet, subnet6))
 
 
 def parse_registry(raw: Any) -> Snapshot:
@@ -52,11 +60,6 @@ def parse_registry(raw: Any) -> Snapshot:
         config = parse_config(raw["config"])
     except ConfigError as exc:
         raise ConfigError(f"config.{exc.field}", exc.reason) from None
-    if not config.ipv4:
-        # every IPv6-only lease's key starts 0.0.0.0-0: this file's leases are told apart by their
-        # IPv4 subnet, and the etcd registries by their whole key
-        raise ConfigError("config.EnableIPv4", "IPv6-only networks (EnableIPv4 false) run on etcd, not on a "
-                                               "registry file")
     subnets = raw.get("subnets")
     if not isinstance(subnets, dict):
         raise ConfigError("subnets", 'missing or not an object mapping "10.5.1.0-24" to lease JSON')
@@ -70,34 +73,44 @@ def parse_registry(raw: Any) -> Snapshot:
             raise ConfigError(_path(key), "key is not a subnet key like 10.5.34.0-24 (network address, '-', "
                               "prefix) or 10.5.34.0-24&fc00:0:0:22::-64 (dual-stack)")
         subnet, subnet6 = both
-        k = subnet_key(subnet)
+        if not config.ipv4 and (subnet.prefixlen or subnet6 is None):
+            raise ConfigError(_path(key), "an IPv6-only network's keys are 0.0.0.0-0&<IPv6 subnet> (flannel's "
+                              "MakeSubnetKey without an IPv4 subnet), e.g. 0.0.0.0-0&fc00:0:0:22::-64")
+        k = lease_ident(subnet, subnet6)  # (subnet_key, but for IPv6-only keys: all share 0.0.0.0-0)
         if subnet6 is not None:
             if config.ipv6 is not None and not subnet6.subnet_of(config.ipv6.network):
                 raise ConfigError(_path(key), f"subnet {subnet6} is not inside IPv6Network {config.ipv6.network}")
             v6[k] = subnet6
-        first, last = _span(k)
+        first, last = _span(subnet_key(subnet))
         if first < net_first or last > net_last:
             raise ConfigError(_path(key), f"subnet {subnet} is not inside Network {config.network}")
         if k in keys:
             raise ConfigError(_path(key), f"subnet {subnet} overlaps {subnet}")
         keys[k] = key
-    _check_overlaps(keys)
+    if config.ipv4:
+        _check_overlaps(keys)
     _check_overlaps6(keys, v6)
     leases: dict[int, Lease] = {}
     owners: dict[str, str] = {}
     for k, attrs in zip(keys, subnets.values(), strict=True):
         key = keys[k]
         path = _path(key)
-        lease = lease_from_attrs(network(k >> 6, k & 63), attrs, path, v6.get(k))
+        lease = lease_from_attrs(network(k >> 6, k & 63) if k >= 0 else NO_IPV4_NETWORK, attrs, path, v6.get(k))
         if lease.backend_type in ("vxlan", "host-gw", ""):
-            if lease.public_ip in owners:
-                raise ConfigError(
-                    f"{path}.PublicIP",
-                    f"{lease.public_ip} already holds {owners[lease.public_ip]}; one lease per node",
-                )
-            owners[lease.public_ip] = key
+            # a node is its PublicIP, an IPv6-only one (PublicIP 0.0.0.0 on all) its PublicIPv6
+            owner, field = _owner(config, lease)
+            if owner in owners:
+                raise ConfigError(f"{path}.{field}", f"{owner} already holds {owners[owner]}; one lease per node")
+            if owner is not None:
+                owners[owner] = key
         leases[k] = lease
     return Snapshot(config=config, leases=leases)
+
+
+def _owner(config: NetworkConfig, lease: Lease) -> tuple[str | None, str]:
+    if config.ipv4:
+        return lease.public_ip, "PublicIP"
+    return (lease.v6.public_ip if lease.v6 is not None else None), "PublicIPv6"
 
 
 def _path(key: str) -> str:
@@ -212,11 +225,13 @@ class FileRegistry:
 
     async def acquire(self, config: NetworkConfig, public_ip: str, new_vtep_mac: bytes,
                       v6: tuple[str | None, bytes] | None = None) -> tuple[Lease, list[Lease]]:
-        """flannel's reuse rule (local_manager.go:tryAcquireLease): the lease with our PublicIP.
-        A static file is not written to, so there is no lease to create (nor ``v6`` to use)."""
+        """flannel's reuse rule (local_manager.go:tryAcquireLease): the lease with our PublicIP
+        (an IPv6-only node's: with our PublicIPv6, ``v6``'s first item). A static file is not
+        written to, so there is no lease to create."""
         assert self._snapshot is not None, "get_config first"
+        me, field = (public_ip, "PublicIP") if config.ipv4 else (v6[0] if v6 is not None else None, "PublicIPv6")
         for lease in self._snapshot.leases.values():
-            if lease.public_ip != public_ip:
+            if _owner(config, lease)[0] != me:
                 continue
             if lease.backend_type != lease_backend_type(config):
                 raise AcquireError(f"the lease {lease.key} for PublicIP {public_ip} has BackendType "
@@ -232,10 +247,11 @@ class FileRegistry:
             others = [other for other in self._snapshot.leases.values() if other is not lease]
             # from here on only the config and our lease are compared against (the peers are
             # the peer table's): no second map of a /8 of leases
-            self._snapshot = Snapshot(self._snapshot.config, {lease.subnet_key: lease})
+            self._snapshot = Snapshot(self._snapshot.config, {lease.ident: lease})
             return lease, others
-        raise AcquireError(f"no lease in {self.path} has PublicIP {public_ip}: add one for this node under "
-                           "\"subnets\", or pass the right --public-ip")
+        flag = "--public-ip" if config.ipv4 else "--public-ipv6"
+        raise AcquireError(f"no lease in {self.path} has {field} {me}: add one for this node under "
+                           f"\"subnets\", or pass the right {flag}")
 
     async def changes(self) -> AsyncIterator[Change]:
         """A Reset each time the file changes and still parses."""
@@ -253,7 +269,7 @@ class FileRegistry:
                 continue
             self._warn_permissions()
             self._warn_fixed_parts(snapshot)
-            own = self._own.subnet_key if self._own else None
+            own = self._own.ident if self._own else None
             yield Reset([lease for key, lease in snapshot.leases.items() if key != own])
             self._stamp = stamp  # only once applied: a follower started again reads it anew
 
@@ -263,7 +279,7 @@ class FileRegistry:
         assert self._snapshot is not None and self._own is not None
         if snapshot.config != self._snapshot.config:
             log.warning("the network config in the registry changed; restart vxland to apply it")
-        own = snapshot.leases.get(self._own.subnet_key)
+        own = snapshot.leases.get(self._own.ident)
         if own is None:
             log.warning("our own lease %s is gone from the registry; still forwarding with it", self._own.key)
         elif own != self._own:
