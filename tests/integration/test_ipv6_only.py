@@ -81,3 +81,25 @@ def test_a_restarted_node_keeps_its_lease():
                      "--iface", "eth0"], ns=h1.ns, check=False).stdout
         assert "ok   config       IPv6-only (EnableIPv4 false), backend vxlan" in doctor, doctor
         assert f"UDP {lab.port} is held by the running vxland" in doctor, doctor
+
+
+@pytest.mark.parametrize("api", ["v3", "v2"])
+def test_a_node_whose_underlay_has_no_ipv4(api):
+    """An IPv6-only host: no IPv4 address on its underlay (--iface eth0 all the same), etcd
+    reached over IPv6; it joins and its pod reaches the other node's, on either etcd store."""
+    with Lab(["vxland", "vxland"], ipv6_only=True, registry="etcd", etcd_api=api, defer=(2,)) as lab:
+        h1, h2 = lab.hosts
+        sh(["ip", "-4", "addr", "flush", "dev", "eth0"], ns=h2.ns)
+        h2.extra_args = ["--etcd-endpoints", lab.etcd_endpoints6]
+        lab.start_node(h2)
+        started = next(ln for ln in lab.log(h2).splitlines() if "vxland started" in ln)
+        assert f"underlay eth0 {h2.public_ipv6}, public IP none" in started, started
+        for src, dst in ((h1, h2), (h2, h1)):
+            assert lab.ping(src, dst, count=2, interval=0.1, ipv6=True).returncode == 0
+        sent, received = transfer(lab, h2, h1, 5 * MB, ipv6=True)
+        assert sent == received
+        # without --iface: the interface of the IPv6 default route, as flanneld takes it
+        sh(["ip", "-6", "route", "add", "default", "dev", "eth0"], ns=h2.ns)
+        found = sh([sys.executable, "-c", "from vxlan import netconf; i = netconf.find_iface(ipv6_only=True); "
+                    "print(i.name, repr(i.address))"], ns=h2.ns).stdout
+        assert found == "eth0 ''\n", found

@@ -190,7 +190,8 @@ class Lab(EtcdLabMixin):
         self.processes: list[subprocess.Popen[bytes]] = []
         self.hosts = self._make_hosts(kinds)
         self.etcd = [EtcdMember(i, str(UNDERLAY.network_address + 250 + i), self.workdir / f"etcd-m{i}",
-                                self.workdir / f"etcd-m{i}.log", tls=etcd_tls)
+                                self.workdir / f"etcd-m{i}.log", tls=etcd_tls,
+                                ip6=str(UNDERLAY6.network_address + 250 + i) if self.ipv6 else None)
                      for i in range(1, etcd_members + 1)] if registry == "etcd" else []
         self._torn_down = False
 
@@ -254,6 +255,9 @@ class Lab(EtcdLabMixin):
         else:
             for member in self.etcd:
                 sh(["ip", "-n", self.underlay_ns, "addr", "add", f"{member.ip}/{UNDERLAY.prefixlen}", "dev", "br0"])
+                if member.ip6:
+                    sh(["ip", "-n", self.underlay_ns, "addr", "add", f"{member.ip6}/{UNDERLAY6.prefixlen}", "dev",
+                        "br0", "nodad"])
             for member in self.etcd:
                 self.start_etcd(member, wait=False)
             for member in self.etcd:

@@ -24,6 +24,7 @@ class EtcdMember:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     tls: bool = False  # https with client certificates (certs in the lab's workdir)
+    ip6: str | None = None  # dual-stack labs: clients may come over the IPv6 underlay too
 
     @property
     def name(self) -> str:
@@ -32,6 +33,10 @@ class EtcdMember:
     @property
     def client_url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.ip}:2379"
+
+    @property
+    def client_url6(self) -> str | None:
+        return f"{'https' if self.tls else 'http'}://[{self.ip6}]:2379" if self.ip6 else None
 
     @property
     def peer_url(self) -> str:
@@ -65,10 +70,16 @@ class EtcdLabMixin:
     def etcd_endpoints(self) -> str:
         return ",".join(m.client_url for m in self.etcd)
 
+    @property
+    def etcd_endpoints6(self) -> str:
+        """The members' client URLs over the IPv6 underlay (dual-stack labs)."""
+        return ",".join(m.client_url6 for m in self.etcd if m.client_url6)
+
     def start_etcd(self, member: EtcdMember, wait: bool = True) -> None:
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.etcd)
         cmd = ["etcd", "--name", member.name, "--data-dir", str(member.data_dir),
-               "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
+               "--listen-client-urls", ",".join(filter(None, (member.client_url, member.client_url6))),
+               "--advertise-client-urls", member.client_url,
                "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
                "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
                "--initial-cluster-state", "new", "--heartbeat-interval", "10", "--election-timeout", "100"]
