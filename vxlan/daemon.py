@@ -187,7 +187,8 @@ class Daemon:
         mac = wire.mac_to_str(own.vtep_mac) if own.vtep_mac else "none"
         strict = ", strict source" if self.opts.strict_source else ""
         if self.metrics_source is not None:
-            self.metrics_source.info.update({"backend": config.backend.type, "subnet": str(own.subnet),
+            self.metrics_source.info.update({"backend": config.backend.type,
+                                             "subnet": str(own.subnet) if config.ipv4 else "none",
                                              "registry": self.registry.name,
                                              "vni": str(config.backend.vni), "port": str(config.backend.port),
                                              "vtep_mac": mac, "strict_source": "1" if strict else "0"})
