@@ -450,6 +450,8 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ipv6", action="store_true",
                       help="a dual-stack cluster (EnableIPv6): pings and iperf3 over IPv6 too, through the IPv6 "
                            "underlay")
+    demo.add_argument("--ipv6-only", action="store_true",
+                      help="an IPv6-only cluster (EnableIPv4 false): pings and iperf3 over IPv6 alone")
     check = sub.add_parser("check", help="validate a registry file and print what it holds")
     check.add_argument("file", type=Path)
     decode = sub.add_parser("decode", help="print a capture (pcapng from vxland --capture) as a table")
@@ -575,7 +577,8 @@ def _demo(args: argparse.Namespace) -> int:
     from vxlan.lab import demo  # the lab is imported by these two commands only, lazily
 
     return demo.run(vni=args.vni, port=args.port, seconds=args.seconds,
-                    registry="file" if args.static else "etcd", etcd_api=args.etcd_api, ipv6=args.ipv6)
+                    registry="file" if args.static else "etcd", etcd_api=args.etcd_api, ipv6=args.ipv6,
+                    ipv6_only=args.ipv6_only)
 
 
 VXLANCTL_COMMANDS = {"check": _check, "decode": _decode, "doctor": _doctor, "plan": _plan, "lab": _lab,

@@ -1,7 +1,7 @@
 """``vxlanctl demo``: a 3-host lab (two vxland hosts, one kernel vxlan node) joining one etcd
 (or, with ``--static``, one registry file), pod-to-pod ping between every pair, iperf3 between
 pods, a table of results, teardown. ``--ipv6``: a dual-stack cluster (EnableIPv6), pings and
-iperf3 over IPv6 too."""
+iperf3 over IPv6 too; ``--ipv6-only``: an IPv6-only one (EnableIPv4 false), over IPv6 alone."""
 
 from __future__ import annotations
 
@@ -32,15 +32,16 @@ def _ping_cell(proc) -> tuple[bool, str]:
 
 
 def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd", etcd_api: str = "v3",
-        ipv6: bool = False) -> int:
+        ipv6: bool = False, ipv6_only: bool = False) -> int:
     reason = labmod.can_run()
     if reason:
         print(f"vxlanctl demo: cannot build the lab: {reason}", file=sys.stderr)
         return 1
-    if ipv6 and registry != "etcd":
-        print("vxlanctl demo: --ipv6 runs on etcd (its nodes take their IPv6 subnets there), not with --static",
-              file=sys.stderr)
+    if (ipv6 or ipv6_only) and registry != "etcd":
+        print(f"vxlanctl demo: --ipv6{'-only' if ipv6_only else ''} runs on etcd (its nodes take their IPv6 subnets "
+              "there), not with --static", file=sys.stderr)
         return 2
+    ipv6 = ipv6 or ipv6_only
     kinds = ["vxland", "vxland", "kernel"]
     missing = labmod.kernel_vxlan_missing()
     if missing:
@@ -52,12 +53,15 @@ def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd"
         how = "etcdctl put (v3)" if etcd_api == "v3" else "etcdctl set (v2 API, etcd --enable-v2)"
         print(f"starting etcd (empty), writing the network config with {how}, then the nodes join and take "
               "leases ...")
-    with Lab(kinds, vni=vni, port=port, registry=registry, etcd_api=etcd_api, ipv6=ipv6) as lab:
+    with Lab(kinds, vni=vni, port=port, registry=registry, etcd_api=etcd_api, ipv6=ipv6, ipv6_only=ipv6_only) as lab:
         _show_lab(lab, vni, port, registry, etcd_api)
-        all_ok = _pings(lab)
+        all_ok = True
+        if not ipv6_only:
+            all_ok &= _pings(lab)
         if ipv6:
             all_ok &= _pings(lab, ipv6=True)
-        all_ok &= _iperf3s(lab, seconds)
+        if not ipv6_only:
+            all_ok &= _iperf3s(lab, seconds)
         if ipv6:
             all_ok &= _iperf3s(lab, seconds, ipv6=True)
         print("\nall pairs reachable" if all_ok else "\nSOME PAIRS FAILED (daemon logs follow)")
@@ -71,12 +75,13 @@ def run(vni: int = 1, port: int = 8472, seconds: int = 5, registry: str = "etcd"
 
 def _show_lab(lab: Lab, vni: int, port: int, registry: str, etcd_api: str) -> None:
     """What was built: the overlay, the leases in etcd as flanneld writes them, the hosts."""
-    print(f"\nvxland demo: VNI {vni}, UDP port {port}, overlay {lab.network}, underlay {labmod.UNDERLAY}, "
+    overlay = "none (IPv6-only)" if lab.ipv6_only else lab.network
+    print(f"\nvxland demo: VNI {vni}, UDP port {port}, overlay {overlay}, underlay {labmod.UNDERLAY}, "
           f"MTU {lab.mtu - wire.ENCAP_OVERHEAD} inside, registry: "
           + (f"etcd {etcd_api} at {lab.etcd_endpoints}" if registry == "etcd" else "static file") + "\n")
     if lab.network6 is not None:
-        print(f"dual-stack: IPv6 overlay {lab.network6} over the IPv6 underlay {labmod.UNDERLAY6}, MTU "
-              f"{lab.mtu - wire.ENCAP_OVERHEAD - 20} inside (flannel-v6's)\n")
+        print(f"{'IPv6-only' if lab.ipv6_only else 'dual-stack'}: IPv6 overlay {lab.network6} over the IPv6 "
+              f"underlay {labmod.UNDERLAY6}, MTU {lab.mtu - wire.ENCAP_OVERHEAD - 20} inside (flannel-v6's)\n")
     if registry == "etcd":
         print(f"etcd's {etcd_api} store now holds (as flanneld"
               f" {'>= 0.18' if etcd_api == 'v3' else '0.15-0.17'} writes them):")
@@ -86,9 +91,10 @@ def _show_lab(lab: Lab, vni: int, port: int, registry: str, etcd_api: str) -> No
     print(f"{'host':<5} {'kind':<7} {'public IP':<13} {'subnet':<15} {'VtepMAC':<18} pod")
     # kernel: a Linux vxlan device, driven by the flanneld emulator in etcd mode (v2 only on v2)
     for h in lab.hosts:
-        print(f"h{h.index:<4} {h.kind:<7} {h.public_ip:<13} {str(h.subnet):<15} "
-              f"{wire.mac_to_str(h.vtep_mac):<18} {h.pod_ip}" + (f"  IPv6 {h.subnet6} pod {h.pod_ip6}"
-                                                                  if h.subnet6 is not None else ""))
+        subnet, pod = ("none", "-") if lab.ipv6_only else (str(h.subnet), h.pod_ip)
+        print(f"h{h.index:<4} {h.kind:<7} {h.public_ip:<13} {subnet:<15} "
+              f"{wire.mac_to_str(h.vtep_mac) or 'none':<18} {pod}" + (f"  IPv6 {h.subnet6} pod {h.pod_ip6}"
+                                                                     if h.subnet6 is not None else ""))
 
 
 def _pings(lab: Lab, ipv6: bool = False) -> bool:
