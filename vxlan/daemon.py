@@ -116,7 +116,8 @@ class Daemon:
         await self._program_host(config, own, mtu)
         gc.freeze()  # what start-up made lives as long as the daemon
         self.ready = True
-        sdnotify.notify(f"READY=1\nSTATUS=subnet {own.subnet}, {len(self.peers)} peers")
+        subnet = own.subnet if config.ipv4 else own.v6.subnet if own.v6 is not None else "none"
+        sdnotify.notify(f"READY=1\nSTATUS=subnet {subnet}, {len(self.peers)} peers")
         self._say_started(config, own, iface, public_ip, mtu)
 
     async def _config(self):
