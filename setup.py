@@ -22,7 +22,8 @@ if _differ:
 
 # the engine, one file per job (fastpath/vxengine.h says which)
 ENGINE = [f"fastpath/vx_{job}.c"
-          for job in ("table", "table6", "csum", "offload", "tx", "rx", "rx_packet", "tunnel", "sched", "capture")]
+          for job in ("table", "table6", "csum", "offload", "tx", "rx", "rx_packet", "tunnel", "sched", "capture",
+                      "bridge")]
 HEADERS = ["fastpath/vxengine.h", "fastpath/vx_internal.h"]
 extensions = [
     Extension("fastpath._fastpath", ["fastpath/_fastpath.pyx", *ENGINE], include_dirs=["fastpath"],

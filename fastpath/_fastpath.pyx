@@ -12,6 +12,7 @@ move whole batches per system call (``recvmmsg``, ``sendmmsg``, ``UDP_SEGMENT``,
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.errno cimport errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
@@ -158,6 +159,7 @@ cdef extern from "vxengine.h" nogil:
     void vx_gro_flush(vx_gro *g, vx_emit_fn emit, void *ctx)
     int vx_run_tx(vx_io *io)
     int vx_run_rx(vx_io *io)
+    int vx_bridge(vx_io *io, int stop_fd, int go_fd, int done_fd, int nice, const int *extra, int n_extra)
     void vx_lock(vx_core *c)
     void vx_unlock(vx_core *c)
 
@@ -422,6 +424,23 @@ cdef class Engine(Codec):
             rc = vx_run_rx(&self.io)
         if rc:
             raise MemoryError("vxland rx loop could not allocate its buffers")
+
+    def bridge(self, int stop_fd, int go_fd, int done_fd, int nice=0, keep=()):
+        """Fork a reload's bridge (vx_bridge.c): a child that, once ``go_fd`` is written (after
+        this engine's loops stopped), forwards with its descriptors and tables at ``nice`` until
+        ``stop_fd`` is written, then writes ``done_fd`` (eventfds all); ``keep``: more
+        descriptors it holds open (at most 8). Call it on the thread that re-executes.
+        Returns its PID."""
+        cdef int extra[8]
+        cdef int n = 0
+        for fd in keep[:8]:
+            extra[n] = fd
+            n += 1
+        cdef int pid = vx_bridge(&self.io, stop_fd, go_fd, done_fd, nice, extra, n)
+        cdef int err = errno
+        if pid < 0:
+            raise OSError(err, f"no bridge for the reload: {os.strerror(err)}")
+        return pid
 
     @property
     def gso_disabled(self):

@@ -276,4 +276,12 @@ typedef struct {
 int vx_run_tx(vx_io *io);
 int vx_run_rx(vx_io *io);
 
+/* A reload's bridge (vx_bridge.c): fork a child that, once go_fd is written (after the
+ * daemon's loops stopped), runs both loops on io's descriptors and tables at priority ``nice``
+ * until stop_fd is written, then writes done_fd and exits (all three eventfds); of the rest it
+ * keeps only ``extra`` open (at most VX_BRIDGE_EXTRA_MAX). The caller must be the thread that
+ * writes the tables and later calls execve. The child's PID, or -1 with errno. */
+#define VX_BRIDGE_EXTRA_MAX 8
+pid_t vx_bridge(vx_io *io, int stop_fd, int go_fd, int done_fd, int nice, const int *extra, int n_extra);
+
 #endif
