@@ -8,6 +8,7 @@ every vxland flag can also come from ``FLANNELD_<FLAG>`` in the environment, upp
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import os
@@ -237,6 +238,10 @@ def _add_health_flags(health) -> None:
 
 
 def _add_vxland_flags(extra) -> None:
+    extra.add_argument("--check", action="store_true",
+                       help="check the flags, the data plane's code and the network config (from etcd or the "
+                            "registry file), then exit: 0 if vxland would start with them; what a reload "
+                            "(SIGHUP) runs before it re-executes")
     extra.add_argument("--registry-file", type=Path, default=_env("registry-file"),
                        help="static mode: read the config and leases from this JSON file instead of etcd; "
                             "re-read when it changes")
@@ -344,6 +349,10 @@ def make_registry(args: argparse.Namespace):
 
 
 def vxland_main(argv: list[str] | None = None) -> int:
+    # A reload's bridge is forked from the daemon (fastpath/vx_bridge.c) and never returns to
+    # Python; gRPC's fork handlers (etcd v3) would start threads in it and crash it. Before gRPC
+    # loads, so that it registers none.
+    os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
     # Until the daemon's handler is in place, SIGUSR1 (capture toggle) must not end the process.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     parser = vxland_parser()
@@ -353,6 +362,11 @@ def vxland_main(argv: list[str] | None = None) -> int:
     refused = _refuse_flags(args, log)
     if refused is not None:
         return refused
+    if args.check:
+        os.nice(10)  # a reload runs it beside the daemon's data plane: not at the engine's expense
+    from vxlan import handover
+
+    handover.yield_to_bridge()
     import uvloop  # imported late: --help and flag errors should not need it
 
     from vxlan.daemon import Daemon, StartupError
@@ -362,11 +376,37 @@ def vxland_main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
+    if args.check:
+        return uvloop.run(_check_start(registry, log))
     try:
         return uvloop.run(Daemon(daemon_options(args), registry).run())
     except StartupError as exc:
         log.error("%s", exc)
         return 1
+
+
+CHECK_TIMEOUT_S = 15.0  # --check: how long etcd may take to give the config
+
+
+async def _check_start(registry, log: logging.Logger) -> int:
+    """--check: what start-up reads before it touches the host, without touching it."""
+    import fastpath
+    from vxlan.config import ConfigError, check_supported
+    from vxlan.registry import RegistryError
+
+    try:
+        config = await asyncio.wait_for(registry.get_config(), CHECK_TIMEOUT_S)
+        check_supported(config)
+    except TimeoutError:
+        log.error("check: no network config from %s within %.0f s", registry.name, CHECK_TIMEOUT_S)
+        return 1
+    except (ConfigError, RegistryError) as exc:
+        log.error("check: invalid network config: %s", exc)
+        return 1
+    finally:
+        await registry.close()
+    log.info("check: ok (data plane %s, backend %s)", fastpath.IMPLEMENTATION, config.backend.type)
+    return 0
 
 
 def _refuse_flags(args: argparse.Namespace, log: logging.Logger) -> int | None:
@@ -474,6 +514,12 @@ def vxlanctl_parser() -> argparse.ArgumentParser:
     peers.add_argument("--healthz-ip", default="127.0.0.1")
     peers.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "2401") or "2401")
     peers.add_argument("--json", action="store_true", help="print the JSON as served")
+    reload = sub.add_parser("reload", help="reload the running vxland in place (SIGHUP): same PID, new code, the "
+                                           "TUN and sockets kept; pods do not notice")
+    reload.add_argument("--port", type=_port, default=8472,
+                        help="the VXLAN port of the vxland to reload, in this network namespace (default 8472)")
+    reload.add_argument("--healthz-port", type=_port, default=_env("healthz-port", "0") or "0",
+                        help="its health port: wait until the new code serves /metrics (default 0: do not wait)")
     lab = sub.add_parser("lab", help="lab housekeeping")
     lab.add_argument("action", choices=["clean"],
                      help="clean: delete namespaces left by labs whose process is gone")
@@ -581,7 +627,52 @@ def _demo(args: argparse.Namespace) -> int:
                     ipv6_only=args.ipv6_only)
 
 
+RELOAD_WAIT_S = 60.0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Find the vxland that holds the VXLAN port here, send it SIGHUP, and with --healthz-port
+    wait for the new image (process_start_time_seconds moves; a refused reload does not)."""
+    import time
+    import urllib.request
+
+    from vxlan.doctor import is_vxland, port_holder
+
+    holder = port_holder(args.port)
+    if holder is None or not is_vxland(holder[1]):
+        print(f"vxlanctl reload: no vxland holds UDP port {args.port} in this network namespace", file=sys.stderr)
+        return 1
+    pid = holder[0]
+
+    def started() -> float | None:
+        try:
+            url = f"http://127.0.0.1:{args.healthz_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        match = re.search(r"^process_start_time_seconds (\S+)$", text, re.M)
+        return float(match[1]) if match else None
+
+    before = started() if args.healthz_port else None
+    os.kill(pid, signal.SIGHUP)
+    if before is None:
+        print(f"sent SIGHUP to vxland (pid {pid}); its log says how the reload went")
+        return 0
+    deadline = time.monotonic() + RELOAD_WAIT_S
+    while time.monotonic() < deadline:
+        now = started()
+        if now is not None and now > before:
+            print(f"vxland (pid {pid}) reloaded: the new code serves :{args.healthz_port}")
+            return 0
+        time.sleep(0.2)
+    print(f"vxland (pid {pid}) did not reload within {RELOAD_WAIT_S:.0f} s (refused? its log says why)",
+          file=sys.stderr)
+    return 1
+
+
 VXLANCTL_COMMANDS = {"check": _check, "decode": _decode, "doctor": _doctor, "plan": _plan, "lab": _lab,
+                     "reload": _reload,
                      "demo": _demo, "peers": lambda args: print_peers(args.healthz_ip, args.healthz_port, args.json)}
 
 

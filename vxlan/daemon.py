@@ -13,10 +13,13 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import signal
+import sys
+import time
 
 import fastpath
-from vxlan import debug_http, heap, hostrules, netconf, sdnotify, subnetenv, underlay, wire
+from vxlan import debug_http, handover, heap, hostrules, netconf, sdnotify, subnetenv, underlay, wire
 from vxlan.backends import Backend, Context, StartupError, apply_events, backend_for, peer_report
 from vxlan.config import ConfigError, check_supported
 from vxlan.health import MetricsSource, start_health_server
@@ -30,6 +33,28 @@ log = logging.getLogger("vxland")
 
 
 __all__ = ["Daemon", "Options", "StartupError"]
+RELOAD_AT_ENV = "VXLAND_RELOAD_AT"  # when the previous image re-executed (time.time()), for the log
+PREFLIGHT_TIMEOUT_S = 30.0
+
+
+async def preflight(argv: list[str]) -> str | None:
+    """Run ``argv --check`` (the new code, the flags, the network config); why a reload would
+    fail, or None."""
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, "--check", stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    except OSError as exc:
+        return f"cannot run {argv[0]}: {exc.strerror}"
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), PREFLIGHT_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return f"{' '.join(argv)} --check did not finish within {PREFLIGHT_TIMEOUT_S:.0f} s"
+    if proc.returncode == 0:
+        return None
+    lines = out.decode(errors="replace").strip().splitlines()
+    return f"the new code with these arguments fails ({lines[-1] if lines else f'exit {proc.returncode}'})"
 
 
 class Daemon:
@@ -46,6 +71,10 @@ class Daemon:
         self.exit_code = 0
         self.own: Lease | None = None  # our lease, once acquired
         self._underlay: tuple[netconf.Iface, str] | None = None  # the interface and the address we bind
+        # what the image before us handed over, if this start is a reload (vxlan.handover)
+        self.inherited = handover.Inherited.from_env()
+        self._reload_started = float(os.environ.pop(RELOAD_AT_ENV, "0") or 0) if self.inherited.reload else 0.0
+        self._reloading: asyncio.Task | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -54,6 +83,9 @@ class Daemon:
         # SIGUSR1's default action ends a process: operators and log-rotation scripts send it
         # to daemons out of habit. It toggles a capture when there is one, else it is logged.
         loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
+        # SIGHUP's default action ends a process, and with it the TUN: a reload-by-HUP habit
+        # would cut the host off. It reloads in place instead (vxlan.handover).
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         try:
             start = asyncio.create_task(self._start(loop))
             stop = asyncio.create_task(self._stop.wait())
@@ -105,12 +137,19 @@ class Daemon:
         self.peers = PeerTable(own.subnet, config.subnet_len, backend.peer_type,
                                own.v6.subnet if own.v6 is not None else None)
         await backend.start(Context(self.opts, config, own, iface, public_ip, mtu, loop, self._cleanups,
-                                    self._data_plane_failed, self.metrics_source))
+                                    self._data_plane_failed, self.metrics_source, self.inherited))
         gc.disable()  # see _acquire
         try:
             await self._apply(self.peers.reset(others))
         finally:
             gc.enable()
+        backend.forward()  # (after a reload: the bridge stops, our loops take over)
+        handover.forwarding()
+        self.inherited.close_rest()
+        if self._reload_started:
+            log.info("reload: the new code forwards %.0f ms after the old one re-executed (%s)",
+                     (time.time() - self._reload_started) * 1000,
+                     "the bridge forwarded meanwhile" if self.inherited.bridged else "packets waited in the kernel")
         del others  # a /8 of leases: the peer table holds them now
         heap.trim()  # and give back what reading them took (6 MB of 120 for a /8)
         await self._program_host(config, own, mtu)
@@ -242,6 +281,41 @@ class Daemon:
         if self.backend is not None:
             values.update(self.backend.metrics())
         return values
+
+    def _on_hup(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            log.info("SIGHUP: a reload is under way already")
+            return
+        self._reloading = asyncio.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        """Re-execute this vxland with the same arguments, keeping the PID, the TUN and the
+        sockets (vxlan.handover); first check that the new code starts with them (``--check``),
+        and carry on as we are if not."""
+        if not self.ready or self.backend is None:
+            log.warning("SIGHUP before start-up finished: no reload")
+            return
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        why = await preflight(argv)
+        if why is not None:
+            log.error("reload refused, this vxland carries on: %s", why)
+            return
+        log.info("reloading: re-executing %s; the TUN and the sockets go across", " ".join(argv))
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")  # READY=1 follows
+        fds, bridge = self.backend.reload_handover()
+        for fd in fds.values():
+            os.set_inheritable(fd, True)
+        env = {**os.environ, handover.FDS_ENV: handover.encode(fds), RELOAD_AT_ENV: repr(time.time())}
+        if bridge is not None:
+            env[handover.BRIDGE_ENV] = str(bridge)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        try:
+            os.execve(sys.executable, argv, env)  # on the event loop's thread: the bridge's PDEATHSIG follows it
+        except OSError as exc:  # (the preflight ran it a moment ago)
+            log.error("reload failed: cannot execute %s: %s; exiting", sys.executable, exc.strerror)
+            self.exit_code = 1
+            self._stop.set()
 
     def _on_usr1(self) -> None:
         if self.backend is None or not self.backend.on_usr1():

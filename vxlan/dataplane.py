@@ -42,6 +42,7 @@ UDP_GRO = 104
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
 # <linux/if_packet.h>, <linux/if_ether.h>
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
@@ -267,6 +268,23 @@ def _bound_udp_socket(family: int, options: list[tuple[int, int, int]], address:
     return sock
 
 
+def adopt_socket(fd: int, family: int, address: str | None, port: int | None) -> socket.socket | None:
+    """The socket a reload handed over as ``fd``, if it is of ``family`` and (for UDP) bound to
+    ``address``:``port``; else None, the fd closed (the caller opens one anew). A filter it had
+    stays (``receive_again`` takes it off)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None
+    bound = sock.getsockname()[:2] if family != socket.AF_PACKET else None
+    if sock.family != family or (address is not None and bound != (address, port)):
+        log.warning("reload: the socket handed over (%s) does not fit (%s:%s); opening one anew", bound, address, port)
+        sock.close()
+        return None
+    return sock
+
+
 def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
     """A classic BPF program (code, jt, jf, k) on ``sock`` (SO_ATTACH_FILTER copies it)."""
     insns = (ctypes.c_ubyte * (8 * len(program)))()
@@ -332,6 +350,14 @@ def open_packet_socket(address: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def receive_again(sock: socket.socket) -> None:
+    """Undo ``stop_receiving`` (a socket a reload handed over, now read from itself)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    except OSError:
+        pass  # it had no filter
 
 
 def stop_receiving(sock: socket.socket) -> None:

@@ -7,6 +7,7 @@ time, so nothing on the packet path knows about Prometheus.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vxlan.httpserve import ANY_METHOD, HttpServer, Request, Response
 from vxlan.wire import DropReason
+
+# When this image of vxland started. A reload (SIGHUP) re-executes it: the PID stays, the
+# counters start again from 0, and this moves, as Prometheus expects of a restart.
+IMAGE_STARTED = time.time()
 
 
 @dataclass
@@ -51,6 +56,9 @@ class _Collector:
         self.source = source
 
     def collect(self):
+        yield GaugeMetricFamily("process_start_time_seconds", "Start time of the process (of this image of it: a "
+                                "reload re-executes vxland, its counters start from 0 again) since the Unix epoch",
+                                value=IMAGE_STARTED)
         yield GaugeMetricFamily("vxland_ready", "1 once lease, device, rules and subnet.env are in place",
                                 value=1.0 if self.source.ready() else 0.0)
         for name, value in self.source.registry().items():

@@ -33,6 +33,7 @@ from vxlan.rtnl import IPRoute
 
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ = 0x400454CA, 0x400454D0, 0x400454D8
+TUNGETIFF = 0x800454D2
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 TUN_F_UDP_TUNNEL_GSO = 0x080  # Linux 6.17, include/uapi/linux/if_tun.h
 TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100  # ... with the outer UDP checksum left partial (IPv6 frames need it)
@@ -105,25 +106,40 @@ class TunnelTx:
     """The TAP ``name`` with UDP tunnel GSO, its frames redirected out of interface
     ``out_ifindex``. ``fd`` is for the engine, ``mac`` the address its frames go to."""
 
-    def __init__(self, name: str, out_ifindex: int) -> None:
+    def __init__(self, name: str, out_ifindex: int, fd: int | None = None) -> None:
+        """``fd``: the TAP a reload handed over (its bridge's program stays attached until the
+        bridge ends; ours is attached beside it)."""
         self.name = name
         self.fd = -1
         self.csum = False  # the TAP takes frames whose outer UDP checksum is partial (IPv6 underlay)
         self._bpf_fds: tuple[int, ...] = ()
         try:
-            self._open_tap()
+            self._open_tap(fd)
             self.index, self.mac = _bring_up(name)
             self._bpf_fds = attach_redirect(self.index, out_ifindex)
         except BaseException:
             self.close()
             raise
 
-    def _open_tap(self) -> None:
-        self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", self.name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
-        except OSError as exc:
-            raise TunnelTxError(f"cannot create TAP {self.name}: {exc.strerror}") from None
+    @property
+    def bpf_fds(self) -> tuple[int, ...]:
+        """What keeps the redirect program attached (a reload's bridge holds them too)."""
+        return self._bpf_fds
+
+    def _open_tap(self, fd: int | None = None) -> None:
+        if fd is not None:
+            self.fd = fd
+            got = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+            name, flags = got[:16].split(b"\0", 1)[0].decode(errors="replace"), struct.unpack_from("=H", got, 16)[0]
+            if name != self.name or not flags & IFF_TAP:
+                raise TunnelTxError(f"the TAP handed over is {name} with flags {flags:#x}, not {self.name}")
+        else:
+            self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(self.fd, TUNSETIFF,
+                            struct.pack("16sH", self.name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+            except OSError as exc:
+                raise TunnelTxError(f"cannot create TAP {self.name}: {exc.strerror}") from None
         fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", TUNNEL_VNET_HDR_LEN))
         offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO
         try:

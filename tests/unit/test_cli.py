@@ -37,6 +37,20 @@ def test_a_dual_stack_config_on_another_backend_is_refused_by_name(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_check_says_whether_vxland_would_start(tmp_path):
+    """--check (what a reload runs first): the flags, the data plane's code and the network
+    config, and nothing touched; 0 if vxland would start, 1 with the reason if not."""
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"config": {"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}, "subnets": {}}))
+    proc = vxland("--check", "--registry-file", str(path))
+    assert proc.returncode == 0 and "check: ok (data plane" in proc.stderr, proc.stderr
+    path.write_text('{"config": ')
+    proc = vxland("--check", "--registry-file", str(path))
+    assert proc.returncode == 1 and "check: invalid network config" in proc.stderr and "not JSON" in proc.stderr
+    proc = vxland("--check", "--registry-file", str(path), "--outer-source-ports", "0")
+    assert proc.returncode == 2 and "--outer-source-ports 0" in proc.stderr
+
+
 def test_a_bad_public_ipv6_is_refused_by_name():
     for bad, text in (("fd00::zz", "is not an IPv6 address"), ("ff02::1", "is not a VTEP address")):
         proc = vxland("--public-ipv6", bad, "--registry-file", "/nonexistent")

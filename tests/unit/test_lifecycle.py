@@ -104,6 +104,12 @@ class FakeBackend:
     def on_usr1(self):
         return False
 
+    def forward(self):
+        self.log.append(("forward",))
+
+    def reload_handover(self):
+        return {}, None
+
     def metrics(self):
         return {}
 
@@ -147,6 +153,7 @@ def test_start_in_flanneld_order_then_stop(node):
     assert backend.log[0] == ("precheck", "192.0.2.1") and registry.acquired
     assert backend.log[1] == ("start", "10.5.1.0/24", 1450)
     assert backend.log[2] == ("add", "10.5.2.0/24")
+    assert backend.log[3] == ("forward",)  # once the peers are programmed (a reload's bridge ends there)
     assert ("add", "10.5.3.0/24") not in backend.log
     env = (tmp / "subnet.env").read_text()
     assert "FLANNEL_SUBNET=10.5.1.1/24" in env and "FLANNEL_MTU=1450" in env
@@ -160,7 +167,7 @@ def test_registry_changes_reach_the_backend(node):
               Reset([lease("10.5.4.0/24", "192.0.2.4"), lease("10.5.5.0/24", "192.0.2.5")])]
     d, _ = make(script)
     run_until(d, lambda d: ("add", "10.5.5.0/24") in backend.log)
-    assert backend.log[3:-1] == [("add", "10.5.4.0/24"), ("remove", "10.5.2.0/24"), ("add", "10.5.5.0/24")]
+    assert backend.log[4:-1] == [("add", "10.5.4.0/24"), ("remove", "10.5.2.0/24"), ("add", "10.5.5.0/24")]
     assert len(d.peers) == 2
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from vxlan.config import NetworkConfig
+from vxlan.handover import Inherited
 from vxlan.lease import Lease
 from vxlan.peers import PeerAdded, PeerEvent, PeerRemoved, PeerSkipped
 from vxlan.wire import mac_to_str
@@ -52,6 +53,7 @@ class Context:
     cleanups: list = field(default_factory=list)  # run in reverse at exit (callables, maybe async)
     on_failure: Callable[[str], None] = lambda why: None  # the data plane stopped for good
     metrics: MetricsSource | None = None  # /metrics, when --healthz-port is set
+    inherited: Inherited = field(default_factory=Inherited)  # what a reload handed over (vxlan.handover)
 
 
 Task = tuple[str, Callable[[], Awaitable[None]]]
@@ -93,6 +95,16 @@ class Backend(Protocol):
 
     def started(self) -> tuple[str, str]:
         """The start-up line's backend part and its detail part."""
+        ...
+
+    def forward(self) -> None:
+        """The peers are programmed: forward from here on (after a reload the bridge that
+        forwarded meanwhile stops first; vxlan.handover)."""
+        ...
+
+    def reload_handover(self) -> tuple[dict[str, int], int | None]:
+        """Stop forwarding for a reload; the descriptors the next image takes over by name, and
+        the PID of the bridge that forwards until then (None: none)."""
         ...
 
     def on_usr1(self) -> bool:

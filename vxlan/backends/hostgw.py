@@ -63,5 +63,11 @@ class HostGwBackend:
     def on_usr1(self) -> bool:
         return False
 
+    def forward(self) -> None:
+        return None  # the kernel forwards by the routes, across a reload too
+
+    def reload_handover(self) -> tuple[dict[str, int], None]:
+        return {}, None  # the routes stay in the kernel; the next image replaces them as they are
+
     def metrics(self) -> dict[str, float]:
         return {}

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import socket
 
 from vxlan import netconf
 from vxlan.backends import ROUTE, TUNNEL, Context, StartupError, Task, route_peer, unroute_peer
-from vxlan.dataplane import open_udp_socket
+from vxlan.dataplane import adopt_socket, open_udp_socket
 from vxlan.lease import Lease
 from vxlan.routes import PeerRoutes, check_forever
 from vxlan.tun import Tun
@@ -29,6 +31,10 @@ class TunnelBackend:
         self.hub = None  # the vxlan backend's, with the compiled engine
         self.codec = None
         self.dataplane = None
+        self._ctx: Context | None = None
+        self._deferred = False  # a reload's bridge forwards until forward() (vxlan.handover)
+        # what a reload hands to the next image, by vxlan.handover.NAMES: the TUN, the sockets
+        self.handles: dict[str, object] = {}
         self.routes: PeerRoutes | None = None  # vxlan DirectRouting: peers on a directly connected subnet
         # routes with a gateway into the Network found at start: leftovers of a host-gw or
         # DirectRouting run, deleted as the peers they lead to come through the tunnel
@@ -39,17 +45,23 @@ class TunnelBackend:
 
     def open_socket(self, ctx: Context, port: int, hint: str):
         bind_ip = ctx.iface.address or ctx.public_ip
-        try:
-            sock = open_udp_socket(bind_ip, port)
-        except OSError as exc:
-            raise StartupError(f"cannot bind UDP {bind_ip}:{port}: {exc.strerror} ({hint})") from None
+        fd = ctx.inherited.take("udp")
+        sock = adopt_socket(fd, socket.AF_INET, bind_ip, port) if fd is not None else None
+        if sock is None:
+            try:
+                sock = open_udp_socket(bind_ip, port)
+            except OSError as exc:
+                raise StartupError(f"cannot bind UDP {bind_ip}:{port}: {exc.strerror} ({hint})") from None
         ctx.cleanups.append(sock.close)
+        self.handles["udp"] = sock
         return sock
 
     async def open_tun(self, ctx: Context, name: str, offload: bool) -> Tun:
         """The TUN with MTU, our subnet's /32 and the Network route; all undone at exit."""
+        fd = ctx.inherited.take("tun")
+        tun = Tun.adopt(fd, name, offload) if fd is not None else None
         try:
-            tun = Tun(name, offload=offload)
+            tun = tun or Tun(name, offload=offload)
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         ctx.cleanups.append(tun.close)
@@ -70,15 +82,60 @@ class TunnelBackend:
         except (netconf.NetconfError, OSError) as exc:
             raise StartupError(str(exc)) from None
         self.device = f"TUN {tun.name}"
+        self.handles["tun"] = tun
         return tun
 
     def run(self, ctx: Context, dataplane) -> None:
         self.dataplane = dataplane
+        self._ctx = ctx
         dataplane.on_failure = ctx.on_failure
-        dataplane.start(ctx.loop)
         ctx.cleanups.append(dataplane.stop)
         if ctx.metrics is not None:
             ctx.metrics.dataplane, ctx.metrics.codec = dataplane, self.codec
+        if ctx.inherited.reload:
+            # a reload: the bridge (if any) forwards with the old tables until ours are
+            # programmed; without one, packets wait in the kernel's queues meanwhile
+            self._deferred = True
+            return
+        dataplane.start(ctx.loop)
+
+    def forward(self) -> None:
+        """The peers are programmed: after a reload, the bridge stops and our loops take over
+        (the kernel queues what arrives between the two: nothing is lost)."""
+        if self._deferred and self._ctx is not None:
+            self._deferred = False
+            self._ctx.inherited.stop_bridge()
+            self.dataplane.start(self._ctx.loop)
+
+    def reload_handover(self) -> tuple[dict[str, int], int | None]:
+        """For a reload: stop forwarding, and return the descriptors the next image takes over
+        (vxlan.handover) and the PID of the bridge that forwards until it does (with the
+        compiled engine; the pure-Python data plane has none: its packets wait in the
+        kernel's queues while the next image starts)."""
+        fds = {name: (h.fileno() if hasattr(h, "fileno") else h.fd) for name, h in self.handles.items()}
+        engine = getattr(self.dataplane, "engine", None)
+        if engine is None:
+            self.dataplane.stop()
+            return fds, None
+        stop, go, done = os.eventfd(0), os.eventfd(0), os.eventfd(0)
+        # the bridge keeps the tunnel GSO path's program attached to the TAP while it sends
+        keep = getattr(self.handles.get("tap"), "bpf_fds", ())
+        try:
+            # forked while our loops still run (a fork of this process takes tens of ms), it
+            # starts its own once ours have stopped: a gap of a millisecond or two
+            pid = engine.bridge(stop, go, done, self.dataplane.engine_nice, keep)
+        except OSError as exc:
+            log.warning("%s: the pods wait in the kernel's queues while the new image starts", exc)
+            pid = None
+        self.dataplane.stop()
+        os.eventfd_write(go, 1)
+        os.close(go)
+        if pid is None:
+            os.close(stop)
+            os.close(done)
+            return fds, None
+        fds["bridge-stop"], fds["bridge-done"] = stop, done
+        return fds, pid
 
     async def tunnel_to(self, lease: Lease) -> None:
         """The peer goes through the tunnel: a route to it (ours, or a leftover) goes."""

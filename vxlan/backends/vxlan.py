@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 
 import fastpath
@@ -18,10 +19,12 @@ from vxlan.capture import CaptureHub, FileSink, Filter, TraceSink
 from vxlan.dataplane import (
     DataPlane,
     ThreadedDataPlane,
+    adopt_socket,
     open_packet_socket,
     open_udp6_socket,
     open_udp_socket,
     probe_udp_offloads,
+    receive_again,
     stop_receiving,
 )
 from vxlan.lease import Lease
@@ -81,10 +84,11 @@ class VxlanBackend(TunnelBackend):
                                             "udp-gro" in self.offloads, "tun-uso" in self.offloads, opts.engine_nice,
                                             opts.engine_sched, packet_sock, tx_socks, tunnel, sock6, packet_sock6,
                                             tx_socks6))
-            if packet_sock is not None:
-                stop_receiving(sock)  # the packet socket reads what it would
-            if packet_sock6 is not None:
-                stop_receiving(sock6)
+            for udp, packet in ((sock, packet_sock), (sock6, packet_sock6)):
+                if udp is not None and packet is not None:
+                    stop_receiving(udp)  # the packet socket reads what it would
+                elif udp is not None:
+                    receive_again(udp)  # (a socket a reload handed over may have had that filter)
             self.hub = CaptureHub(self.codec, opts.capture_snaplen)
             ctx.cleanups.append(self.hub.close)
         else:
@@ -95,12 +99,16 @@ class VxlanBackend(TunnelBackend):
 
     def _open_socket6(self, ctx: Context, public_ipv6: str, port: int):
         """The IPv6 underlay's socket of a dual-stack node (flannel-v6.<VNI>'s port)."""
-        try:
-            sock6 = open_udp6_socket(public_ipv6, port)
-        except OSError as exc:
-            raise StartupError(f"cannot bind UDP [{public_ipv6}]:{port}: {exc.strerror} (a kernel flannel-v6 "
-                               "device or another vxland on this port?)") from None
+        fd = ctx.inherited.take("udp6")
+        sock6 = adopt_socket(fd, socket.AF_INET6, public_ipv6, port) if fd is not None else None
+        if sock6 is None:
+            try:
+                sock6 = open_udp6_socket(public_ipv6, port)
+            except OSError as exc:
+                raise StartupError(f"cannot bind UDP [{public_ipv6}]:{port}: {exc.strerror} (a kernel flannel-v6 "
+                                   "device or another vxland on this port?)") from None
         ctx.cleanups.append(sock6.close)
+        self.handles["udp6"] = sock6
         return sock6
 
     def _open_source_port_sockets(self, ctx: Context, sock, opener=open_udp_socket) -> list:
@@ -128,8 +136,9 @@ class VxlanBackend(TunnelBackend):
         if ctx.opts.tunnel_gso != "auto" or not tun.vnet_hdr:
             return None
         name = f"{tun.name[:12]}-tx"
+        fd = ctx.inherited.take("tap")
         try:
-            tunnel = await asyncio.to_thread(TunnelTx, name, ctx.iface.index)
+            tunnel = await asyncio.to_thread(TunnelTx, name, ctx.iface.index, fd)
         except (TunnelTxError, OSError) as exc:
             log.info("super-packets leave as UDP GSO trains: no tunnel GSO path (%s)",
                      getattr(exc, "strerror", None) or exc)
@@ -137,6 +146,7 @@ class VxlanBackend(TunnelBackend):
         ctx.cleanups.append(tunnel.close)
         self.offloads.append("tunnel-gso")
         self.tunnel = tunnel
+        self.handles["tap"] = tunnel
         return tunnel
 
     def tasks(self) -> list[Task]:
@@ -156,13 +166,21 @@ class VxlanBackend(TunnelBackend):
         cannot be had, or with --underlay-rx udp, from the UDP socket."""
         if ctx.opts.underlay_rx != "auto":
             return None
-        try:
-            packet_sock = open_packet_socket(sock.getsockname()[0], port)
-        except OSError as exc:
-            log.warning("receiving from the UDP socket: no packet socket (%s); kernel vxlan peers across virtual "
-                        "links then need 'ethtool -K flannel.<VNI> tx off'", exc.strerror)
-            return None
+        address = sock.getsockname()[0]
+        # a handed-over packet socket's filter is for the address and port its UDP socket had:
+        # the ones asked for now, since that socket was taken over
+        name = "packet6" if ":" in address else "packet"
+        fd = ctx.inherited.take(name)
+        packet_sock = adopt_socket(fd, socket.AF_PACKET, None, None) if fd is not None else None
+        if packet_sock is None:
+            try:
+                packet_sock = open_packet_socket(address, port)
+            except OSError as exc:
+                log.warning("receiving from the UDP socket: no packet socket (%s); kernel vxlan peers across "
+                            "virtual links then need 'ethtool -K flannel.<VNI> tx off'", exc.strerror)
+                return None
         ctx.cleanups.append(packet_sock.close)
+        self.handles[name] = packet_sock
         if "packet-rx" not in self.offloads:  # (a dual-stack node has one per underlay family)
             self.offloads.append("packet-rx")
         return packet_sock

@@ -446,6 +446,24 @@ class Lab(EtcdLabMixin):
             raise LabError(f"the lease {key} is no lease JSON: {value!r}") from None
         return wire.mac_to_bytes(mac) if mac else b""
 
+    def reload_vxland(self, host: Host, wait_s: float = 30.0) -> str:
+        """SIGHUP: the node re-executes itself in place (vxlan.handover); returns the log line
+        that says the new code forwards, or raises LabError with the log's end (a refused reload
+        says why there). The pod keeps its addresses: nothing else changes."""
+        assert host.proc is not None and host.log_path is not None
+        offset = host.log_path.stat().st_size
+        host.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            lines = host.log_path.read_text(errors="replace")[offset:].splitlines()
+            done = [ln for ln in lines if "reload: the new code forwards" in ln]
+            if done:
+                return done[0]
+            if any("reload refused" in ln for ln in lines) or host.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise LabError(f"h{host.index} did not reload:\n{self.log(host)[offset:][-3000:]}")
+
     def stop_vxland(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the node and wait (how long it took is for the caller to judge); returns its
         exit status."""
