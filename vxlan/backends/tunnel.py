@@ -12,7 +12,7 @@ import socket
 
 from vxlan import netconf
 from vxlan.backends import ROUTE, TUNNEL, Context, StartupError, Task, route_peer, unroute_peer
-from vxlan.dataplane import adopt_socket, open_udp_socket
+from vxlan.dataplane import adopt_socket, open_udp6_socket, open_udp_socket
 from vxlan.lease import Lease
 from vxlan.routes import PeerRoutes, check_forever
 from vxlan.tun import Tun
@@ -44,16 +44,22 @@ class TunnelBackend:
         return None
 
     def open_socket(self, ctx: Context, port: int, hint: str):
-        bind_ip = ctx.iface.address or ctx.public_ip
-        fd = ctx.inherited.take("udp")
-        sock = adopt_socket(fd, socket.AF_INET, bind_ip, port) if fd is not None else None
+        return self.tunnel_socket(ctx, "udp", ctx.iface.address or ctx.public_ip, port, hint)
+
+    def tunnel_socket(self, ctx: Context, name: str, address: str, port: int, hint: str):
+        """The tunnel socket of one underlay family (``name`` "udp": IPv4, "udp6": IPv6) bound
+        to ``address``:``port``: the one a reload handed over, or a new one."""
+        v6 = name == "udp6"
+        fd = ctx.inherited.take(name)
+        sock = adopt_socket(fd, socket.AF_INET6 if v6 else socket.AF_INET, address, port) if fd is not None else None
         if sock is None:
             try:
-                sock = open_udp_socket(bind_ip, port)
+                sock = (open_udp6_socket if v6 else open_udp_socket)(address, port)
             except OSError as exc:
-                raise StartupError(f"cannot bind UDP {bind_ip}:{port}: {exc.strerror} ({hint})") from None
+                where = f"[{address}]:{port}" if v6 else f"{address}:{port}"
+                raise StartupError(f"cannot bind UDP {where}: {exc.strerror} ({hint})") from None
         ctx.cleanups.append(sock.close)
-        self.handles["udp"] = sock
+        self.handles[name] = sock
         return sock
 
     async def open_tun(self, ctx: Context, name: str, offload: bool) -> Tun:

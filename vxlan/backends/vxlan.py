@@ -99,17 +99,8 @@ class VxlanBackend(TunnelBackend):
 
     def _open_socket6(self, ctx: Context, public_ipv6: str, port: int):
         """The IPv6 underlay's socket of a dual-stack node (flannel-v6.<VNI>'s port)."""
-        fd = ctx.inherited.take("udp6")
-        sock6 = adopt_socket(fd, socket.AF_INET6, public_ipv6, port) if fd is not None else None
-        if sock6 is None:
-            try:
-                sock6 = open_udp6_socket(public_ipv6, port)
-            except OSError as exc:
-                raise StartupError(f"cannot bind UDP [{public_ipv6}]:{port}: {exc.strerror} (a kernel flannel-v6 "
-                                   "device or another vxland on this port?)") from None
-        ctx.cleanups.append(sock6.close)
-        self.handles["udp6"] = sock6
-        return sock6
+        return self.tunnel_socket(ctx, "udp6", public_ipv6, port,
+                                  "a kernel flannel-v6 device or another vxland on this port?")
 
     def _open_source_port_sockets(self, ctx: Context, sock, opener=open_udp_socket) -> list:
         """--outer-source-ports N > 1 (default 32): N sending sockets on ports of the kernel's
