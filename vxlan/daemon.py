@@ -156,6 +156,9 @@ class Daemon:
         gc.freeze()  # what start-up made lives as long as the daemon
         self.ready = True
         subnet = own.subnet if config.ipv4 else own.v6.subnet if own.v6 is not None else "none"
+        # under systemd with FileDescriptorStoreMax=: the TUN and the sockets outlive a crash or
+        # a systemctl restart in its store, and come back in LISTEN_FDS (vxlan.handover)
+        sdnotify.store_fds(backend.descriptors())
         sdnotify.notify(f"READY=1\nSTATUS=subnet {subnet}, {len(self.peers)} peers")
         self._say_started(config, own, iface, public_ip, mtu)
 

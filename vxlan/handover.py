@@ -80,18 +80,28 @@ class Inherited:
         self.bridged = bridge_pid is not None  # ... with a bridge forwarding meanwhile
 
     @classmethod
-    def from_env(cls, env: MutableMapping[str, str] = os.environ) -> Inherited:
+    def from_env(cls, env: MutableMapping[str, str] = os.environ, pid: int | None = None) -> Inherited:
         """Read (and remove, so that no child of ours sees them) what a reload left in the
-        environment. A value that does not parse is logged and ignored: a fresh start."""
-        text, pid = env.pop(FDS_ENV, ""), env.pop(BRIDGE_ENV, "")
+        environment, or what systemd's file-descriptor store gives back (``LISTEN_FDS``,
+        ``LISTEN_FDNAMES``, for ``LISTEN_PID``: after ``systemctl restart`` or a crash). A value
+        that does not parse is logged and ignored: a fresh start."""
+        text, bridge_pid = env.pop(FDS_ENV, ""), env.pop(BRIDGE_ENV, "")
+        stored = _listen_fds(env, os.getpid() if pid is None else pid)
+        if not text and stored:
+            log.info("restart: systemd's file-descriptor store gave back %s", ", ".join(stored))
+            return cls._checked(stored, None)
         if not text:
             return cls()
         try:
             fds = decode(text)
-            bridge = int(pid) if pid else None
+            bridge = int(bridge_pid) if bridge_pid else None
         except ValueError as exc:
             log.warning("reload: ignoring what the previous image handed over (%s)", exc)
             return cls()
+        return cls._checked(fds, bridge)
+
+    @classmethod
+    def _checked(cls, fds: dict[str, int], bridge: int | None) -> Inherited:
         for name, fd in list(fds.items()):
             try:
                 os.fstat(fd)
@@ -132,6 +142,29 @@ class Inherited:
             log.info("reload: %s (descriptor %d) is not needed any more; closed", name, fd)
             os.close(fd)
         self.fds.clear()
+
+
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first descriptor systemd passes
+
+
+def _listen_fds(env: MutableMapping[str, str], pid: int) -> dict[str, int]:
+    """What systemd passed this process (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES), by name;
+    the variables are removed. Descriptors of names vxland does not know are closed."""
+    listen_pid, count, names = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", ""), env.pop("LISTEN_FDNAMES", "")
+    if not count.isdigit() or listen_pid != str(pid):
+        return {}
+    fds: dict[str, int] = {}
+    for i, name in enumerate(names.split(":")[: int(count)]):
+        fd = SD_LISTEN_FDS_START + i
+        if name in NAMES and name not in fds and not name.startswith("bridge"):
+            fds[name] = fd
+        else:
+            log.warning("restart: systemd passed descriptor %d named %r, which is not vxland's; closed", fd, name)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    return fds
 
 
 def _reap(pid: int) -> None:

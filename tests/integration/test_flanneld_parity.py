@@ -299,8 +299,12 @@ def test_readyz_goes_503_to_200_and_systemd_hears_ready():
             lab.wait_node(h)
             assert http_status(lab, h, "/readyz") == 200
             assert lab.http_get(h, "/readyz") == "flanneld is ready"
-            message = listener.recv(4096).decode()
-            assert "READY=1" in message.split("\n"), message
+            # first the TUN and sockets go to the fd store (FDSTORE=1; their fds are dropped by
+            # this recv), then READY=1
+            messages = [listener.recv(4096).decode()]
+            while "READY=1" not in messages[-1].split("\n"):
+                messages.append(listener.recv(4096).decode())
+            assert "FDSTORE=1\nFDNAME=tun" in messages[:-1], messages
             lab.stop_vxland(h)
             assert "STOPPING=1" in listener.recv(4096).decode()
     finally:
@@ -321,6 +325,7 @@ def test_systemd_unit_verifies(tmp_path):
     proc = subprocess.run([analyze, "verify", str(tmp_path / "vxland.service")], capture_output=True, text=True)
     assert proc.returncode == 0 and "vxland.service" not in proc.stderr, proc.stderr
     assert "Type=notify" in unit and "Restart=on-failure" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit and "FileDescriptorStoreMax=" in unit
 
 
 # -- vxlanctl doctor and peers ------------------------------------------------------------

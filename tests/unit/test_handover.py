@@ -66,3 +66,36 @@ def test_stop_bridge_signals_and_waits_for_its_word():
     for fd in (stop, done):
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_systemds_store_comes_back_by_name():
+    env = {"LISTEN_PID": "4242", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "tun:udp", "KEEP": "1"}
+    assert handover._listen_fds(env, 4242) == {"tun": 3, "udp": 4}  # sd_listen_fds: from 3 on
+    assert env == {"KEEP": "1"}
+    # for another process (LISTEN_PID is not ours), or no count: nothing, and nothing closed
+    assert handover._listen_fds({"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "tun:udp"}, 4242) == {}
+    assert handover._listen_fds({"LISTEN_PID": "4242", "LISTEN_FDNAMES": "tun"}, 4242) == {}
+
+
+def test_store_fds_sends_each_with_its_name(tmp_path):
+    import socket
+
+    from vxlan import sdnotify
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        r, w = os.pipe()
+        try:
+            assert sdnotify.store_fds({"tun": r, "udp": w}, {"NOTIFY_SOCKET": str(path)}) == 2
+            got = []
+            for _ in range(2):
+                data, fds, _, _ = socket.recv_fds(manager, 1024, 4)
+                got.append(data.decode())
+                assert len(fds) == 1 and os.path.sameopenfile(fds[0], r if "tun" in data.decode() else w)
+                os.close(fds[0])
+            assert got == ["FDSTORE=1\nFDNAME=tun", "FDSTORE=1\nFDNAME=udp"]
+        finally:
+            os.close(r)
+            os.close(w)
+    assert sdnotify.store_fds({"tun": 0}, {}) == 0  # not under systemd: nothing sent

@@ -107,6 +107,9 @@ class FakeBackend:
     def forward(self):
         self.log.append(("forward",))
 
+    def descriptors(self):
+        return {}
+
     def reload_handover(self):
         return {}, None
 

@@ -102,6 +102,10 @@ class Backend(Protocol):
         forwarded meanwhile stops first; vxlan.handover)."""
         ...
 
+    def descriptors(self) -> dict[str, int]:
+        """What a later image or start takes over (vxlan.handover.NAMES): the TUN, the sockets."""
+        ...
+
     def reload_handover(self) -> tuple[dict[str, int], int | None]:
         """Stop forwarding for a reload; the descriptors the next image takes over by name, and
         the PID of the bridge that forwards until then (None: none)."""

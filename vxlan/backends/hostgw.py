@@ -66,6 +66,9 @@ class HostGwBackend:
     def forward(self) -> None:
         return None  # the kernel forwards by the routes, across a reload too
 
+    def descriptors(self) -> dict[str, int]:
+        return {}
+
     def reload_handover(self) -> tuple[dict[str, int], None]:
         return {}, None  # the routes stay in the kernel; the next image replaces them as they are
 

@@ -113,12 +113,15 @@ class TunnelBackend:
             self._ctx.inherited.stop_bridge()
             self.dataplane.start(self._ctx.loop)
 
+    def descriptors(self) -> dict[str, int]:
+        return {name: (h.fileno() if hasattr(h, "fileno") else h.fd) for name, h in self.handles.items()}
+
     def reload_handover(self) -> tuple[dict[str, int], int | None]:
         """For a reload: stop forwarding, and return the descriptors the next image takes over
         (vxlan.handover) and the PID of the bridge that forwards until it does (with the
         compiled engine; the pure-Python data plane has none: its packets wait in the
         kernel's queues while the next image starts)."""
-        fds = {name: (h.fileno() if hasattr(h, "fileno") else h.fd) for name, h in self.handles.items()}
+        fds = self.descriptors()
         engine = getattr(self.dataplane, "engine", None)
         if engine is None:
             self.dataplane.stop()
