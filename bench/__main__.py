@@ -193,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(etcd v3, etcd v2, file), beside 2 leases: start to converged, RSS, throughput, "
                         "per-packet CPU, a watch under 1,000 changes/s (bench/scale.py)")
     p.add_argument("--registries", default="etcd-v3,etcd-v2,file", help="with --scale: which registries")
+    p.add_argument("--restarts", action="store_true",
+                   help="instead: lost pings, longest gap and TCP dip across a reload, a restart with systemd's fd "
+                        "store, kill -9 with and without it (bench/restarts.py)")
     args = p.parse_args(argv)
+    if args.restarts:
+        from bench import restarts
+
+        return restarts.run(5.0 if args.quick else max(args.seconds, 8.0), args.out)
     if args.scale:
         from bench import scale
 

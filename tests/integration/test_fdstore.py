@@ -5,43 +5,12 @@ Restart=on-failure or systemctl restart would give them. Real systemd does not r
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
-import sys
 import time
 
 from vxlan.lab import Lab, LabError, sh
-
-# What systemd does between fork and exec of the service: the stored descriptors at 3, 4, ...
-# and the variables that say what they are (sd_listen_fds(3)); LISTEN_PID is the service's.
-STAND_IN_EXEC = """
-import fcntl, os, sys
-fds = [int(f) for f in sys.argv[1].split(",")]
-high = [fcntl.fcntl(f, fcntl.F_DUPFD, 100) for f in fds]  # out of the way of 3, 4, ... first
-for i, f in enumerate(high):
-    os.dup2(f, 3 + i)  # (inheritable)
-    os.close(f)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=sys.argv[2])
-os.execvp(sys.argv[3], sys.argv[3:])
-"""
-
-
-def receive_store(sock: socket.socket, timeout: float = 20.0) -> dict[str, int]:
-    """The FDSTORE=1 messages (and their descriptors) the service sent, by FDNAME, until READY
-    (vxland stores them first)."""
-    sock.settimeout(timeout)
-    stored: dict[str, int] = {}
-    ready = False
-    while not ready:
-        data, fds, _, _ = socket.recv_fds(sock, 4096, 8)
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        ready |= fields.get("READY") == "1"
-        if fields.get("FDSTORE") == "1":
-            assert len(fds) == 1, (data, fds)
-            stored[fields["FDNAME"]] = fds[0]
-    return stored
+from vxlan.lab.systemd import FdStore
 
 
 def test_kill_9_under_systemd_keeps_the_tun_and_loses_nothing(tmp_path):
@@ -50,14 +19,12 @@ def test_kill_9_under_systemd_keeps_the_tun_and_loses_nothing(tmp_path):
     first answers come back within a second of the restart."""
     with Lab(["vxland", "vxland"], registry="etcd", defer=(1,)) as lab:
         h1, h2 = lab.hosts
-        store = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        path = lab.workdir / "notify.sock"
-        store.bind(str(path))
-        lab.env["NOTIFY_SOCKET"] = str(path)
+        store = FdStore(lab.workdir / "notify.sock")
+        lab.env["NOTIFY_SOCKET"] = str(store.path)
         cmd, _ = lab._node_cmd(h1)
         lab.start_node(h1)
         del lab.env["NOTIFY_SOCKET"]
-        stored = receive_store(store)
+        stored = store.receive()
         try:
             assert {"tun", "udp", "packet"} <= set(stored), stored
             ping = lab.popen(h1.pod_ns, ["ping", "-D", "-i", "0.01", "-c", "300", h2.pod_ip],
@@ -68,13 +35,9 @@ def test_kill_9_under_systemd_keeps_the_tun_and_loses_nothing(tmp_path):
             # the store holds the TUN: the device, its address and route stay; packets queue on it
             assert "flannel.1" in sh(["ip", "link", "show", "flannel.1"], ns=h1.ns).stdout
             time.sleep(0.3)
-            names = list(stored)
             offset = h1.log_path.stat().st_size
             restarted = time.time()
-            with open(h1.log_path, "ab") as log:
-                h1.proc = lab.popen(h1.ns, [sys.executable, "-c", STAND_IN_EXEC,
-                                            ",".join(str(stored[n]) for n in names), ":".join(names), *cmd],
-                                    pass_fds=[stored[n] for n in names], stdout=log, stderr=subprocess.STDOUT)
+            h1.proc = store.start(lab, h1, cmd, h1.log_path)
             deadline = time.monotonic() + 20
             while "vxland started" not in h1.log_path.read_text()[offset:]:
                 if h1.proc.poll() is not None or time.monotonic() > deadline:
@@ -84,8 +47,6 @@ def test_kill_9_under_systemd_keeps_the_tun_and_loses_nothing(tmp_path):
             assert re.search(r"restart: systemd's file-descriptor store gave back .*\btun\b", log_text), log_text
             out, _ = ping.communicate(timeout=30)
         finally:
-            for fd in stored.values():
-                os.close(fd)
             store.close()
         replies = {int(m[2]): float(m[1]) for m in re.finditer(r"^\[([\d.]+)\].*icmp_seq=(\d+)", out, re.M)}
         # none lost: while vxland was dead the store kept the TUN (its queue held the pod's
