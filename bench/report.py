@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 LABELS = {
@@ -92,3 +93,13 @@ def chart(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save(out_dir: Path, stem_name: str, results: dict, table: str) -> None:
+    """``<out_dir>/<stem_name>.json`` and ``.md`` (printed too): what a bench run leaves."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / stem_name
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {stem}.json, .md")

@@ -18,7 +18,6 @@ against the median). Writes ``bench/results/<UTC date>-restarts.json`` and ``.md
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench import report
 from vxlan.lab import Lab, LabError
 from vxlan.lab.systemd import FdStore
 
@@ -55,8 +55,8 @@ def one(kind: str, seconds: float) -> dict[str, float]:
             store.receive()
             ping = lab.popen(h2.pod_ns, ["ping", "-D", "-i", "0.01", "-c", str(PINGS), h1.pod_ip],
                              stdout=subprocess.PIPE, text=True)
-            report: dict = {}
-            tcp = threading.Thread(target=lambda: report.update(lab.iperf3(h2, h1, seconds)))
+            iperf: dict = {}
+            tcp = threading.Thread(target=lambda: iperf.update(lab.iperf3(h2, h1, seconds)))
             tcp.start()
             time.sleep(STOP_AT_S)
             stopped = time.time()
@@ -85,7 +85,7 @@ def one(kind: str, seconds: float) -> dict[str, float]:
     answers = sorted(float(m[1]) for m in re.finditer(r"^\[([\d.]+)\].*icmp_seq=\d+", out, re.M))
     gaps = [(b - a, b) for a, b in zip(answers, answers[1:], strict=False) if b >= stopped - 1]
     longest, back = max(gaps) if gaps else (0.0, stopped)
-    rates = [i["sum"]["bits_per_second"] for i in report.get("intervals", [])]
+    rates = [i["sum"]["bits_per_second"] for i in iperf.get("intervals", [])]
     return {"lost_pings": PINGS - len(answers), "longest_gap_ms": longest * 1000,
             "back_after_stop_ms": max(0.0, back - stopped) * 1000,
             "tcp_median_gbps": statistics.median(rates) / 1e9 if rates else 0.0,
@@ -125,11 +125,6 @@ def run(seconds: float, out_dir: Path) -> int:
         print(f"{kind:<14} lost {fig['lost_pings']} pings, longest gap {fig['longest_gap_ms']:.0f} ms, back "
               f"{fig['back_after_stop_ms']:.0f} ms after the stop, TCP lowest second x{fig['tcp_dip']:.2f}",
               flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{started:%Y-%m-%d}-restarts"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    stem.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"wrote {stem}.json, .md")
+    report.save(out_dir, f"{started:%Y-%m-%d}-restarts", results, markdown(results))
     return 0
 

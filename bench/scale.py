@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import measure
+from bench import measure, report
 from vxlan.lab import Lab, LabError, sh
 
 NETWORK = "10.0.0.0/8"
@@ -168,12 +168,7 @@ def run(n: int, seconds: float, registries: list[str], out_dir: Path) -> int:
                   + (f"; 1,000 puts/s for {fig['churn_write_s']:.1f} s: all {fig['churn_learned']:.0f} learned "
                      f"{fig['churn_lag_after_last_put_s']:.2f} s after the last" if "churn_lag_after_last_put_s" in fig
                      else ""), flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{started:%Y-%m-%d}-scale"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    stem.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"wrote {stem}.json, .md")
+    report.save(out_dir, f"{started:%Y-%m-%d}-scale", results, markdown(results))
     return 0
 
 
