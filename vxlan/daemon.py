@@ -303,6 +303,8 @@ class Daemon:
         if why is not None:
             log.error("reload refused, this vxland carries on: %s", why)
             return
+        if self._stop.is_set():  # a SIGTERM while the check ran: that wins
+            return
         log.info("reloading: re-executing %s; the TUN and the sockets go across", " ".join(argv))
         sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")  # READY=1 follows
         fds, bridge = self.backend.reload_handover()
