@@ -35,14 +35,6 @@ STOP_AT_S = 3.0  # into the run
 RESTART_AFTER_S = 0.3  # a supervisor's delay before starting again (RestartSec is 1 s in the unit)
 
 
-def wait_started(host, offset: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while "vxland started" not in host.log_path.read_text(errors="replace")[offset:]:
-        if host.proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"h{host.index} did not start again:\n{host.log_path.read_text()[offset:][-2000:]}")
-        time.sleep(0.01)
-
-
 def one(kind: str, seconds: float) -> dict[str, float]:
     with Lab(["vxland", "vxland", "kernel"], registry="etcd", defer=(1,)) as lab:
         h1, h2, _ = lab.hosts
@@ -77,7 +69,7 @@ def one(kind: str, seconds: float) -> dict[str, float]:
                     store.close()  # a supervisor without a store: the TUN and sockets went with the process
                     with open(h1.log_path, "ab") as log:
                         h1.proc = lab.popen(h1.ns, cmd, stdout=log, stderr=subprocess.STDOUT)
-                wait_started(h1, offset)
+                lab.wait_started(h1, offset)
             out, _ = ping.communicate(timeout=60)
             tcp.join(60)
         finally:

@@ -36,6 +36,13 @@ class TunError(RuntimeError):
     pass
 
 
+def attached(fd: int) -> tuple[str, int]:
+    """The name and flags (IFF_*) of the TUN or TAP device ``fd`` is attached to (TUNGETIFF);
+    OSError if it is none."""
+    ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+    return ifr[:IFNAMSIZ].split(b"\0", 1)[0].decode(errors="replace"), struct.unpack_from("=H", ifr, IFNAMSIZ)[0]
+
+
 class Tun:
     def __init__(self, name: str, offload: bool = False) -> None:
         if not name or len(name) >= IFNAMSIZ or "/" in name or " " in name:
@@ -64,12 +71,11 @@ class Tun:
         ``offload`` wants (a TUN's flags cannot change while it is attached); else None, the fd
         closed (the device then goes, and the caller makes it anew)."""
         try:
-            ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+            got, flags = attached(fd)
         except OSError as exc:
             log.warning("reload: descriptor %d is no TUN (%s); making %s anew", fd, exc.strerror, name)
             os.close(fd)
             return None
-        got, flags = ifr[:IFNAMSIZ].split(b"\0", 1)[0].decode(errors="replace"), struct.unpack_from("=H", ifr, 16)[0]
         want = IFF_TUN | IFF_NO_PI
         if got != name or flags & want != want or bool(flags & IFF_VNET_HDR) != offload:
             log.warning("reload: the TUN handed over is %s with flags %#x; making %s anew (offloads %s)", got, flags,
@@ -115,6 +121,9 @@ class Tun:
                 raise TunError(f"cannot create TUN {name}: permission denied (vxland needs root "
                                "or CAP_NET_ADMIN)") from None
             raise TunError(f"cannot create TUN {name}: {exc}") from None
+
+    def fileno(self) -> int:
+        return self.fd
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -30,10 +30,10 @@ import struct
 
 from vxlan.netconf import disable_ipv6
 from vxlan.rtnl import IPRoute
+from vxlan.tun import attached
 
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ = 0x400454CA, 0x400454D0, 0x400454D8
-TUNGETIFF = 0x800454D2
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 TUN_F_UDP_TUNNEL_GSO = 0x080  # Linux 6.17, include/uapi/linux/if_tun.h
 TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100  # ... with the outer UDP checksum left partial (IPv6 frames need it)
@@ -129,8 +129,7 @@ class TunnelTx:
     def _open_tap(self, fd: int | None = None) -> None:
         if fd is not None:
             self.fd = fd
-            got = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
-            name, flags = got[:16].split(b"\0", 1)[0].decode(errors="replace"), struct.unpack_from("=H", got, 16)[0]
+            name, flags = attached(fd)
             if name != self.name or not flags & IFF_TAP:
                 raise TunnelTxError(f"the TAP handed over is {name} with flags {flags:#x}, not {self.name}")
         else:
@@ -152,6 +151,9 @@ class TunnelTx:
             fcntl.ioctl(self.fd, TUNSETOFFLOAD, offloads)
         except OSError as exc:
             raise TunnelTxError(f"TAP refuses UDP tunnel GSO ({exc.strerror}; kernel < 6.17?)") from None
+
+    def fileno(self) -> int:
+        return self.fd
 
     def close(self) -> None:
         for fd in self._bpf_fds:

@@ -220,28 +220,30 @@ class PeerMap:
         if subnet6 & ~self.mask6:
             raise ValueError(f"{ipaddress.IPv6Address(subnet6)} is not a subnet address for this IPv6SubnetLen")
         public_ipv6 = check_vtep_address6(public_ipv6)
-        template = encap_template(self.vni, bytes(vtep_mac), self.vtep_mac6, ETH_P_IPV6)
-        self.remove6(subnet6)
-        self.entries6[subnet6] = (template, (public_ipv6, self.port))
-        self.senders[public_ipv6] = self.senders.get(public_ipv6, 0) + 1
+        self._store(self.entries6, subnet6, encap_template(self.vni, bytes(vtep_mac), self.vtep_mac6, ETH_P_IPV6),
+                    public_ipv6)
 
     def remove6(self, subnet6: int) -> None:
-        old = self.entries6.pop(subnet6, None)
-        if old is not None:
-            self._forget_sender(old[1][0])
+        self._drop(self.entries6, subnet6)
 
     def set(self, subnet: int, vtep_mac: bytes, public_ip: str) -> None:
         """Add or replace the peer for ``subnet`` (network address as an int)."""
         if subnet & ~self.mask & 0xFFFFFFFF:
             raise ValueError(f"{ipaddress.IPv4Address(subnet)} is not a subnet address for this SubnetLen")
         check_vtep_address(public_ip)
-        template = encap_template(self.vni, bytes(vtep_mac), self.vtep_mac)
-        self.remove(subnet)
-        self.entries[subnet] = (template, (public_ip, self.port))
-        self.senders[public_ip] = self.senders.get(public_ip, 0) + 1
+        self._store(self.entries, subnet, encap_template(self.vni, bytes(vtep_mac), self.vtep_mac), public_ip)
 
     def remove(self, subnet: int) -> None:
-        old = self.entries.pop(subnet, None)
+        self._drop(self.entries, subnet)
+
+    def _store(self, entries: dict, key: int, template: bytes, address: str) -> None:
+        """A peer into ``entries`` (IPv4 or IPv6 subnets) under ``key``, replacing one there."""
+        self._drop(entries, key)
+        entries[key] = (template, (address, self.port))
+        self.senders[address] = self.senders.get(address, 0) + 1
+
+    def _drop(self, entries: dict, key: int) -> None:
+        old = entries.pop(key, None)
         if old is not None:
             self._forget_sender(old[1][0])
 

@@ -9,7 +9,7 @@ import re
 import subprocess
 import time
 
-from vxlan.lab import Lab, LabError, sh
+from vxlan.lab import Lab, sh
 from vxlan.lab.systemd import FdStore
 
 
@@ -38,11 +38,7 @@ def test_kill_9_under_systemd_keeps_the_tun_and_loses_nothing(tmp_path):
             offset = h1.log_path.stat().st_size
             restarted = time.time()
             h1.proc = store.start(lab, h1, cmd, h1.log_path)
-            deadline = time.monotonic() + 20
-            while "vxland started" not in h1.log_path.read_text()[offset:]:
-                if h1.proc.poll() is not None or time.monotonic() > deadline:
-                    raise LabError(f"h1 did not start again:\n{h1.log_path.read_text()[offset:][-3000:]}")
-                time.sleep(0.02)
+            lab.wait_started(h1, offset, 20)
             log_text = h1.log_path.read_text()[offset:]
             assert re.search(r"restart: systemd's file-descriptor store gave back .*\btun\b", log_text), log_text
             out, _ = ping.communicate(timeout=30)

@@ -114,7 +114,7 @@ class TunnelBackend:
             self.dataplane.start(self._ctx.loop)
 
     def descriptors(self) -> dict[str, int]:
-        return {name: (h.fileno() if hasattr(h, "fileno") else h.fd) for name, h in self.handles.items()}
+        return {name: h.fileno() for name, h in self.handles.items()}
 
     def reload_handover(self) -> tuple[dict[str, int], int | None]:
         """For a reload: stop forwarding, and return the descriptors the next image takes over

@@ -446,6 +446,16 @@ class Lab(EtcdLabMixin):
             raise LabError(f"the lease {key} is no lease JSON: {value!r}") from None
         return wire.mac_to_bytes(mac) if mac else b""
 
+    def wait_started(self, host: Host, offset: int, wait_s: float = 30.0) -> None:
+        """Until the node's log says it started again past ``offset`` (a node started by the
+        caller with what it had before: its pod keeps its addresses), or LabError with the log."""
+        assert host.proc is not None and host.log_path is not None
+        deadline = time.monotonic() + wait_s
+        while "vxland started" not in host.log_path.read_text(errors="replace")[offset:]:
+            if host.proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"h{host.index} did not start again:\n{host.log_path.read_text()[offset:][-3000:]}")
+            time.sleep(0.01)
+
     def reload_vxland(self, host: Host, wait_s: float = 30.0) -> str:
         """SIGHUP: the node re-executes itself in place (vxlan.handover); returns the log line
         that says the new code forwards, or raises LabError with the log's end (a refused reload
