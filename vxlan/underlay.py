@@ -25,6 +25,7 @@ log = logging.getLogger("vxland")
 # lost without an error; without a notification socket (a sandbox), the timer is all there is.
 CHECK_S = 2.0  # how often the address is looked for when no notification socket can be had
 RESCAN_S = 60.0  # how often it is looked for anyway
+SETTLE_S = 0.3  # after the address is seen gone, the second look (an address change is two steps)
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100  # linux/rtnetlink.h
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
 NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, seq, pid
@@ -117,16 +118,28 @@ async def watch(iface: netconf.Iface, address: str | None, own: Lease | None, re
     and is no reservation)."""
     sock = open_notifications(ipv6=address6 is not None)
     notes = _Notifications(sock, iface.index) if sock is not None else None
+
+    async def missing() -> tuple[str, list[str] | None] | None:
+        """(the address that is gone, what the interface has of its family now), or None."""
+        present = await asyncio.to_thread(netconf.iface_addresses, iface.index)
+        if present is None or (address is not None and address not in present):
+            return address or address6, present  # (an IPv6-only node watches its IPv6 address alone)
+        if address6 is not None:
+            present6 = await asyncio.to_thread(netconf.iface_addresses, iface.index, True)
+            if present6 is None or address6 not in present6:
+                return address6, present6
+        return None
+
     try:
         while True:  # the first look right away: a change before the subscription is not missed
-            present = await asyncio.to_thread(netconf.iface_addresses, iface.index)
-            if present is None or (address is not None and address not in present):
-                address = address or address6  # (an IPv6-only node watches its IPv6 address alone)
-                break
-            if address6 is not None:
-                present6 = await asyncio.to_thread(netconf.iface_addresses, iface.index, True)
-                if present6 is None or address6 not in present6:
-                    address, present = address6, present6
+            gone = await missing()
+            if gone is not None:
+                # a DHCP client or an operator changes an address in two steps (delete, add):
+                # look again once the change has settled, to say what it became, and to carry
+                # on if it was the same address put back
+                await asyncio.sleep(SETTLE_S)
+                gone = await missing()
+                if gone is not None:
                     break
             if notes is not None:
                 await notes.wait(RESCAN_S)
@@ -135,6 +148,7 @@ async def watch(iface: netconf.Iface, address: str | None, own: Lease | None, re
     finally:
         if notes is not None:
             notes.close()
+    address, present = gone
     family = "IPv6" if ":" in address else "IPv4"
     now = (f"interface {iface.name} is gone" if present is None
            else f"{iface.name} has {', '.join(present) or f'no {family} address'} now")
